@@ -1,0 +1,1 @@
+"""Parsl apps, one per stage of an active-learning iteration (thin wrappers around ``cagoflow``)."""

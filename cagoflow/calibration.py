@@ -1,0 +1,618 @@
+"""Calibration of committee uncertainties with a power law (Cezar et al. 2025).
+
+The committee spread σ̂ of a quantity is mapped to a calibrated uncertainty
+
+    σ_cal = a · σ̂^b,
+
+with a, b minimising the Gaussian negative log-likelihood of the residuals r = ŷ − y_ref
+over a test set,
+
+    NLL(a, b) = Σ_x [ ln 2π + ln (a σ̂_x^b)² + r_x² / (a σ̂_x^b)² ].
+
+For fixed b the optimal a is closed form, a² = mean(r² / σ̂^(2b)), so the fit is a bounded
+1-D search over b (coarse grid, then bounded Brent refinement around the best grid point).
+
+Units: σ̂, σ_cal and residuals share the unit of the quantity (eV/Å for forces, eV for
+energies and virials). The dimensionless ratio r/σ is called z below.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from ase import Atoms
+from scipy.optimize import minimize_scalar
+from scipy.special import logsumexp, ndtri
+
+from cagoflow.committee import CommitteePrediction, force_sigma_hat, member_std, virial_from_stress
+from cagoflow.errors import InputError
+from cagoflow.io import atomic_write_json, read_json, structure_labels
+
+#: σ̂ values below this floor (in the quantity's unit) are raised to it before taking logs.
+SIGMA_FLOOR = 1e-12
+#: Fewest samples a power-law fit accepts.
+MIN_SAMPLES = 10
+#: Search interval of the exponent b.
+B_BOUNDS = (0.05, 4.0)
+#: Number of grid points of the coarse search over b.
+_B_GRID_POINTS = 80
+#: Number of confidence levels p used for the miscalibration area.
+_AREA_GRID_POINTS = 1000
+#: Identifies the JSON files written by :meth:`CommitteeCalibration.save`.
+FILE_FORMAT = "cagoflow.committee-calibration"
+FILE_VERSION = 1
+#: Units of the calibrated quantities.
+UNITS = {"forces": "eV/Å", "energies": "eV", "virials": "eV"}
+#: The 6 unique components (row, column) of a symmetric 3×3 virial, in Voigt order.
+_VOIGT_PAIRS = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
+# --- the power law ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """σ_cal = a · σ̂^b (σ̂ and σ_cal in the quantity's unit; a in unit^(1−b), b dimensionless)."""
+
+    a: float
+    b: float
+
+    def __post_init__(self) -> None:
+        for name in ("a", "b"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"power-law parameter {name} must be a positive finite number, got {value!r}")
+
+    def __call__(self, sigma_hat: Any) -> Any:
+        """Calibrated uncertainty of committee spreads ``sigma_hat`` (NumPy arrays or torch tensors)."""
+        return self.a * sigma_hat**self.b
+
+    def inverse(self, sigma_cal: Any) -> Any:
+        """Committee spread σ̂ = (σ_cal / a)^(1/b) that calibrates to ``sigma_cal``."""
+        return (sigma_cal / self.a) ** (1.0 / self.b)
+
+
+def _field(quantity: str | None, name: str) -> str:
+    return name if quantity is None else f"{quantity}.{name}"
+
+
+def validated_samples(
+    sigma_hat: Any, residuals: Any, quantity: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flattened float arrays (σ̂ floored at :data:`SIGMA_FLOOR`, residuals); refuses bad input.
+
+    Raises :class:`InputError` (field ``<quantity>.sigma_hat`` or ``<quantity>.residuals``)
+    for different shapes, fewer than :data:`MIN_SAMPLES` samples, NaN/inf, negative σ̂ or
+    residuals that are all zero.
+    """
+    sigma = np.asarray(sigma_hat, dtype=float)
+    resid = np.asarray(residuals, dtype=float)
+    if sigma.shape != resid.shape:
+        raise InputError(
+            f"sigma_hat has shape {sigma.shape} but residuals have shape {resid.shape} (equal shapes expected)",
+            field=_field(quantity, "residuals"),
+        )
+    sigma, resid = sigma.ravel(), resid.ravel()
+    if sigma.size < MIN_SAMPLES:
+        raise InputError(
+            f"{sigma.size} samples given, a calibration needs at least {MIN_SAMPLES}",
+            field=_field(quantity, "sigma_hat"),
+        )
+    for name, values in (("sigma_hat", sigma), ("residuals", resid)):
+        if not np.all(np.isfinite(values)):
+            bad = int(np.count_nonzero(~np.isfinite(values)))
+            raise InputError(f"{bad} of {values.size} values are NaN or infinite", field=_field(quantity, name))
+    if np.any(sigma < 0):
+        raise InputError("committee spreads must not be negative", field=_field(quantity, "sigma_hat"))
+    if not np.any(resid != 0):
+        raise InputError("all residuals are zero, nothing to calibrate against", field=_field(quantity, "residuals"))
+    return np.maximum(sigma, SIGMA_FLOOR), resid
+
+
+def _log_a2(b: float, log_sigma: np.ndarray, log_r2: np.ndarray) -> float:
+    """ln a² of the closed-form optimal a for exponent b: a² = mean(r² / σ̂^(2b))."""
+    return float(logsumexp(log_r2 - 2.0 * b * log_sigma) - math.log(log_r2.size))
+
+
+def _profile_nll(b: float, log_sigma: np.ndarray, log_r2: np.ndarray) -> float:
+    """Mean NLL per sample at exponent b with the optimal a (ln 2π + ln a² + 2b⟨ln σ̂⟩ + 1)."""
+    return math.log(2 * math.pi) + _log_a2(b, log_sigma, log_r2) + 2.0 * b * float(log_sigma.mean()) + 1.0
+
+
+def negative_log_likelihood(law: PowerLaw, sigma_hat: Any, residuals: Any) -> float:
+    """Mean Gaussian NLL per sample, ⟨ln 2π + ln σ_cal² + r²/σ_cal²⟩, of ``law`` on the data."""
+    sigma, resid = validated_samples(sigma_hat, residuals)
+    sigma_cal = law(sigma)
+    return float(np.mean(math.log(2 * math.pi) + np.log(sigma_cal**2) + resid**2 / sigma_cal**2))
+
+
+def fit_power_law(sigma_hat: Any, residuals: Any, *, quantity: str | None = None) -> PowerLaw:
+    """Fit σ_cal = a·σ̂^b by maximum likelihood (arrays of equal shape, flattened).
+
+    ``quantity`` only names the data in error messages. Raises :class:`InputError` for
+    arrays of different shape, fewer than :data:`MIN_SAMPLES` samples, NaN/inf values,
+    negative σ̂ or residuals that are all zero. b is searched in :data:`B_BOUNDS`.
+    """
+    sigma, resid = validated_samples(sigma_hat, residuals, quantity)
+    log_sigma = np.log(sigma)
+    with np.errstate(divide="ignore"):
+        log_r2 = np.log(resid**2)  # exact zeros give -inf, which logsumexp handles
+    grid = np.linspace(*B_BOUNDS, _B_GRID_POINTS)
+    values = [_profile_nll(b, log_sigma, log_r2) for b in grid]
+    best = int(np.argmin(values))
+    lower, upper = grid[max(best - 1, 0)], grid[min(best + 1, grid.size - 1)]
+    result = minimize_scalar(
+        _profile_nll, bounds=(lower, upper), args=(log_sigma, log_r2), method="bounded", options={"xatol": 1e-7}
+    )
+    b = float(result.x) if result.fun <= values[best] else float(grid[best])
+    return PowerLaw(a=math.exp(0.5 * _log_a2(b, log_sigma, log_r2)), b=b)
+
+
+# --- diagnostics -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CalibrationBin:
+    """One bin of samples with similar σ_cal (all values in the quantity's unit).
+
+    Attributes:
+        sigma_cal_low, sigma_cal_high: smallest and largest σ_cal of the bin's samples.
+        sigma_cal_rms: RMS of σ_cal over the bin.
+        rmse: RMS of the residuals over the bin.
+        count: number of samples in the bin.
+    """
+
+    sigma_cal_low: float
+    sigma_cal_high: float
+    sigma_cal_rms: float
+    rmse: float
+    count: int
+
+    @property
+    def ratio(self) -> float:
+        """Observed over predicted error, rmse / sigma_cal_rms (1 when calibrated)."""
+        return self.rmse / self.sigma_cal_rms if self.sigma_cal_rms > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """What a calibration was fitted on (σ̂ and residuals in the quantity's unit)."""
+
+    n_samples: int
+    sigma_hat_min: float
+    sigma_hat_max: float
+    sigma_hat_rms: float
+    residual_min: float
+    residual_max: float
+    residual_rms: float
+
+
+@dataclass(frozen=True)
+class CalibrationDiagnostics:
+    """How well a power law calibrates a data set.
+
+    Attributes:
+        n_samples: number of samples.
+        std_r_before: RMS of z = r/σ̂, sqrt(mean(r²/σ̂²)) (uncalibrated; 1 when calibrated).
+            The RMS about zero is used instead of the standard deviation about the mean,
+            because a calibrated σ must cover a bias too (and force errors are magnitudes).
+        std_r_after: the same with σ_cal.
+        miscalibration_area_before, miscalibration_area_after: mean over confidence levels
+            p ∈ (0, 1) of |observed(p) − p|, observed(p) = fraction of samples with
+            |z| ≤ Φ⁻¹((1 + p)/2). 0 for Gaussian z ~ N(0, 1). Note that for per-atom force
+            errors, which are magnitudes of 3-vectors, |z| is not half-normal even when the
+            RMS is calibrated, so the area stays above 0 there.
+        bins: equal-count bins of σ_cal, see :func:`binned_errors`.
+        validity_limit: largest σ_cal up to which the calibration holds, see
+            :func:`validity_limit` (unit of the quantity; eV/Å for forces), or None.
+        summary: ranges and RMS of the data (None when not recorded).
+    """
+
+    n_samples: int
+    std_r_before: float
+    std_r_after: float
+    miscalibration_area_before: float
+    miscalibration_area_after: float
+    bins: list[CalibrationBin]
+    validity_limit: float | None
+    summary: DataSummary | None = None
+
+
+def rms_z(sigma: np.ndarray, residuals: np.ndarray) -> float:
+    """sqrt(mean(r²/σ²)), dimensionless."""
+    return float(np.sqrt(np.mean((residuals / sigma) ** 2)))
+
+
+def miscalibration_area(z: np.ndarray, n_levels: int = _AREA_GRID_POINTS) -> float:
+    """Mean over confidence levels p of |fraction of |z| within Φ⁻¹((1+p)/2) − p| (dimensionless)."""
+    levels = (np.arange(n_levels) + 0.5) / n_levels
+    limits = ndtri((1.0 + levels) / 2.0)
+    magnitudes = np.sort(np.abs(np.asarray(z, dtype=float).ravel()))
+    observed = np.searchsorted(magnitudes, limits, side="right") / magnitudes.size
+    return float(np.mean(np.abs(observed - levels)))
+
+
+def binned_errors(sigma_cal: Any, residuals: Any, n_bins: int = 10, min_count: int = 20) -> list[CalibrationBin]:
+    """Sort samples by σ_cal and split them into bins of equal count (quantiles of σ_cal).
+
+    The number of bins is lowered so that each bin holds at least ``min_count`` samples
+    where possible (always at least one bin). Bins are ordered from small to large σ_cal.
+    """
+    sigma = np.asarray(sigma_cal, dtype=float).ravel()
+    resid = np.asarray(residuals, dtype=float).ravel()
+    if sigma.shape != resid.shape or sigma.size == 0:
+        raise InputError(
+            f"sigma_cal ({sigma.size} values) and residuals ({resid.size}) must be equally long and non-empty",
+            field="residuals",
+        )
+    if n_bins < 1:
+        raise InputError(f"n_bins must be at least 1, got {n_bins}", field="n_bins")
+    n_bins = max(1, min(n_bins, sigma.size // max(min_count, 1)))
+    order = np.argsort(sigma, kind="stable")
+    bins = []
+    for chunk in np.array_split(order, n_bins):
+        s, r = sigma[chunk], resid[chunk]
+        bins.append(
+            CalibrationBin(
+                sigma_cal_low=float(s.min()),
+                sigma_cal_high=float(s.max()),
+                sigma_cal_rms=float(np.sqrt(np.mean(s**2))),
+                rmse=float(np.sqrt(np.mean(r**2))),
+                count=int(chunk.size),
+            )
+        )
+    return bins
+
+
+def validity_limit(
+    bins: Sequence[CalibrationBin], low: float = 0.8, high: float = 1.25, min_count: int = 20
+) -> float | None:
+    """Largest σ_cal up to which the calibration holds (unit of the quantity), or None.
+
+    Walk the bins from small to large σ_cal. Bins with fewer than ``min_count`` samples are
+    too noisy to judge and are skipped. Every other bin must have rmse/σ_cal_rms within
+    [``low``, ``high``]; the result is the upper edge of the last bin of the leading run of
+    such valid bins. None when the first judged bin already fails or no bin can be judged.
+    """
+    limit = None
+    for current in sorted(bins, key=lambda item: item.sigma_cal_low):
+        if current.count < min_count:
+            continue
+        if not (low <= current.ratio <= high):
+            break
+        limit = current.sigma_cal_high
+    return limit
+
+
+def summarize_data(sigma_hat: np.ndarray, residuals: np.ndarray) -> DataSummary:
+    """Counts, ranges and RMS of σ̂ and of the residuals."""
+    return DataSummary(
+        n_samples=int(sigma_hat.size),
+        sigma_hat_min=float(sigma_hat.min()),
+        sigma_hat_max=float(sigma_hat.max()),
+        sigma_hat_rms=float(np.sqrt(np.mean(sigma_hat**2))),
+        residual_min=float(residuals.min()),
+        residual_max=float(residuals.max()),
+        residual_rms=float(np.sqrt(np.mean(residuals**2))),
+    )
+
+
+def diagnose(
+    law: PowerLaw, sigma_hat: Any, residuals: Any, n_bins: int = 10, *, quantity: str | None = None
+) -> CalibrationDiagnostics:
+    """Calibration quality of ``law`` on (σ̂, residual) pairs, before and after calibration."""
+    sigma, resid = validated_samples(sigma_hat, residuals, quantity)
+    sigma_cal = law(sigma)
+    bins = binned_errors(sigma_cal, resid, n_bins=n_bins)
+    return CalibrationDiagnostics(
+        n_samples=int(sigma.size),
+        std_r_before=rms_z(sigma, resid),
+        std_r_after=rms_z(sigma_cal, resid),
+        miscalibration_area_before=miscalibration_area(resid / sigma),
+        miscalibration_area_after=miscalibration_area(resid / sigma_cal),
+        bins=bins,
+        validity_limit=validity_limit(bins),
+        summary=summarize_data(sigma, resid),
+    )
+
+
+# --- committee calibration -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuantityCalibration:
+    """Power law and diagnostics of one quantity ("forces", "energies" or "virials")."""
+
+    quantity: str
+    law: PowerLaw
+    diagnostics: CalibrationDiagnostics
+    unit: str
+
+
+def calibrate_quantity(quantity: str, sigma_hat: Any, residuals: Any, n_bins: int = 10) -> QuantityCalibration:
+    """Fit and diagnose the power law of one quantity (unit from :data:`UNITS`)."""
+    law = fit_power_law(sigma_hat, residuals, quantity=quantity)
+    diagnostics = diagnose(law, sigma_hat, residuals, n_bins, quantity=quantity)
+    return QuantityCalibration(quantity, law, diagnostics, UNITS[quantity])
+
+
+@dataclass(frozen=True)
+class CommitteeCalibration:
+    """Calibration of a committee (or of a subset of its members).
+
+    Attributes:
+        forces: per-atom force calibration (σ̂_F_i of eq. 9 against e_i), eV/Å.
+        energies: total-energy calibration per structure, eV; None with fewer than 10 structures.
+        virials: calibration of the 6 unique virial components, eV; None without stress labels.
+        members: indices of the committee members the calibration holds for.
+        n_structures: number of reference structures.
+        n_atoms: number of atoms over all reference structures.
+    """
+
+    forces: QuantityCalibration
+    energies: QuantityCalibration | None
+    virials: QuantityCalibration | None
+    members: tuple[int, ...]
+    n_structures: int
+    n_atoms: int
+
+    @property
+    def force_validity_limit(self) -> float | None:
+        """Largest calibrated force uncertainty σ_cal,F (eV/Å) up to which the calibration holds."""
+        return self.forces.diagnostics.validity_limit
+
+    def save(self, path: str | Path) -> Path:
+        """Write the calibration as indented JSON, atomically."""
+        return atomic_write_json(path, _calibration_to_dict(self))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CommitteeCalibration":
+        """Read a file written by :meth:`save`; a malformed file raises :class:`InputError`."""
+        return _Reader(Path(path)).calibration(read_json(path))
+
+
+def per_atom_force_error(member_forces: Any, reference_forces: Any) -> np.ndarray:
+    """Per-atom error e_i = sqrt((1/M) Σ_m |F_i^m − F_i^ref|²), eV/Å (eq. 1 of the paper).
+
+    ``member_forces``: (M, A, 3), ``reference_forces``: (A, 3) → (A,).
+    """
+    forces = np.asarray(member_forces, dtype=float)
+    reference = np.asarray(reference_forces, dtype=float)
+    if forces.ndim != 3 or forces.shape[2] != 3 or reference.shape != forces.shape[1:]:
+        raise InputError(
+            f"member forces of shape {forces.shape} do not match reference forces of shape "
+            f"{reference.shape} (expected (M, A, 3) and (A, 3))",
+            field="forces",
+        )
+    return np.sqrt(((forces - reference) ** 2).sum(-1).mean(0))
+
+
+def calibrate_committee(
+    prediction: CommitteePrediction, references: Sequence[Atoms], members: Sequence[int] | None = None
+) -> CommitteeCalibration:
+    """Calibrate forces, energies and virials of a committee against labelled structures.
+
+    ``references[k]`` carries the reference labels of structure k of ``prediction`` in
+    ``atoms.calc.results`` (``energy`` eV, ``forces`` eV/Å, optional ``stress`` eV/Å³).
+    With ``members``, only those committee members are used (and recorded).
+
+    - forces (required): per atom, σ̂ = σ̂_F_i (eq. 9), residual = :func:`per_atom_force_error`.
+    - energies: per structure, σ̂ = committee std of the TOTAL energy, residual = committee
+      mean − reference total energy (eV); fitted when at least 10 structures have energies.
+    - virials: per structure and unique component (xx, yy, zz, yz, xz, xy), σ̂ = committee
+      std, residual = mean − (−V·stress_ref) in eV; fitted when the committee predicts
+      virials and at least 10 components of periodic structures with stress are available.
+    """
+    member_list = tuple(range(prediction.n_members)) if members is None else tuple(int(m) for m in members)
+    if members is not None:
+        _check_members(member_list, prediction.n_members)
+        prediction = prediction.members(member_list)
+    if prediction.n_members < 2:
+        raise InputError("a calibration needs a committee of at least two members", field="members")
+    _check_references(prediction, references)
+    labels = [structure_labels(atoms) for atoms in references]
+    forces = _force_calibration(prediction, labels)
+    return CommitteeCalibration(
+        forces=forces,
+        energies=_energy_calibration(prediction, labels),
+        virials=_virial_calibration(prediction, references, labels),
+        members=member_list,
+        n_structures=prediction.n_structures,
+        n_atoms=int(np.sum(prediction.natoms)),
+    )
+
+
+def _check_members(members: tuple[int, ...], n_members: int) -> None:
+    if len(set(members)) != len(members) or any(not 0 <= m < n_members for m in members):
+        raise InputError(
+            f"members {list(members)} must be distinct indices in [0, {n_members})", field="members"
+        )
+
+
+def _check_references(prediction: CommitteePrediction, references: Sequence[Atoms]) -> None:
+    if len(references) != prediction.n_structures:
+        raise InputError(
+            f"{len(references)} reference structures for a prediction of {prediction.n_structures}",
+            field="references",
+        )
+    for k, atoms in enumerate(references):
+        if len(atoms) != int(prediction.natoms[k]):
+            raise InputError(
+                f"reference structure {k} has {len(atoms)} atoms, the prediction {int(prediction.natoms[k])}",
+                field=f"references[{k}]",
+            )
+        if "forces" not in structure_labels(atoms):
+            raise InputError(f"reference structure {k} has no reference forces", field=f"references[{k}].forces")
+
+
+def _force_calibration(prediction: CommitteePrediction, labels: list[dict[str, Any]]) -> QuantityCalibration:
+    reference = np.concatenate([np.asarray(label["forces"], dtype=float).reshape(-1, 3) for label in labels])
+    sigma = force_sigma_hat(prediction.forces)
+    return calibrate_quantity("forces", sigma, per_atom_force_error(prediction.forces, reference))
+
+
+def _energy_calibration(
+    prediction: CommitteePrediction, labels: list[dict[str, Any]]
+) -> QuantityCalibration | None:
+    keep = [k for k, label in enumerate(labels) if "energy" in label]
+    if len(keep) < MIN_SAMPLES:
+        return None
+    reference = np.array([float(labels[k]["energy"]) for k in keep])
+    energies = prediction.energies[:, keep]
+    return calibrate_quantity("energies", member_std(energies), energies.mean(0) - reference)
+
+
+def _virial_calibration(
+    prediction: CommitteePrediction, references: Sequence[Atoms], labels: list[dict[str, Any]]
+) -> QuantityCalibration | None:
+    if prediction.virials is None:
+        return None
+    rows, cols = np.array(_VOIGT_PAIRS).T
+    sigmas, residuals = [], []
+    for k, (atoms, label) in enumerate(zip(references, labels)):
+        predicted = prediction.virials[:, k][:, rows, cols]  # (M, 6)
+        if "stress" not in label or atoms.cell.rank != 3 or not np.all(np.isfinite(predicted)):
+            continue
+        reference = virial_from_stress(np.asarray(label["stress"], dtype=float), atoms.get_volume())[rows, cols]
+        sigmas.append(member_std(predicted))
+        residuals.append(predicted.mean(0) - reference)
+    if sum(len(s) for s in sigmas) < MIN_SAMPLES:
+        return None
+    return calibrate_quantity("virials", np.concatenate(sigmas), np.concatenate(residuals))
+
+
+# --- JSON ------------------------------------------------------------------------------------
+
+
+def _quantity_to_dict(calibration: QuantityCalibration | None) -> dict[str, Any] | None:
+    if calibration is None:
+        return None
+    diagnostics = asdict(calibration.diagnostics)
+    diagnostics["bins"] = [dict(asdict(item), ratio=item.ratio) for item in calibration.diagnostics.bins]
+    return {
+        "quantity": calibration.quantity,
+        "unit": calibration.unit,
+        "formula": "sigma_cal = a * sigma_hat ** b",
+        "law": asdict(calibration.law),
+        "diagnostics": diagnostics,
+    }
+
+
+def _calibration_to_dict(calibration: CommitteeCalibration) -> dict[str, Any]:
+    return {
+        "format": FILE_FORMAT,
+        "version": FILE_VERSION,
+        "members": list(calibration.members),
+        "n_structures": calibration.n_structures,
+        "n_atoms": calibration.n_atoms,
+        "force_validity_limit_eV_per_A": calibration.force_validity_limit,
+        "forces": _quantity_to_dict(calibration.forces),
+        "energies": _quantity_to_dict(calibration.energies),
+        "virials": _quantity_to_dict(calibration.virials),
+    }
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """Reads the JSON of a :class:`CommitteeCalibration`, naming file and field on errors."""
+
+    path: Path
+
+    def _fail(self, field: str, message: str) -> InputError:
+        return InputError(message, file=self.path, field=field)
+
+    @staticmethod
+    def _path(prefix: str, key: str) -> str:
+        return f"{prefix}.{key}" if prefix else key
+
+    def _get(self, data: Any, key: str, prefix: str) -> Any:
+        if not isinstance(data, dict):
+            raise self._fail(prefix or "<top level>", "expected a JSON object")
+        if key not in data:
+            raise self._fail(self._path(prefix, key), "missing field")
+        return data[key]
+
+    def number(self, data: Any, key: str, prefix: str = "") -> float:
+        value = self._get(data, key, prefix)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self._fail(self._path(prefix, key), f"expected a finite number, got {value!r}")
+        return float(value)
+
+    def optional_number(self, data: Any, key: str, prefix: str = "") -> float | None:
+        return None if self._get(data, key, prefix) is None else self.number(data, key, prefix)
+
+    def integer(self, data: Any, key: str, prefix: str = "") -> int:
+        value = self._get(data, key, prefix)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self._fail(self._path(prefix, key), f"expected a non-negative integer, got {value!r}")
+        return value
+
+    def sequence(self, data: Any, key: str, prefix: str = "") -> list[Any]:
+        value = self._get(data, key, prefix)
+        if not isinstance(value, list):
+            raise self._fail(self._path(prefix, key), "expected a JSON list")
+        return value
+
+    def law(self, data: Any, prefix: str) -> PowerLaw:
+        a, b = self.number(data, "a", prefix), self.number(data, "b", prefix)
+        if a <= 0 or b <= 0:
+            raise self._fail(prefix, f"power-law parameters must be positive, got a={a}, b={b}")
+        return PowerLaw(a, b)
+
+    def bin(self, data: Any, prefix: str) -> CalibrationBin:
+        names = ("sigma_cal_low", "sigma_cal_high", "sigma_cal_rms", "rmse")
+        values = (self.number(data, name, prefix) for name in names)
+        return CalibrationBin(*values, count=self.integer(data, "count", prefix))
+
+    def summary(self, data: Any, prefix: str) -> DataSummary | None:
+        if data is None:
+            return None
+        names = ("sigma_hat_min", "sigma_hat_max", "sigma_hat_rms", "residual_min", "residual_max", "residual_rms")
+        values = (self.number(data, name, prefix) for name in names)
+        return DataSummary(self.integer(data, "n_samples", prefix), *values)
+
+    def diagnostics(self, data: Any, prefix: str) -> CalibrationDiagnostics:
+        bins = self.sequence(data, "bins", prefix)
+        return CalibrationDiagnostics(
+            n_samples=self.integer(data, "n_samples", prefix),
+            std_r_before=self.number(data, "std_r_before", prefix),
+            std_r_after=self.number(data, "std_r_after", prefix),
+            miscalibration_area_before=self.number(data, "miscalibration_area_before", prefix),
+            miscalibration_area_after=self.number(data, "miscalibration_area_after", prefix),
+            bins=[self.bin(item, f"{prefix}.bins[{k}]") for k, item in enumerate(bins)],
+            validity_limit=self.optional_number(data, "validity_limit", prefix),
+            summary=self.summary(data.get("summary"), f"{prefix}.summary"),
+        )
+
+    def quantity(self, data: Any, key: str, required: bool) -> QuantityCalibration | None:
+        value = self._get(data, key, "")
+        if value is None and not required:
+            return None
+        name = self._get(value, "quantity", key)
+        unit = self._get(value, "unit", key)
+        if name != key or unit != UNITS[key]:
+            raise self._fail(key, f"expected quantity {key!r} in {UNITS[key]}, got {name!r} in {unit!r}")
+        law = self.law(self._get(value, "law", key), f"{key}.law")
+        diagnostics = self.diagnostics(self._get(value, "diagnostics", key), f"{key}.diagnostics")
+        return QuantityCalibration(key, law, diagnostics, unit)
+
+    def calibration(self, data: Any) -> CommitteeCalibration:
+        if self._get(data, "format", "") != FILE_FORMAT:
+            raise self._fail("format", f"not a committee calibration file (expected format {FILE_FORMAT!r})")
+        if self._get(data, "version", "") != FILE_VERSION:
+            raise self._fail("version", f"unsupported version (expected {FILE_VERSION})")
+        members = self.sequence(data, "members")
+        if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in members):
+            raise self._fail("members", "expected a list of non-negative member indices")
+        return CommitteeCalibration(
+            forces=self.quantity(data, "forces", required=True),
+            energies=self.quantity(data, "energies", required=False),
+            virials=self.quantity(data, "virials", required=False),
+            members=tuple(members),
+            n_structures=self.integer(data, "n_structures"),
+            n_atoms=self.integer(data, "n_atoms"),
+        )

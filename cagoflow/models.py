@@ -1,0 +1,69 @@
+"""Committee files: which backend and which parameters or model files make a committee.
+
+A committee file is a small YAML file, e.g. the analytic test committee::
+
+    backend: analytic
+    members: 4          # committee size M
+    species: [O, H]
+    spread: 0.05        # relative member-to-member spread of the Morse parameters
+    seed: 1
+
+:func:`load_committee` reads one and returns an object of the
+:class:`cagoflow.committee.Committee` protocol. Every backend registers one builder here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from cagoflow.committee import Committee
+from cagoflow.config import _Model, _read_yaml_mapping, _validate
+from cagoflow.errors import InputError
+
+
+class AnalyticCommitteeSpec(_Model):
+    """Morse pair potentials with member-wise perturbed parameters (:mod:`cagoflow.analytic`)."""
+
+    backend: Literal["analytic"] = "analytic"
+    members: int = Field(4, ge=2, description="committee size M")
+    species: tuple[str, ...] = Field(("O", "H"), min_length=1, description="chemical symbols the model knows")
+    spread: float = Field(0.05, gt=0, lt=1, description="relative spread of the Morse parameters across members")
+    seed: int = Field(0, description="seed of the member perturbations")
+    cutoff: float = Field(5.0, gt=1, description="pair cutoff, Å")
+
+    def build(self) -> Committee:
+        from cagoflow.analytic import MorseCommittee, MorseModel
+
+        model = MorseModel.for_symbols(
+            list(self.species), n_members=self.members, spread=self.spread, seed=self.seed, cutoff=self.cutoff
+        )
+        return MorseCommittee(model)
+
+    def truth(self):
+        """The unperturbed model as an ASE calculator: the synthetic reference of demos and tests."""
+        from cagoflow.analytic import MorseCalculator, MorseModel
+
+        return MorseCalculator(MorseModel.for_symbols(list(self.species), cutoff=self.cutoff))
+
+
+#: Committee file models by backend name.
+BACKENDS: dict[str, type[_Model]] = {"analytic": AnalyticCommitteeSpec}
+
+
+def load_committee_spec(path: str | Path) -> AnalyticCommitteeSpec:
+    """Read and validate a committee file (errors name the file and field)."""
+    path = Path(path)
+    data, text = _read_yaml_mapping(path, "committee", "name its backend", "backend")
+    backend = data.get("backend")
+    if backend not in BACKENDS:
+        expected = ", ".join(sorted(BACKENDS))
+        raise InputError(f"unknown backend {backend!r}; expected one of: {expected}", file=path, field="backend")
+    return _validate(BACKENDS[backend], data, file=path, text=text, context={"base_dir": path.resolve().parent})
+
+
+def load_committee(path: str | Path) -> Committee:
+    """The committee a committee file describes."""
+    return load_committee_spec(path).build()

@@ -1,0 +1,1 @@
+"""Build Parsl configurations from validated site-configs."""

@@ -1,0 +1,310 @@
+"""Tests of cagoflow.calibration (power-law fit, diagnostics, committee calibration, JSON) and its plots."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from cagoflow.calibration import (
+    CalibrationBin,
+    CommitteeCalibration,
+    PowerLaw,
+    binned_errors,
+    calibrate_committee,
+    diagnose,
+    fit_power_law,
+    negative_log_likelihood,
+    per_atom_force_error,
+    validity_limit,
+)
+from cagoflow.calibration_plots import plot_calibration
+from cagoflow.committee import CommitteePrediction, force_sigma_hat
+from cagoflow.errors import InputError
+
+N_SAMPLES = 20000
+
+
+def synthetic(a: float, b: float, seed: int, n: int = N_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
+    """σ̂ log-uniform over [0.01, 1], residuals ~ N(0, (a σ̂^b)²)."""
+    rng = np.random.default_rng(seed)
+    sigma_hat = 10.0 ** rng.uniform(-2.0, 0.0, n)
+    return sigma_hat, rng.normal(0.0, a * sigma_hat**b)
+
+
+# --- the power law ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("a, b", [(2.0, 0.8), (0.5, 1.3)])
+def test_fit_recovers_known_power_law(a, b):
+    # With n = 20000 and two decades of σ̂ the statistical errors are about 1 % in a and
+    # 0.004 in b; the tolerances (5 % in a, 0.03 in b) are ~5 standard errors.
+    sigma_hat, residuals = synthetic(a, b, seed=1)
+    law = fit_power_law(sigma_hat, residuals)
+    assert law.a == pytest.approx(a, rel=0.05)
+    assert law.b == pytest.approx(b, abs=0.03)
+
+
+def test_fit_accepts_any_shape():
+    sigma_hat, residuals = synthetic(2.0, 0.8, seed=2)
+    flat = fit_power_law(sigma_hat, residuals)
+    shaped = fit_power_law(sigma_hat.reshape(100, 50, 4), residuals.reshape(100, 50, 4))
+    assert shaped == flat
+
+
+def test_closed_form_a_is_optimal():
+    sigma_hat, residuals = synthetic(0.5, 1.3, seed=3)
+    law = fit_power_law(sigma_hat, residuals)
+    best = negative_log_likelihood(law, sigma_hat, residuals)
+    for factor in (0.99, 1.01):
+        assert negative_log_likelihood(PowerLaw(law.a * factor, law.b), sigma_hat, residuals) > best
+    for shift in (-0.01, 0.01):
+        assert negative_log_likelihood(PowerLaw(law.a, law.b + shift), sigma_hat, residuals) > best
+
+
+def test_power_law_inverse_and_torch():
+    torch = pytest.importorskip("torch")
+    law = PowerLaw(2.0, 0.8)
+    sigma_hat = np.array([1e-3, 0.1, 1.0, 3.0])
+    np.testing.assert_allclose(law(sigma_hat), 2.0 * sigma_hat**0.8)
+    np.testing.assert_allclose(law.inverse(law(sigma_hat)), sigma_hat, rtol=1e-12)
+    tensor = torch.tensor(sigma_hat, requires_grad=True)
+    calibrated = law(tensor)
+    calibrated.sum().backward()
+    np.testing.assert_allclose(calibrated.detach().numpy(), law(sigma_hat))
+    np.testing.assert_allclose(tensor.grad.numpy(), 2.0 * 0.8 * sigma_hat ** (-0.2))
+
+
+def test_zero_sigma_is_floored():
+    sigma_hat, residuals = synthetic(2.0, 0.8, seed=4, n=200)
+    sigma_hat[:3] = 0.0
+    law = fit_power_law(sigma_hat, residuals)
+    assert np.isfinite(law.a) and np.isfinite(law.b)
+
+
+@pytest.mark.parametrize(
+    "sigma_hat, residuals, field",
+    [
+        (np.ones(20), np.ones(21), "residuals"),
+        (np.ones((4, 5)), np.ones(20), "residuals"),
+        (np.ones(5), np.ones(5), "sigma_hat"),
+        (np.ones(0), np.ones(0), "sigma_hat"),
+        (np.r_[np.ones(19), np.nan], np.ones(20), "sigma_hat"),
+        (np.ones(20), np.r_[np.ones(19), np.inf], "residuals"),
+        (np.r_[np.ones(19), -1.0], np.ones(20), "sigma_hat"),
+        (np.ones(20), np.zeros(20), "residuals"),
+    ],
+)
+def test_bad_inputs_are_refused(sigma_hat, residuals, field):
+    with pytest.raises(InputError) as info:
+        fit_power_law(sigma_hat, residuals, quantity="forces")
+    assert info.value.field == f"forces.{field}"
+    with pytest.raises(InputError):
+        diagnose(PowerLaw(1.0, 1.0), sigma_hat, residuals)
+
+
+# --- diagnostics -----------------------------------------------------------------------------
+
+
+def test_diagnostics_on_independent_test_set():
+    law = fit_power_law(*synthetic(2.0, 0.8, seed=5))
+    diagnostics = diagnose(law, *synthetic(2.0, 0.8, seed=6))  # data the law was not fitted on
+    assert diagnostics.n_samples == N_SAMPLES
+    assert diagnostics.std_r_after == pytest.approx(1.0, abs=0.03)
+    assert diagnostics.std_r_before > 2.0  # σ/σ̂ = 2 σ̂^-0.2 ≥ 2: σ̂ underestimates
+    assert diagnostics.miscalibration_area_after < 0.02
+    assert diagnostics.miscalibration_area_before > 0.2
+    assert len(diagnostics.bins) == 10
+    assert sum(item.count for item in diagnostics.bins) == N_SAMPLES
+    assert all(0.9 < item.ratio < 1.1 for item in diagnostics.bins)
+
+
+def test_miscalibration_area_sees_overconfidence():
+    sigma_hat, residuals = synthetic(1.0, 1.0, seed=7)
+    exact = diagnose(PowerLaw(1.0, 1.0), sigma_hat, residuals)
+    overconfident = diagnose(PowerLaw(0.5, 1.0), sigma_hat, residuals)
+    assert exact.miscalibration_area_after < 0.02
+    assert overconfident.miscalibration_area_after > 0.15
+    assert overconfident.std_r_after == pytest.approx(2.0, rel=0.03)
+
+
+def test_binned_errors_equal_counts_and_edges():
+    sigma_cal = np.arange(1.0, 101.0)
+    residuals = 2.0 * sigma_cal
+    bins = binned_errors(sigma_cal, residuals, n_bins=4, min_count=1)
+    assert [item.count for item in bins] == [25, 25, 25, 25]
+    assert [(item.sigma_cal_low, item.sigma_cal_high) for item in bins] == [(1, 25), (26, 50), (51, 75), (76, 100)]
+    assert all(item.ratio == pytest.approx(2.0) for item in bins)
+    assert bins[0].sigma_cal_rms == pytest.approx(np.sqrt(np.mean(np.arange(1.0, 26.0) ** 2)))
+    # too few samples for 10 bins of at least 20: fewer, larger bins
+    assert [item.count for item in binned_errors(sigma_cal, residuals, n_bins=10, min_count=20)] == [20] * 5
+
+
+def test_validity_limit_everywhere_calibrated_is_top_edge():
+    sigma_hat, residuals = synthetic(2.0, 0.8, seed=8)
+    law = PowerLaw(2.0, 0.8)
+    diagnostics = diagnose(law, sigma_hat, residuals)
+    assert diagnostics.validity_limit == pytest.approx(law(sigma_hat).max())
+    assert diagnostics.validity_limit == diagnostics.bins[-1].sigma_cal_high
+
+
+def test_validity_limit_stops_where_errors_depart():
+    sigma_hat, residuals = synthetic(2.0, 0.8, seed=9)
+    law = PowerLaw(2.0, 0.8)
+    sigma_cal = np.sort(law(sigma_hat))
+    threshold = 0.5 * (sigma_cal[11999] + sigma_cal[12000])  # the edge between bins 6 and 7 of 10
+    inflated = np.where(law(sigma_hat) > threshold, 2.0 * residuals, residuals)
+    diagnostics = diagnose(law, sigma_hat, inflated)
+    assert diagnostics.validity_limit is not None
+    assert diagnostics.validity_limit < threshold
+    assert diagnostics.validity_limit == pytest.approx(sigma_cal[11999])
+    assert all(item.ratio > 1.25 for item in diagnostics.bins[6:])
+
+
+def test_validity_limit_rules():
+    def make(ratio: float, low: float, count: int = 100) -> CalibrationBin:
+        return CalibrationBin(low, low + 1.0, 1.0, ratio, count)
+
+    assert validity_limit([make(1.0, 0.0), make(1.1, 1.0), make(2.0, 2.0), make(1.0, 3.0)]) == 2.0
+    assert validity_limit([make(0.5, 0.0), make(1.0, 1.0)]) is None
+    assert validity_limit([make(3.0, 0.0, count=5), make(1.0, 1.0), make(1.0, 2.0)]) == 3.0  # sparse bin skipped
+    assert validity_limit([make(1.0, 1.0), make(1.0, 0.0)]) == 2.0  # order of the list does not matter
+    assert validity_limit([]) is None
+
+
+# --- committee calibration -------------------------------------------------------------------
+
+
+def test_per_atom_force_error_by_hand():
+    reference = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]])
+    members = np.array(
+        [
+            [[1.0, 0.0, 0.0], [1.0, 2.0, 3.0]],
+            [[0.0, 2.0, 0.0], [1.0, 2.0, 5.0]],
+        ]
+    )
+    # atom 0: |errors|² = 1 and 4 → sqrt(2.5); atom 1: 0 and 4 → sqrt(2)
+    np.testing.assert_allclose(per_atom_force_error(members, reference), [np.sqrt(2.5), np.sqrt(2.0)])
+    with pytest.raises(InputError):
+        per_atom_force_error(members, reference[:1])
+
+
+def synthetic_committee(n_structures: int = 12, n_atoms: int = 8, n_members: int = 6, stress: bool = True):
+    """A committee prediction around reference labels, errors scaling with the committee spread."""
+    rng = np.random.default_rng(10)
+    references, ref_forces, ref_energies, ref_virials = [], [], [], []
+    for _ in range(n_structures):
+        cell = np.diag(rng.uniform(8.0, 10.0, 3))
+        atoms = Atoms("H" * n_atoms, positions=rng.uniform(0.0, 8.0, (n_atoms, 3)), cell=cell, pbc=True)
+        forces, energy = rng.normal(0.0, 1.0, (n_atoms, 3)), rng.normal(-10.0, 1.0)
+        virial = rng.normal(0.0, 1.0, (3, 3))
+        virial = virial + virial.T
+        labels = {"energy": energy, "forces": forces}
+        if stress:
+            labels["stress"] = full_3x3_to_voigt_6_stress(-virial / atoms.get_volume())
+        atoms.calc = SinglePointCalculator(atoms, **labels)
+        references.append(atoms)
+        ref_forces.append(forces)
+        ref_energies.append(energy)
+        ref_virials.append(virial)
+    scale_f = 10.0 ** rng.uniform(-2, 0, (n_structures * n_atoms, 1))
+    forces = np.concatenate(ref_forces) + scale_f * rng.normal(0.0, 1.0, (n_members, n_structures * n_atoms, 3))
+    scale_e = 10.0 ** rng.uniform(-2, 0, n_structures)
+    energies = np.array(ref_energies) + scale_e * rng.normal(0.0, 1.0, (n_members, n_structures))
+    noise = rng.normal(0.0, 0.1, (n_members, n_structures, 3, 3))
+    virials = np.array(ref_virials) + noise + noise.transpose(0, 1, 3, 2)
+    natoms = np.full(n_structures, n_atoms)
+    return CommitteePrediction(energies, forces, natoms, virials), references
+
+
+def test_calibrate_committee_and_round_trip(tmp_path):
+    prediction, references = synthetic_committee()
+    calibration = calibrate_committee(prediction, references)
+    assert calibration.members == tuple(range(6))
+    assert (calibration.n_structures, calibration.n_atoms) == (12, 96)
+    assert calibration.forces.unit == "eV/Å" and calibration.forces.diagnostics.n_samples == 96
+    assert calibration.energies is not None and calibration.energies.diagnostics.n_samples == 12
+    assert calibration.virials is not None and calibration.virials.diagnostics.n_samples == 72
+    assert calibration.virials.diagnostics.summary.residual_rms < 0.2  # stress sign and volume handled
+    assert calibration.force_validity_limit == calibration.forces.diagnostics.validity_limit
+    # the force fit uses σ̂_F_i and e_i exactly as documented
+    reference_forces = np.concatenate([atoms.calc.results["forces"] for atoms in references])
+    errors = per_atom_force_error(prediction.forces, reference_forces)
+    expected = fit_power_law(force_sigma_hat(prediction.forces), errors)
+    assert calibration.forces.law == expected
+
+    path = calibration.save(tmp_path / "calibration.json")
+    data = json.loads(path.read_text())
+    assert data["forces"]["diagnostics"]["summary"]["n_samples"] == 96
+    assert len(data["forces"]["diagnostics"]["bins"]) >= 1 and "ratio" in data["forces"]["diagnostics"]["bins"][0]
+    assert CommitteeCalibration.load(path) == calibration
+
+
+def test_calibrate_committee_members_subset():
+    prediction, references = synthetic_committee()
+    subset = calibrate_committee(prediction, references, members=[0, 2, 4])
+    assert subset.members == (0, 2, 4)
+    direct = calibrate_committee(prediction.members([0, 2, 4]), references)
+    assert subset.forces.law == direct.forces.law
+    assert subset.forces.law != calibrate_committee(prediction, references).forces.law
+    with pytest.raises(InputError) as info:
+        calibrate_committee(prediction, references, members=[0, 6])
+    assert info.value.field == "members"
+
+
+def test_calibrate_committee_optional_quantities():
+    prediction, references = synthetic_committee(n_structures=5, stress=False)
+    calibration = calibrate_committee(prediction, references)
+    assert calibration.energies is None and calibration.virials is None
+    assert calibration.forces.diagnostics.n_samples == 40
+    with pytest.raises(InputError) as info:
+        calibrate_committee(prediction, references[:4])
+    assert info.value.field == "references"
+
+
+def test_load_malformed_json_names_file(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(InputError) as info:
+        CommitteeCalibration.load(broken)
+    assert info.value.file == str(broken)
+
+    prediction, references = synthetic_committee()
+    path = calibrate_committee(prediction, references).save(tmp_path / "calibration.json")
+    data = json.loads(path.read_text())
+    del data["forces"]["law"]["b"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError) as info:
+        CommitteeCalibration.load(path)
+    assert info.value.file == str(path) and info.value.field == "forces.law.b"
+
+    data["forces"]["law"]["b"] = "large"
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match="forces.law.b"):
+        CommitteeCalibration.load(path)
+
+    with pytest.raises(InputError) as info:
+        CommitteeCalibration.load(tmp_path / "missing.json")
+    assert "missing.json" in str(info.value)
+
+
+# --- plots -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("magnitudes", [False, True])
+def test_plots_are_written(tmp_path, magnitudes):
+    sigma_hat, residuals = synthetic(2.0, 0.8, seed=11, n=3000)
+    if magnitudes:
+        residuals = np.abs(residuals)
+    law = fit_power_law(sigma_hat, residuals)
+    paths = plot_calibration(sigma_hat, residuals, law, tmp_path / "plots" / "forces")
+    assert [path.name for path in paths] == ["forces_z_histogram.png", "forces_error_vs_sigma.png"]
+    for path in paths:
+        content = path.read_bytes()
+        assert content[:8] == b"\x89PNG\r\n\x1a\n"
+        assert len(content) > 10_000
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(p.name for p in paths)  # no temp files

@@ -1,0 +1,516 @@
+"""Tests of cagoflow.config (campaign and site schemas, loaders) and cagoflow.structures."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from ase import Atoms
+from ase.geometry import get_distances
+from ase.io import read, write
+from pydantic import ValidationError
+
+from cagoflow.config import (
+    STAGES,
+    CampaignConfig,
+    CommitteeConfig,
+    ExecutorConfig,
+    MDConfig,
+    SiteConfig,
+    TrainingStage,
+    default_site,
+    load_campaign,
+    load_site,
+    schedule_at,
+)
+from cagoflow.errors import InputError
+from cagoflow.geometry import min_interatomic_distance
+from cagoflow.structures import water_box
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "water" / "campaign.yaml"
+LOCAL_SITE = ROOT / "site-configs" / "local-threads.yaml"
+
+BASE_CAMPAIGN: dict[str, Any] = {
+    "name": "test",
+    "iterations": 2,
+    "systems": {"water": {"structures": "water.extxyz"}},
+    "committee": {"backend": "analytic", "size": 4},
+    "md": {"schedule": [{"from_iteration": 0, "ensemble": "nvt", "steps": 100}]},
+    "sampling": {"per_iteration": 2, "cago_from": {"source": "training", "subset": 3}},
+}
+
+
+def density_g_cm3(atoms: Atoms) -> float:
+    return float(atoms.get_masses().sum() * 1.66053906660 / atoms.get_volume())
+
+
+@pytest.fixture(scope="module")
+def small_water() -> Atoms:
+    return water_box(4, seed=1)
+
+
+def write_campaign(tmp_path: Path, data: dict[str, Any] | str, structures: Atoms | None = None) -> Path:
+    """A campaign file (and, given ``structures``, water.extxyz next to it) in tmp_path."""
+    if structures is not None:
+        write(tmp_path / "water.extxyz", structures, format="extxyz")
+    path = tmp_path / "campaign.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+DELETE = object()
+
+
+def edited(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``base`` with values set at dotted paths (``DELETE`` removes the key)."""
+    data = copy.deepcopy(base)
+    for dotted, value in changes.items():
+        *parents, last = [int(part) if part.isdigit() else part for part in dotted.split(".")]
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
+        if value is DELETE:
+            del node[last]
+        else:
+            node[last] = value
+    return data
+
+
+def changed(changes: dict[str, Any]) -> dict[str, Any]:
+    return edited(BASE_CAMPAIGN, changes)
+
+
+def case(name: str, data: Any, field: str | None, *words: str) -> Any:
+    return pytest.param(data, field, words, id=name)
+
+
+def assert_input_error(path: Path, field: str | None, *words: str, loader=load_campaign) -> InputError:
+    with pytest.raises(InputError) as info:
+        loader(path)
+    error = info.value
+    assert path.name in str(error), str(error)
+    assert error.file == str(path)
+    if field is not None:
+        assert error.field == field, str(error)
+        assert field in str(error)
+    for word in words:
+        assert word in str(error), str(error)
+    return error
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped files
+# ---------------------------------------------------------------------------------------------
+
+
+def test_example_campaign_loads() -> None:
+    config = load_campaign(EXAMPLE)
+    assert config.iterations == 3
+    water = config.systems["water"]
+    assert water.structures == (EXAMPLE.parent / "water-16.extxyz").resolve()
+    assert water.structures.is_absolute() and not water.labelled
+    assert config.md_stage(0).ensemble == "nvt" and config.md_stage(1).ensemble == "nvt"
+    assert config.md_stage(2).ensemble == "npt" and config.md_stage(7).pressure == 1.0
+    assert [config.training_steps(i) for i in range(4)] == [200, 200, 400, 400]
+    assert config.cago_source(0).source == "training" and config.cago_subset(0) == 3
+    assert config.cago_source(2).source == "md" and config.cago_subset(2) == config.committee.size
+    assert config.n_samples(1) == config.sampling.per_iteration
+    assert config.cago.delta == pytest.approx(0.1)
+    assert config.reference.engine == "tblite" and config.reference.method_name == "GFN1-xTB"
+    assert config.committee.min_trained <= config.committee.size
+
+
+def test_example_structure_file_matches_water_box() -> None:
+    atoms = read(EXAMPLE.parent / "water-16.extxyz")
+    expected = water_box(16, density_g_cm3=1.0, seed=0)
+    assert atoms.get_chemical_formula() == expected.get_chemical_formula() == "H32O16"
+    assert len(atoms) == len(expected) == 48
+    assert density_g_cm3(atoms) == pytest.approx(1.0, rel=0.01)
+    assert atoms.cell.lengths() == pytest.approx([7.82] * 3, abs=0.01)
+    assert np.allclose(atoms.positions, expected.positions, atol=1e-5)
+
+
+def test_local_site_is_the_default() -> None:
+    site = load_site(LOCAL_SITE)
+    assert site == default_site()
+    assert site.executors["local"].kind == "threads" and site.executors["local"].max_workers == 2
+    assert site.stage_executors == {stage: "local" for stage in STAGES}
+    assert site.engines.cp2k.command == "cp2k.psmp" and site.engines.nequip.command == "nequip-train"
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules and models in Python
+# ---------------------------------------------------------------------------------------------
+
+
+def test_schedule_at_picks_the_entry_in_force() -> None:
+    entries = [TrainingStage(from_iteration=0, steps=1), TrainingStage(from_iteration=3, steps=2)]
+    assert [schedule_at(entries, i).steps for i in range(5)] == [1, 1, 1, 2, 2]
+    with pytest.raises(ValueError):
+        schedule_at(entries, -1)
+
+
+def test_plain_value_or_mapping_means_every_iteration() -> None:
+    committee = CommitteeConfig(size=3, training_steps=500)
+    assert committee.steps_at(0) == committee.steps_at(9) == 500
+    md = MDConfig(schedule={"ensemble": "npt", "pressure": 1.0})
+    assert len(md.schedule) == 1 and md.schedule[0].from_iteration == 0
+
+
+def test_preset_sets_training_steps() -> None:
+    paper = CommitteeConfig(preset="paper")
+    assert [paper.steps_at(i) for i in (0, 1, 2, 3, 4, 10)] == [50_000, 50_000, 150_000, 150_000, 400_000, 400_000]
+    assert CommitteeConfig().steps_at(0) == 200
+
+
+def test_models_are_frozen_and_forbid_unknown_keys() -> None:
+    site = default_site()
+    with pytest.raises(ValidationError):
+        site.retries = 3  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        ExecutorConfig(kind="threads", max_threads=2)  # type: ignore[call-arg]
+
+
+def test_campaign_round_trips_through_json() -> None:
+    config = load_campaign(EXAMPLE)
+    assert CampaignConfig.model_validate(config.model_dump(mode="json")) == config
+
+
+def test_minimal_campaign_takes_defaults(tmp_path: Path, small_water: Atoms) -> None:
+    minimal = {"iterations": 1, "systems": {"w": {"structures": "water.extxyz"}}}
+    config = load_campaign(write_campaign(tmp_path, minimal, small_water))
+    assert isinstance(config, CampaignConfig)
+    assert config.cago.delta > 0 and config.md_stage(0).ensemble == "nvt"
+    assert config.dataset.test_fraction == pytest.approx(0.1)
+
+
+def test_structure_paths_resolve_relative_to_campaign_file(tmp_path: Path, small_water: Atoms) -> None:
+    (tmp_path / "inputs").mkdir()
+    write(tmp_path / "inputs" / "w.extxyz", small_water)
+    campaign = tmp_path / "runs" / "campaign.yaml"
+    campaign.parent.mkdir()
+    campaign.write_text(yaml.safe_dump(changed({"systems.water.structures": "../inputs/w.extxyz"})))
+    config = load_campaign(campaign)
+    assert config.systems["water"].structures == (tmp_path / "inputs" / "w.extxyz").resolve()
+
+
+def test_yaml_1_1_traps_are_avoided(tmp_path: Path, small_water: Atoms) -> None:
+    text = yaml.safe_dump(BASE_CAMPAIGN, sort_keys=False).replace(
+        "committee:\n", "committee:\n  hyperparameters: {learning_rate: 1e-3, nodes: 010}\n"
+    )
+    config = load_campaign(write_campaign(tmp_path, text, small_water))
+    assert config.committee.hyperparameters == {"learning_rate": 1e-3, "nodes": 10}
+    site = tmp_path / "site.yaml"
+    site.write_text("executors:\n  cpu:\n    kind: htex_slurm\n    provider: {walltime: 48:00:00}\n")
+    assert load_site(site).executors["cpu"].provider.walltime == "48:00:00"
+
+
+def test_system_given_as_a_path_only(tmp_path: Path, small_water: Atoms) -> None:
+    data = changed({"systems.water": "water.extxyz"})
+    config = load_campaign(write_campaign(tmp_path, data, small_water))
+    assert config.systems["water"].structures == (tmp_path / "water.extxyz").resolve()
+
+
+# ---------------------------------------------------------------------------------------------
+# Broken campaign files
+# ---------------------------------------------------------------------------------------------
+
+
+def _overlapping() -> Atoms:
+    atoms = water_box(4, seed=1)
+    atoms.positions[3] = atoms.positions[0] + [0.1, 0.0, 0.0]
+    return atoms
+
+
+BROKEN_CAMPAIGNS = [
+    case("bad-yaml", "iterations: 2\nsystems: {water: [unclosed\n", None, "malformed YAML", "line"),
+    case("tab-yaml", "iterations: 2\n\tsystems: {}\n", None, "malformed YAML", "line 2"),
+    case("duplicate-key", "iterations: 2\niterations: 3\nsystems: {}\n", None, "twice", "line 2"),
+    case("top-level-list", "- iterations: 2\n", None, "found a list"),
+    case("empty-file", "", "systems", "must name its systems", "empty"),
+    case("empty-mapping", "{}\n", "systems", "must name its systems"),
+    case("empty-systems", changed({"systems": {}}), "systems", "must name its systems", "line"),
+    case(
+        "unknown-key",
+        changed({"cago.detla": 0.1}),
+        "cago.detla", "unknown key 'detla'", "did you mean 'delta'", "tolerance",
+    ),
+    case("unknown-top-key", changed({"iteration": 3}), "iteration", "did you mean 'iterations'"),
+    case("missing-iterations", changed({"iterations": DELETE}), "iterations", "missing required key"),
+    case("wrong-type", changed({"iterations": "three"}), "iterations", "expected a valid integer", "'three'", "line 2"),
+    case("wrong-type-nested", changed({"md.replicas": [1, 2]}), "md.replicas", "found [1, 2]"),
+    case("negative-delta", changed({"cago.delta": -0.1}), "cago.delta", "greater than 0", "-0.1", "eV/Å"),
+    case("zero-delta", changed({"cago.delta": 0}), "cago.delta", "greater than 0"),
+    case("tolerance-above-one", changed({"cago.tolerance": 1.5}), "cago.tolerance", "less than 1"),
+    case("fraction-out-of-range", changed({"dataset.test_fraction": 1.2}), "dataset.test_fraction", "less than 1"),
+    case(
+        "fractions-sum",
+        changed({"dataset.train_fraction": 0.8, "dataset.validation_fraction": 0.3}),
+        "dataset", "must not exceed 1", "1.1",
+    ),
+    case("bad-ensemble", changed({"md.schedule.0.ensemble": "nvp"}), "md.schedule.0.ensemble", "'npt'", "'nvp'"),
+    case("npt-no-pressure", changed({"md.schedule.0.ensemble": "npt"}), "md.schedule.0.pressure", "needs a pressure"),
+    case(
+        "schedule-out-of-order",
+        changed({"md.schedule": [{"from_iteration": 0}, {"from_iteration": 3}, {"from_iteration": 2}]}),
+        "md.schedule.2.from_iteration", "increasing",
+    ),
+    case(
+        "schedule-not-from-zero",
+        changed({"committee.training_steps": [{"from_iteration": 1, "steps": 5}]}),
+        "committee.training_steps.0.from_iteration", "from_iteration 0",
+    ),
+    case(
+        "subset-above-size",
+        changed({"sampling.cago_from.subset": 5}),
+        "sampling.cago_from.0.subset", "exceeds the committee size (4)",
+    ),
+    case("subset-word", changed({"sampling.cago_from.subset": "x"}), "sampling.cago_from.0.subset", "'all'", "'x'"),
+    case("min-trained-above-size", changed({"committee.min_trained": 5}), "committee.min_trained", "exceeds"),
+    case("committee-of-one", changed({"committee.size": 1}), "committee.size", "greater than or equal to 2"),
+    case(
+        "too-few-md-frames",
+        changed({"sampling.per_iteration": 50, "sampling.cago_from": "md"}),
+        "sampling.per_iteration", "saves only 10",
+    ),
+    case(
+        "bias-without-weight",
+        changed({"cago.bias": {"kind": "pressure", "target_pressure": 1.0}}),
+        "cago.bias.weight", "weight > 0",
+    ),
+    case("ase-no-calculator", changed({"reference.engine": "ase"}), "reference.calculator", "module:Class"),
+    case("xtb-method-case", changed({"reference.method": "GFN2-XTB"}), "reference.method", "did you mean 'GFN2-xTB'"),
+    case(
+        "bad-system-name",
+        changed({"systems": {"my water": {"structures": "water.extxyz"}}}),
+        "systems.my water", "letters, digits", "'my water'",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("data", "field", "words"), BROKEN_CAMPAIGNS)
+def test_broken_campaign(
+    tmp_path: Path, small_water: Atoms, data: Any, field: str | None, words: tuple[str, ...]
+) -> None:
+    assert_input_error(write_campaign(tmp_path, data, small_water), field, *words)
+
+
+def test_several_errors_are_counted(tmp_path: Path, small_water: Atoms) -> None:
+    data = changed({"seed": -1, "cago.delta": -1, "cago.tolerance": 2})
+    error = assert_input_error(write_campaign(tmp_path, data, small_water), "seed")
+    assert "2 more error(s)" in str(error) and "cago.delta" in str(error)
+
+
+def test_missing_structure_file(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, BASE_CAMPAIGN)
+    assert_input_error(path, "systems.water.structures", "water.extxyz", "does not exist")
+
+
+def test_structure_file_with_overlapping_atoms(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, BASE_CAMPAIGN, _overlapping())
+    assert_input_error(path, "systems.water.structures", "overlapping atoms", "water.extxyz", "line")
+
+
+def test_unreadable_structure_file(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, BASE_CAMPAIGN)
+    (tmp_path / "water.extxyz").write_bytes(b"\x00\xff\xfe garbage \x01" * 20)
+    assert_input_error(path, "systems.water.structures", "water.extxyz", "cannot parse")
+
+
+def test_structure_path_is_a_directory(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, BASE_CAMPAIGN)
+    (tmp_path / "water.extxyz").mkdir()
+    assert_input_error(path, "systems.water.structures", "directory")
+
+
+def test_labelled_structures_need_labels(tmp_path: Path, small_water: Atoms) -> None:
+    data = changed({"systems.water.labelled": True})
+    assert_input_error(write_campaign(tmp_path, data, small_water), "systems.water.structures", "reference energy")
+
+
+def test_molecule_with_cell_optimisation(tmp_path: Path) -> None:
+    molecule = Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+    path = write_campaign(tmp_path, BASE_CAMPAIGN, molecule)
+    assert_input_error(path, "cago.optimize_cell", "not periodic")
+    path.write_text(yaml.safe_dump(changed({"cago.optimize_cell": False})))
+    assert load_campaign(path).systems["water"].structures.name == "water.extxyz"
+
+
+def test_campaign_file_missing(tmp_path: Path) -> None:
+    assert_input_error(tmp_path / "nowhere.yaml", None, "does not exist")
+
+
+def test_campaign_path_is_a_directory(tmp_path: Path) -> None:
+    folder = tmp_path / "campaign.yaml"
+    folder.mkdir()
+    assert_input_error(folder, None, "found a directory")
+
+
+def test_campaign_file_is_binary(tmp_path: Path) -> None:
+    path = tmp_path / "campaign.yaml"
+    path.write_bytes(bytes(range(256)) * 4)
+    assert_input_error(path, None, "binary")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_campaign_file_without_permission(tmp_path: Path, small_water: Atoms) -> None:
+    path = write_campaign(tmp_path, BASE_CAMPAIGN, small_water)
+    path.chmod(0)
+    try:
+        assert_input_error(path, None, "permission denied")
+    finally:
+        path.chmod(0o644)
+
+
+# ---------------------------------------------------------------------------------------------
+# Site configs
+# ---------------------------------------------------------------------------------------------
+
+SLURM_SITE: dict[str, Any] = {
+    "name": "cluster",
+    "executors": {
+        "cpu": {"kind": "htex_slurm", "max_workers": 4, "provider": {"partition": "cpu", "walltime": "02:00:00"}},
+        "gpu": {
+            "kind": "htex_slurm",
+            "available_accelerators": [0, 1],
+            "provider": {"partition": "gpu", "gpus_per_node": 2, "walltime": "48:00:00", "exclusive": False},
+        },
+        "dft": {"kind": "mpi", "max_workers": 2, "provider": {"partition": "cpu", "nodes_per_block": 2}},
+    },
+    "stages": {"default": "cpu", "train": "gpu", "md": "gpu", "cago": "gpu", "reference": "dft"},
+    "engines": {"cp2k": {"threads": 2, "env": {"OMP_STACKSIZE": "64M", "CP2K_DATA_DIR": 1}}},
+}
+
+
+def write_site(tmp_path: Path, data: dict[str, Any] | str) -> Path:
+    path = tmp_path / "site.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def site_changed(changes: dict[str, Any]) -> dict[str, Any]:
+    return edited(SLURM_SITE, changes)
+
+
+def test_slurm_site_loads(tmp_path: Path) -> None:
+    site = load_site(write_site(tmp_path, SLURM_SITE))
+    assert site.executor_for("train") == "gpu" and site.executor_for("merge") == "cpu"
+    assert site.executor_for("reference") == "dft"
+    gpu = site.executors["gpu"]
+    assert gpu.available_accelerators == ["0", "1"] and gpu.launcher == "single_node"
+    assert gpu.provider is not None and gpu.provider.walltime_seconds == 48 * 3600 and not gpu.provider.exclusive
+    assert site.executors["dft"].launcher == "simple"
+    assert site.engines.cp2k.command == "cp2k.psmp" and site.engines.cp2k.threads == 2
+    assert site.engines.cp2k.env == {"OMP_STACKSIZE": "64M", "CP2K_DATA_DIR": "1"}
+
+
+BROKEN_SITES = [
+    case(
+        "unknown-executor",
+        site_changed({"stages.train": "gpus"}),
+        "stages.train", "'gpus'", "did you mean 'gpu'", "cpu, gpu, dft",
+    ),
+    case(
+        "bad-walltime",
+        site_changed({"executors.gpu.provider.walltime": "2h"}),
+        "executors.gpu.provider.walltime", "HH:MM:SS", "'2h'",
+    ),
+    case(
+        "walltime-minutes",
+        site_changed({"executors.cpu.provider.walltime": "01:75:00"}),
+        "executors.cpu.provider.walltime", "HH:MM:SS",
+    ),
+    case("unknown-stage", site_changed({"stages.trian": "gpu"}), "stages.trian", "did you mean 'train'"),
+    case("stages-without-default", site_changed({"stages.default": DELETE}), "stages", "calibrate", "default"),
+    case(
+        "slurm-without-provider",
+        site_changed({"executors.cpu.provider": DELETE}),
+        "executors.cpu.provider", "needs a provider",
+    ),
+    case(
+        "threads-with-provider",
+        site_changed({"executors.cpu.kind": "threads"}),
+        "executors.cpu.provider", "takes no provider",
+    ),
+    case("bad-kind", site_changed({"executors.cpu.kind": "htex"}), "executors.cpu.kind", "'htex_slurm'"),
+    case(
+        "multi-node-single-launcher",
+        site_changed({"executors.cpu.provider.nodes_per_block": 2}),
+        "executors.cpu.provider.launcher", "srun",
+    ),
+    case(
+        "mpi-with-srun-launcher",
+        site_changed({"executors.dft.provider.launcher": "srun"}),
+        "executors.dft.provider.launcher", "simple",
+    ),
+    case(
+        "more-accelerators-than-gpus",
+        site_changed({"executors.gpu.available_accelerators": 4}),
+        "executors.gpu.available_accelerators", "gpus_per_node 2",
+    ),
+    case(
+        "blocks",
+        site_changed({"executors.cpu.provider.min_blocks": 3, "executors.cpu.provider.max_blocks": 2}),
+        "executors.cpu.provider.min_blocks", "exceeds max_blocks",
+    ),
+    case("no-executors", {"executors": {}}, "executors", "at least one executor"),
+    case("empty-site", "", "executors", "must define its executors"),
+    case("bad-yaml", "executors:\n  cpu: {kind: threads\n", None, "malformed YAML", "line"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("data", "field", "words"), BROKEN_SITES)
+def test_broken_site(tmp_path: Path, data: Any, field: str | None, words: tuple[str, ...]) -> None:
+    assert_input_error(write_site(tmp_path, data), field, *words, loader=load_site)
+
+
+def test_site_executor_for_unknown_stage() -> None:
+    with pytest.raises(ValueError):
+        default_site().executor_for("relax")
+
+
+def test_site_with_only_executors_runs_everything_on_the_first() -> None:
+    site = SiteConfig(executors={"a": {"kind": "htex_local"}, "b": {"kind": "threads"}})
+    assert set(site.stage_executors.values()) == {"a"}
+
+
+# ---------------------------------------------------------------------------------------------
+# water_box
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_molecules", [1, 8, 16, 28, 64])
+def test_water_box_density_and_distances(n_molecules: int) -> None:
+    atoms = water_box(n_molecules, seed=3)
+    assert len(atoms) == 3 * n_molecules and atoms.pbc.all()
+    assert atoms.cell.cellpar()[3:] == pytest.approx([90, 90, 90])
+    assert density_g_cm3(atoms) == pytest.approx(1.0, rel=0.01)
+    molecule = np.repeat(np.arange(n_molecules), 3)
+    _, distances = get_distances(atoms.positions, cell=atoms.cell, pbc=True)
+    other = molecule[:, None] != molecule[None, :]
+    if n_molecules > 1:
+        assert distances[other].min() >= 1.5
+        oxygens = atoms.numbers == 8
+        assert distances[np.ix_(oxygens, oxygens)][other[np.ix_(oxygens, oxygens)]].min() >= 2.5
+    assert min_interatomic_distance(atoms) > 0.9
+
+
+def test_water_box_is_reproducible_and_seeded() -> None:
+    assert np.array_equal(water_box(8, seed=5).positions, water_box(8, seed=5).positions)
+    assert not np.allclose(water_box(8, seed=5).positions, water_box(8, seed=6).positions)
+
+
+def test_water_box_density_sets_the_edge() -> None:
+    assert water_box(16, density_g_cm3=0.5).get_volume() == pytest.approx(2 * water_box(16).get_volume())
+
+
+@pytest.mark.parametrize(("n_molecules", "density"), [(0, 1.0), (4, 0.0), (4, -1.0)])
+def test_water_box_refuses_impossible_arguments(n_molecules: int, density: float) -> None:
+    with pytest.raises(ValueError):
+        water_box(n_molecules, density_g_cm3=density)

@@ -1,0 +1,1 @@
+"""The iterative DAG driver: campaign state on disk, resume."""
