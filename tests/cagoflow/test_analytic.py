@@ -163,7 +163,8 @@ def test_neighbour_list_reuse_within_the_skin(model, box, count_lists):
     committee = MorseCommittee(model)
     batched = committee.predict(near)
     assert count_lists == [len(box)]
-    np.testing.assert_array_equal(np.bincount(build_pairs(near, model).structure), [len(build_pairs([box], model).i)] * 4)
+    n_pairs = len(build_pairs([box], model).i)
+    np.testing.assert_array_equal(np.bincount(build_pairs(near, model).structure), [n_pairs] * 4)
     fresh = [committee.predict([atoms]) for atoms in near]
     for s, single in enumerate(fresh):
         np.testing.assert_allclose(batched.energies[:, s], single.energies[:, 0], rtol=0, atol=BATCH_ATOL)

@@ -60,7 +60,8 @@ class ToyCommittee:
         self.calls.append(len(structures))
         energies = np.array([[scale * np.sin(a.positions).sum() for a in structures] for scale in self.scales])
         forces = np.array([np.concatenate([-scale * np.cos(a.positions) for a in structures]) for scale in self.scales])
-        virials = np.array([[scale * np.outer(a.positions.sum(0), a.positions.sum(0)) for a in structures] for scale in self.scales])
+        sums = [a.positions.sum(0) for a in structures]
+        virials = np.array([[scale * np.outer(total, total) for total in sums] for scale in self.scales])
         natoms = np.array([len(a) for a in structures], dtype=int)
         return CommitteePrediction(energies, forces, natoms, virials)
 
