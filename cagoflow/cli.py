@@ -15,6 +15,7 @@ from typing import Callable, Optional, TypeVar
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -44,7 +45,7 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except CagoflowError as exc:
-            errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_INPUT_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
@@ -68,6 +69,31 @@ def _check_members(members: tuple[int, ...], n_members: int, option: str) -> Non
         raise InputError(f"the committee has members 0 to {n_members - 1}, got {members}", field=option)
 
 
+def _output_folder(output: Path) -> Path:
+    """Create the output folder up front: a file in its place or no permission is a user error."""
+    if output.exists() and not output.is_dir():
+        raise InputError("expected an output folder, found a file", file=output, field="--output")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder ({exc.strerror or exc})", file=output, field="--output") from None
+    return output
+
+
+def _check_species(spec, structures, file: Path) -> None:
+    """Refuse structures with elements the committee has no parameters for (where it lists its species)."""
+    known = getattr(spec, "species", None)
+    if known is None:
+        return
+    for index, atoms in enumerate(structures):
+        unknown = sorted(set(atoms.get_chemical_symbols()) - set(known))
+        if unknown:
+            raise InputError(
+                f"structure {index} holds {', '.join(unknown)}, but the committee knows only {', '.join(known)}",
+                file=file,
+            )
+
+
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show log messages.")) -> None:
     """Calibrated adversarial geometry optimisation for MLIP active learning."""
@@ -87,13 +113,16 @@ def calibrate(
     from cagoflow.calibration_plots import plot_calibration
     from cagoflow.committee import force_sigma_hat
     from cagoflow.io import read_structures
-    from cagoflow.models import load_committee
+    from cagoflow.models import load_committee_spec
 
-    model = load_committee(committee)
+    spec = load_committee_spec(committee)
+    model = spec.build()
     references = read_structures(structures, require_labels=True)
+    _check_species(spec, references, structures)
     members = _members(subset, "--subset")
     if members is not None:
         _check_members(members, model.n_members, "--subset")
+    _output_folder(output)
     with console.status(f"predicting {len(references)} structures with {model.n_members} members"):
         prediction = model.predict(references)
     reference_forces = np.concatenate([atoms.get_forces() for atoms in references])
@@ -109,7 +138,7 @@ def calibrate(
 
 
 def _print_calibration(calibration, path: Path, plots) -> None:
-    table = Table(title=f"calibration of members {', '.join(map(str, calibration.members))} → {path}")
+    table = Table(title=f"calibration of members {', '.join(map(str, calibration.members))} → {escape(str(path))}")
     for column in ("quantity", "a", "b", "RMS z before", "RMS z after", "miscal. area", "valid up to"):
         table.add_column(column)
     for quantity in (calibration.forces, calibration.energies, calibration.virials):
@@ -128,7 +157,7 @@ def _print_calibration(calibration, path: Path, plots) -> None:
         )
     console.print(table)
     if plots:
-        console.print("plots: " + ", ".join(str(p) for p in plots))
+        console.print("plots: " + escape(", ".join(str(p) for p in plots)))
 
 
 @app.command()
@@ -151,13 +180,13 @@ def cago(
 ) -> None:
     """Push structures until the calibrated force uncertainty reaches δ (with progress)."""
     if demo:
-        _run_demo(output)
+        _run_demo(_output_folder(output))
         return
     from cagoflow.cago import CagoSettings, run_cago
     from cagoflow.cago_plots import plot_cago_progress
     from cagoflow.calibration import CommitteeCalibration
     from cagoflow.io import check_structures, read_structures, write_structures
-    from cagoflow.models import load_committee
+    from cagoflow.models import load_committee_spec
 
     for value, option in ((committee, "--committee"), (calibration, "--calibration"), (structures, "--structures")):
         if value is None:
@@ -174,7 +203,8 @@ def cago(
         gradient=gradient,  # type: ignore[arg-type]
         above_validity="refuse" if refuse_above_validity else "clamp",
     )
-    model = load_committee(committee)
+    spec = load_committee_spec(committee)
+    model = spec.build()
     law_file = CommitteeCalibration.load(calibration)
     chosen = _members(members, "--members") or tuple(range(model.n_members))
     _check_members(chosen, model.n_members, "--members")
@@ -187,6 +217,8 @@ def cago(
         )
     starts = read_structures(structures)
     check_structures(starts, file=structures)
+    _check_species(spec, starts, structures)
+    _output_folder(output)
     engine = model if len(chosen) == model.n_members else model.subset(chosen)
     results = []
     with _progress() as progress:
@@ -198,11 +230,11 @@ def cago(
             )
             progress.update(task, completed=settings.max_steps, sigma=f"{results[-1].reason}")
     for warning in sorted({w for result in results for w in result.warnings}):
-        errors.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        errors.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     written = write_structures(output / "cago.extxyz", [result.atoms for result in results])
     plot = plot_cago_progress(results, output / "cago-progress.png")
     _print_results(results, None)
-    console.print(f"structures: {written}\nplot: {plot}")
+    console.print(escape(f"structures: {written}\nplot: {plot}"))
 
 
 def _progress() -> Progress:
@@ -251,7 +283,7 @@ def _run_demo(output: Path) -> None:
         result = run_demo(output, settings, progress=lambda i, step, sigma: _advance(progress, tasks[i], step, sigma))
     _print_calibration(result.subset_calibration, output / "calibration-subset.json", [])
     _print_results(result.results, result.hits)
-    console.print("files: " + ", ".join(str(p) for p in result.files))
+    console.print("files: " + escape(", ".join(str(p) for p in result.files)))
 
 
 def _not_yet(command: str) -> None:
