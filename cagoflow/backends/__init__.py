@@ -1,0 +1,110 @@
+"""MLIP backends: train one committee member with the backend's own trainer; load members.
+
+A backend is a pure template (ASE's calculator-template idea): it writes the trainer's input
+into a work directory and names the commands to run there, then reads the results back.
+Who runs the commands — :func:`train` here, a Parsl bash app on a cluster — is decided
+elsewhere. The command names (``dp``, ``nequip-train``) can be replaced by the site-config.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Protocol, Sequence, runtime_checkable
+
+from cagoflow.committee import Committee
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """What to train: preset ("tiny" for tests, "paper" for the paper's architecture), training
+    steps, the member's seed, the species (type map), free hyperparameters that override the
+    preset, and optionally a previous model to start from (fine-tuning)."""
+
+    steps: int
+    seed: int
+    type_map: tuple[str, ...]
+    preset: Literal["tiny", "paper"] = "tiny"
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    init_model: Path | None = None
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """Outcome of training one member.
+
+    Attributes:
+        status: "success" or "failed" (a crash, NaN losses, no model file).
+        model: the deployable model file (None when failed).
+        metrics: final RMSEs, e.g. ``train_energy_per_atom`` (eV/atom), ``train_forces`` (eV/Å),
+            ``validation_energy_per_atom``, ``validation_forces``.
+        message: why it failed, with the trainer's last lines.
+        wall_time: seconds.
+    """
+
+    status: Literal["success", "failed"]
+    model: Path | None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    message: str = ""
+    wall_time: float = 0.0
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One MLIP package (DeePMD-kit, NequIP, Allegro)."""
+
+    name: str
+
+    def write_training_input(
+        self, train_file: Path, validation_file: Path, workdir: Path, settings: TrainingSettings
+    ) -> list[list[str]]:
+        """Write the trainer's inputs into ``workdir``; return the commands to run there, in order."""
+        ...
+
+    def read_training_result(self, workdir: Path) -> TrainingResult:
+        """Read the trained model and final errors from ``workdir`` (failures as a result)."""
+        ...
+
+    def load(self, models: Sequence[Path], device: str | None = None) -> Committee:
+        """A committee of the given member models (device: "cpu", "cuda"; None: CUDA if available)."""
+        ...
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a log file ("" when missing)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def train(
+    backend: Backend,
+    train_file: Path,
+    validation_file: Path,
+    workdir: Path,
+    settings: TrainingSettings,
+    *,
+    timeout: float | None = None,
+) -> TrainingResult:
+    """Train one member here and now: write inputs, run the commands, read the result.
+
+    Each command's output goes to ``workdir/<step>.log``; a failing command ends training with a
+    failed result carrying the log's last lines, never an exception.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    for step, command in enumerate(backend.write_training_input(train_file, validation_file, workdir, settings)):
+        log = workdir / f"step-{step}.log"
+        with open(log, "w") as handle:
+            try:
+                completed = subprocess.run(command, cwd=workdir, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                return TrainingResult("failed", None, message=f"{' '.join(command)}: {exc}", wall_time=time.perf_counter() - start)
+        if completed.returncode != 0:
+            message = f"{' '.join(command)} exited with code {completed.returncode}:\n{tail(log)}"
+            return TrainingResult("failed", None, message=message, wall_time=time.perf_counter() - start)
+    result = backend.read_training_result(workdir)
+    return TrainingResult(result.status, result.model, result.metrics, result.message, time.perf_counter() - start)

@@ -1,0 +1,1 @@
+"""Engines behind small protocols: reference calculations and molecular dynamics."""
