@@ -1,1 +1,55 @@
-"""Parsl apps, one per stage of an active-learning iteration (thin wrappers around ``cagoflow``)."""
+"""Parsl apps of the campaign stages (``cagoflow.apps``).
+
+The stage bodies are plain functions in :mod:`cagoflow.apps.stages`; :func:`make_apps` binds
+each to the executor that the site-config maps its stage to (psiflow's idiom
+``f = python_app(_f, executors=[...])``). External programs (trainers) run in bash apps, each
+in its own task directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class CampaignApps:
+    """One Parsl app per stage task."""
+
+    initial: Any
+    split: Any
+    prepare_training: Any
+    run_command: Any
+    collect_training: Any
+    calibrate: Any
+    md: Any
+    sample: Any
+    cago: Any
+    prefilter: Any
+    reference: Any
+    merge: Any
+
+
+def make_apps(executor_for: Mapping[str, str]) -> CampaignApps:
+    """Apps bound to executors: ``executor_for`` maps each stage of ``cagoflow.config.STAGES`` to a label."""
+    from parsl import bash_app, python_app
+
+    from cagoflow.apps import stages
+
+    def python(function, stage: str):
+        return python_app(function, executors=[executor_for[stage]])
+
+    return CampaignApps(
+        initial=python(stages._initial, "sample"),
+        split=python(stages._split, "merge"),
+        prepare_training=python(stages._prepare_training, "train"),
+        run_command=bash_app(stages._run_command, executors=[executor_for["train"]]),
+        collect_training=python(stages._collect_training, "train"),
+        calibrate=python(stages._calibrate, "calibrate"),
+        md=python(stages._md, "md"),
+        sample=python(stages._sample, "sample"),
+        cago=python(stages._cago, "cago"),
+        prefilter=python(stages._prefilter, "prefilter"),
+        reference=python(stages._reference, "reference"),
+        merge=python(stages._merge, "merge"),
+    )

@@ -6,9 +6,11 @@ exit code 2, never as a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
@@ -16,7 +18,7 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cagoflow.errors import CagoflowError, InputError
@@ -69,14 +71,14 @@ def _check_members(members: tuple[int, ...], n_members: int, option: str) -> Non
         raise InputError(f"the committee has members 0 to {n_members - 1}, got {members}", field=option)
 
 
-def _output_folder(output: Path) -> Path:
+def _output_folder(output: Path, option: str = "--output") -> Path:
     """Create the output folder up front: a file in its place or no permission is a user error."""
     if output.exists() and not output.is_dir():
-        raise InputError("expected an output folder, found a file", file=output, field="--output")
+        raise InputError("expected an output folder, found a file", file=output, field=option)
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(f"cannot create the output folder ({exc.strerror or exc})", file=output, field="--output") from None
+        raise InputError(f"cannot create the output folder ({exc.strerror or exc})", file=output, field=option) from None
     return output
 
 
@@ -286,29 +288,102 @@ def _run_demo(output: Path) -> None:
     console.print("files: " + escape(", ".join(str(p) for p in result.files)))
 
 
-def _not_yet(command: str) -> None:
-    raise InputError(f"'cagoflow {command}' is not yet available: the campaign driver has not landed")
-
-
 @app.command()
 @reports_errors
-def run(campaign: Path = typer.Argument(..., help="Campaign YAML.")) -> None:
-    """Run or resume a campaign (not yet available)."""
-    _not_yet("run")
+def run(
+    campaign: Path = typer.Argument(..., help="Campaign YAML."),
+    site: Optional[Path] = typer.Option(None, "--site", help="Site-config YAML (default: local threads)."),
+    workdir: Path = typer.Option(Path("runs/campaign"), "--workdir", "-w", help="Campaign work directory (continued if it exists)."),
+) -> None:
+    """Run a campaign, or continue it where it stopped: finished tasks are never recomputed."""
+    from cagoflow.config import default_site, load_campaign, load_site
+    from cagoflow.workflows.campaign import run_campaign
+
+    config = load_campaign(campaign)
+    site_config = default_site() if site is None else load_site(site)
+    _output_folder(workdir, "--workdir")
+    console.print(
+        f"[bold]{escape(config.name)}[/]: {config.iterations} iteration(s), {len(config.systems)} system(s), "
+        f"{config.committee.size}-member {config.committee.backend} committee, site {escape(site_config.name)}, "
+        f"work directory {escape(str(workdir))}"
+    )
+    with _stage_progress() as (progress, hook):
+        run_campaign(config, site_config, workdir, hook)
+    _print_status(workdir)
+
+
+@contextlib.contextmanager
+def _stage_progress():
+    """A progress bar per stage, advanced as tasks finish (from Parsl's callback threads)."""
+    progress = Progress(
+        TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]}"),
+        TimeElapsedColumn(), console=console,
+    )  # fmt: skip
+    bars: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def hook(stage: str, event: str) -> None:
+        with lock:
+            if stage not in bars:
+                bars[stage] = progress.add_task(stage, total=0, failed="")
+            task = bars[stage]
+            if event == "submitted":
+                progress.update(task, total=progress.tasks[task].total + 1)
+            else:
+                progress.advance(task)
+                if event == "failed":
+                    failed = progress.tasks[task].fields["failed"]
+                    count = int(failed.split()[0]) + 1 if failed else 1
+                    progress.update(task, failed=f"{count} failed")
+
+    with progress:
+        yield progress, hook
 
 
 @app.command()
 @reports_errors
 def status(workdir: Path = typer.Argument(..., help="Campaign work directory.")) -> None:
-    """Show the state of a campaign (not yet available)."""
-    _not_yet("status")
+    """The state of a campaign, per iteration and stage, from its work directory alone."""
+    _print_status(workdir)
+
+
+def _print_status(workdir: Path) -> None:
+    from cagoflow.workflows.status import STAGE_ORDER, campaign_iterations, campaign_status, counts
+
+    iterations = campaign_status(workdir)
+    stages = [name for name in STAGE_ORDER if any(name in it.stages for it in iterations)]
+    table = Table(title=f"campaign in {escape(str(workdir))} ({campaign_iterations(workdir)} iterations asked)")
+    table.add_column("iteration")
+    for name in stages:
+        table.add_column(name, justify="right")
+    for column in ("MD stable", "dataset", "added", "test force RMSE", "CAGO hit (true/δ)"):
+        table.add_column(column, justify="right")
+    for it in iterations:
+        cells = [counts(it.stages[name]) if name in it.stages else "" for name in stages]
+        rmse = "—" if it.test_force_rmse is None else f"{1000 * it.test_force_rmse:.0f} meV/Å"
+        hit = "—" if it.hit_ratio is None else f"{it.hit_ratio:.2f}"
+        added = "—" if it.added is None else str(it.added)
+        table.add_row(
+            "initial" if it.iteration < 0 else str(it.iteration), *cells, it.md_stable or "—",
+            str(it.dataset_size or "—"), added, rmse, hit,
+        )  # fmt: skip
+    wide = Console(width=max(console.width, 40 + 14 * len(stages)))
+    wide.print(table)
+    wide.print("stage cells: tasks done (+failed, +running); skipped tasks are not counted")
 
 
 @app.command()
 @reports_errors
-def report(workdir: Path = typer.Argument(..., help="Campaign work directory.")) -> None:
-    """Write learning-curve plots of a campaign (not yet available)."""
-    _not_yet("report")
+def report(
+    workdir: Path = typer.Argument(..., help="Campaign work directory."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the plots (default: WORKDIR/report)."),
+) -> None:
+    """Learning-curve plots: dataset size vs test force error, calibration, stability, CAGO hit."""
+    from cagoflow.workflows.report import write_report
+
+    folder = _output_folder(output or workdir / "report")
+    for path in write_report(workdir, folder):
+        console.print(escape(str(path)))
 
 
 @app.command()

@@ -185,6 +185,10 @@ class SystemConfig(_Model):
     labelled: bool = Field(False, description="the file already carries reference energies and forces (eV, eV/Å)")
     charge: int = Field(0, description="total charge, e (for the reference calculation)")
     multiplicity: int = Field(1, ge=1, description="spin multiplicity 2S+1 (for the reference calculation)")
+    initial_samples: int = Field(
+        0, ge=0, description="rattled copies of the starting structures labelled before iteration 0 (0: none)"
+    )
+    initial_rattle: float = Field(0.05, gt=0, le=0.5, description="standard deviation of that rattle, Å")
 
     @model_validator(mode="before")
     @classmethod

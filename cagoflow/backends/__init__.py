@@ -108,3 +108,20 @@ def train(
             return TrainingResult("failed", None, message=message, wall_time=time.perf_counter() - start)
     result = backend.read_training_result(workdir)
     return TrainingResult(result.status, result.model, result.metrics, result.message, time.perf_counter() - start)
+
+
+#: Backend classes by name, as "module:Class" (imported on first use: the MLIP packages are large).
+BACKENDS = {
+    "analytic": "cagoflow.backends.analytic:AnalyticBackend",
+    "deepmd": "cagoflow.backends.deepmd:DeepmdBackend",
+    "nequip": "cagoflow.backends.nequip:NequipBackend",
+    "allegro": "cagoflow.backends.nequip:AllegroBackend",
+}
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name`` (see :data:`BACKENDS`)."""
+    import importlib
+
+    module, cls = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), cls)()

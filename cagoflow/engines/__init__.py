@@ -1,1 +1,22 @@
 """Engines behind small protocols: reference calculations and molecular dynamics."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cagoflow.config import ReferenceConfig, SystemConfig
+    from cagoflow.engines.reference import InProcessReference
+
+
+def make_reference(config: "ReferenceConfig", system: "SystemConfig") -> "InProcessReference":
+    """The in-process reference engine a campaign's ``reference`` block describes."""
+    if config.engine == "tblite":
+        from cagoflow.engines.tblite import TbliteReference
+
+        return TbliteReference(method=config.method_name, charge=system.charge, multiplicity=system.multiplicity, **config.settings)
+    if config.engine == "ase":
+        from cagoflow.engines.ase_reference import AseCalculatorReference
+
+        return AseCalculatorReference(config.calculator, config.settings)
+    raise ValueError(f"engine {config.engine!r} runs as an external program, not in-process")

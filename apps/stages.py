@@ -1,0 +1,538 @@
+"""The stage tasks of one active-learning iteration, as plain functions (files in, files out).
+
+Each function is a thin shell: it reads its input files, calls the science in ``cagoflow``,
+writes its outputs into its own task directory and returns a small :class:`TaskRecord`.
+:mod:`cagoflow.apps` wraps them as Parsl apps (``f = python_app(_f, executors=[...])``);
+they are unit-testable without Parsl. Arguments are paths, the campaign settings (a few KB)
+and upstream records — never arrays or lists of structures.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from ase import Atoms
+
+from cagoflow.apps.tasks import Outcome, StageFailed, TaskSpec, output, run_task
+from cagoflow.config import CampaignConfig
+from cagoflow.records import TaskRecord
+
+DATASET = "dataset"
+
+
+def seed_for(config: CampaignConfig, *labels: int | str) -> int:
+    """A seed derived from the campaign seed and labels (iteration, system, task)."""
+    from cagoflow.hashing import settings_hash
+
+    return int(settings_hash([config.seed, *labels])[:8], 16)
+
+
+def successful_models(members: Sequence[TaskRecord], workdir: Path) -> list[Path]:
+    return [output(record, "model", workdir) for record in members if record.status == "done"]
+
+
+def load_committee(config: CampaignConfig, members: Sequence[TaskRecord], workdir: Path):
+    from cagoflow.backends import get_backend
+
+    return get_backend(config.committee.backend).load(successful_models(members, workdir))
+
+
+def system_of(atoms: Atoms) -> str | None:
+    """The system a structure belongs to: from its dataset provenance, or its own ``info``."""
+    from cagoflow.dataset import PROVENANCE_KEY
+
+    provenance = atoms.info.get(PROVENANCE_KEY) or {}
+    return (provenance.get("extra") or {}).get("system") or atoms.info.get("system")
+
+
+def read(path: Path) -> list[Atoms]:
+    from cagoflow.io import read_structures
+
+    return read_structures(path)
+
+
+def write(path: Path, structures: Sequence[Atoms]) -> Path:
+    from cagoflow.io import write_structures
+
+    return write_structures(path, structures)
+
+
+# --- initial structures -----------------------------------------------------------------------
+
+
+def _initial(workdir: str, config: CampaignConfig, system: str) -> TaskRecord:
+    """The starting structures of a system plus rattled copies, to be labelled before iteration 0."""
+    spec = TaskSpec(Path(workdir), "initial", -1, system)
+    settings = config.systems[system]
+
+    def body(directory: Path) -> Outcome:
+        structures = read(settings.structures)
+        rng = np.random.default_rng(seed_for(config, "initial", system))
+        copies = []
+        for k in range(settings.initial_samples):
+            atoms = structures[k % len(structures)].copy()
+            atoms.rattle(stdev=settings.initial_rattle, seed=int(rng.integers(2**31)))
+            copies.append(atoms)
+        starts = [atoms.copy() for atoms in structures] + copies
+        for atoms in starts:
+            atoms.calc = None if not settings.labelled else atoms.calc
+            atoms.info.update(system=system)
+        return Outcome(outputs={"structures": write(directory / "structures.extxyz", starts)}, summary={"count": len(starts)})
+
+    return run_task(spec, [settings.structures], settings.model_dump(mode="json"), body)
+
+
+def initial_count(config: CampaignConfig, system: str) -> int:
+    """How many structures :func:`_initial` writes for ``system``."""
+    settings = config.systems[system]
+    return len(read(settings.structures)) + settings.initial_samples
+
+
+# --- split and training -------------------------------------------------------------------------
+
+
+def _split(workdir: str, iteration: int, config: CampaignConfig, merged: TaskRecord) -> TaskRecord:
+    """Test set and per-member bootstrap splits of the dataset, as extxyz files."""
+    from cagoflow.dataset import Dataset
+
+    root = Path(workdir)
+    spec = TaskSpec(root, "split", iteration, "dataset")
+    index = root / DATASET / "index.json"
+    settings = {"members": config.committee.size, "seed": config.seed, **config.dataset.model_dump(mode="json")}
+
+    def body(directory: Path) -> Outcome:
+        dataset = Dataset.open(root / DATASET)
+        splits = dataset.splits(
+            config.committee.size,
+            config.seed,
+            test_fraction=config.dataset.test_fraction,
+            train_fraction=config.dataset.train_fraction,
+            validation_fraction=config.dataset.validation_fraction,
+        )
+        structures = dataset.structures()
+        outputs = {"test": write(directory / "test.extxyz", [structures[i] for i in splits.test])}
+        for m, member in enumerate(splits.members):
+            outputs[f"train-{m}"] = write(directory / f"member-{m:02d}-train.extxyz", [structures[i] for i in member.train])
+            outputs[f"validation-{m}"] = write(
+                directory / f"member-{m:02d}-validation.extxyz", [structures[i] for i in member.validation or member.train[:1]]
+            )
+        splits.save(directory / "splits.json")
+        return Outcome(outputs=outputs, summary={"dataset": len(dataset), "test": len(splits.test)})
+
+    return run_task(spec, [index], settings, body)
+
+
+def training_spec(workdir: str, iteration: int, member: int) -> TaskSpec:
+    return TaskSpec(Path(workdir), "train", iteration, f"member-{member:02d}")
+
+
+def _prepare_training(
+    workdir: str, iteration: int, config: CampaignConfig, member: int, split: TaskRecord, previous: TaskRecord | None
+) -> dict:
+    """Write the trainer's input; return the shell command to run (``true`` when already trained).
+
+    The command runs under ``flock`` on the task directory, so a trainer left running by a
+    killed driver finishes (or dies) before a new one starts in the same place; a trainer that
+    finds a checkpoint there continues from it.
+    """
+    from cagoflow.backends import TrainingSettings, get_backend
+    from cagoflow.records import finished, task_key
+
+    root = Path(workdir)
+    spec = training_spec(workdir, iteration, member)
+    train_file, validation_file = output(split, f"train-{member}", root), output(split, f"validation-{member}", root)
+    init_model = None
+    if config.committee.fine_tune and previous is not None and previous.status == "done":
+        init_model = output(previous, "model", root)
+    settings = TrainingSettings(
+        steps=config.training_steps(iteration),
+        seed=seed_for(config, "train", iteration, member) % 2**31,
+        type_map=tuple(sorted({s for atoms in read(train_file) for s in atoms.get_chemical_symbols()})),
+        preset=config.committee.preset,
+        hyperparameters=config.committee.hyperparameters,
+        init_model=init_model,
+    )
+    inputs = [train_file, validation_file] + ([init_model] if init_model else [])
+    key_settings = {"backend": config.committee.backend, **{k: str(v) for k, v in vars(settings).items()}}
+    key = task_key(inputs, key_settings)
+    backend = config.committee.backend
+    if finished(spec.directory, key, root) is not None:
+        return {"key": key, "command": "true", "backend": backend}
+    spec.directory.mkdir(parents=True, exist_ok=True)
+    commands = get_backend(backend).write_training_input(train_file, validation_file, spec.directory, settings)
+    script = " && ".join(shlex.join(command) for command in commands)
+    command = (
+        f"cd {shlex.quote(str(spec.directory))} && "
+        f"flock .lock sh -c {shlex.quote(script)} > train.log 2>&1; echo $? > exit-status"
+    )
+    return {"key": key, "command": command, "backend": backend}
+
+
+def _run_command(prepared: dict, stdout: str | None = None, stderr: str | None = None) -> str:
+    """Bash app body: the prepared command (its exit status goes to a file, never raised)."""
+    return prepared["command"]
+
+
+def exit_status(directory: Path) -> int:
+    """Exit status a prepared command left in ``directory`` (1 when it never finished)."""
+    try:
+        return int((directory / "exit-status").read_text().strip())
+    except (OSError, ValueError):
+        return 1
+
+
+def _collect_training(workdir: str, iteration: int, member: int, prepared: dict, ran: int) -> TaskRecord:
+    """Read the trained model (or the failure, with the trainer's last lines) and record it."""
+    from cagoflow.backends import get_backend, tail
+    from cagoflow.records import finished, write_record
+
+    root = Path(workdir)
+    spec = training_spec(workdir, iteration, member)
+    done = finished(spec.directory, prepared["key"], root)
+    if done is not None:
+        return done
+    code = exit_status(spec.directory)
+    if code != 0:
+        status, model = "failed", None
+        summary = {"message": f"the trainer exited with code {code}: {tail(spec.directory / 'train.log', 5)}"}
+    else:
+        result = get_backend(prepared["backend"]).read_training_result(spec.directory)
+        status = "done" if result.status == "success" else "failed"
+        model, summary = result.model, {"message": result.message, **dict(result.metrics)}
+    record = TaskRecord(
+        stage="train",
+        task=spec.task,
+        iteration=iteration,
+        key=prepared["key"],
+        status=status,
+        outputs={} if model is None else {"model": str(Path(model).resolve().relative_to(root))},
+        summary=summary,
+    )
+    return write_record(spec.directory, record, root)
+
+
+# --- calibration ---------------------------------------------------------------------------------
+
+
+def cago_task_names(config: CampaignConfig, iteration: int) -> list[tuple[str, int]]:
+    """(system, index) of every CAGO task of an iteration, in a fixed order."""
+    return [(system, k) for system in sorted(config.systems) for k in range(config.n_samples(iteration))]
+
+
+def _calibrate(workdir: str, iteration: int, config: CampaignConfig, split: TaskRecord, *members: TaskRecord) -> TaskRecord:
+    """Calibrate the committee on the test set, and every member subset CAGO will use.
+
+    Fewer successfully trained members than ``committee.min_trained`` stops the iteration.
+    """
+    from cagoflow.calibration import calibrate_committee
+
+    root = Path(workdir)
+    spec = TaskSpec(root, "calibrate", iteration, "committee")
+    models = successful_models(members, root)
+    failed = [record.task for record in members if record.status != "done"]
+    if len(models) < config.committee.min_trained:
+        reasons = "; ".join(f"{r.task}: {r.summary.get('message', '')}"[:300] for r in members if r.status != "done")
+        raise StageFailed(
+            f"iteration {iteration}: only {len(models)} of {len(members)} members trained, fewer than "
+            f"committee.min_trained = {config.committee.min_trained} ({reasons})"
+        )
+    test_file = output(split, "test", root)
+    subset_size = min(config.cago_subset(iteration), len(models))
+    settings = {"subset": subset_size, "seed": config.seed, "n_bins": config.calibration.n_bins}
+
+    def body(directory: Path) -> Outcome:
+        committee = load_committee(config, members, root)
+        references = read(test_file)
+        prediction = committee.predict(references)
+        full = calibrate_committee(prediction, references)
+        outputs = {"calibration": full.save(directory / "calibration.json")}
+        tasks = {}
+        subsets: list[tuple[int, ...]] = []
+        for system, k in cago_task_names(config, iteration):
+            rng = np.random.default_rng(seed_for(config, "subset", iteration, system, k))
+            subset = tuple(sorted(rng.choice(len(models), size=subset_size, replace=False).tolist()))
+            if subset not in subsets:
+                subsets.append(subset)
+            tasks[f"{system}/{k}"] = subsets.index(subset)
+        for index, subset in enumerate(subsets):
+            calibration = calibrate_committee(prediction, references, members=subset)
+            outputs[f"subset-{index}"] = calibration.save(directory / f"calibration-subset-{index}.json")
+        from cagoflow.io import atomic_write_json
+
+        outputs["subsets"] = atomic_write_json(directory / "subsets.json", {"tasks": tasks, "subsets": subsets})
+        mean_forces = prediction.forces.mean(0)
+        reference_forces = np.concatenate([atoms.get_forces() for atoms in references])
+        summary = {
+            "members": len(models),
+            "failed_members": failed,
+            "a": full.forces.law.a,
+            "b": full.forces.law.b,
+            "validity_limit": full.force_validity_limit,
+            "test_force_rmse": float(np.sqrt(np.mean((mean_forces - reference_forces) ** 2))),
+            "test_structures": len(references),
+        }
+        return Outcome(outputs=outputs, summary=summary)
+
+    return run_task(spec, [test_file, *models], settings, body)
+
+
+# --- MD and sampling ------------------------------------------------------------------------------
+
+
+def _md(workdir: str, iteration: int, config: CampaignConfig, system: str, replica: int, *members: TaskRecord) -> TaskRecord:
+    """Committee MD of one replica from the system's first starting structure."""
+    from cagoflow.engines.ase_md import run_md
+
+    root = Path(workdir)
+    spec = TaskSpec(root, "md", iteration, f"{system}-{replica:02d}")
+    stage = config.md_stage(iteration)
+    models = successful_models(members, root)
+    settings = {"stage": stage.model_dump(mode="json"), "md": config.md.model_dump(mode="json"), "seed": config.seed}
+
+    def body(directory: Path) -> Outcome:
+        committee = load_committee(config, members, root)
+        start = read(config.systems[system].structures)[0]
+        density = config.md.stop_density_ratio
+        result = run_md(
+            start,
+            committee,
+            stage,
+            seed=seed_for(config, "md", iteration, system, replica) % 2**31,
+            check_interval=config.md.check_interval,
+            min_distance=config.md.stop_min_distance or 0.0,
+            density_range=tuple(density) if density else (0.0, float("inf")),
+        )
+        for atoms in result.frames:
+            atoms.info.update(system=system)
+        frames = write(directory / "frames.extxyz", result.frames) if result.frames else None
+        summary = {"stable": result.stable, "reason": result.reason, "frames": len(result.frames), "steps": result.steps_done}
+        return Outcome(outputs={} if frames is None else {"frames": frames}, summary=summary)
+
+    return run_task(spec, [config.systems[system].structures, *models], settings, body)
+
+
+def _sample(
+    workdir: str, iteration: int, config: CampaignConfig, system: str, split: TaskRecord, *md_and_members: TaskRecord
+) -> TaskRecord:
+    """Pick the structures CAGO starts from: training-set structures or MD frames of the system."""
+    from cagoflow.sampling import max_uncertainty_frames, random_frames, structure_force_uncertainty
+
+    root = Path(workdir)
+    spec = TaskSpec(root, "sample", iteration, system)
+    source = config.cago_source(iteration)
+    md_records = [r for r in md_and_members if r.stage == "md"]
+    members = [r for r in md_and_members if r.stage == "train"]
+    if source.source == "training":
+        inputs = [output(split, f"train-{m}", root) for m in range(config.committee.size)]
+    else:
+        inputs = [output(r, "frames", root) for r in md_records if "frames" in r.outputs]
+    settings = {"source": source.model_dump(mode="json"), "strategy": config.sampling.strategy, "n": config.n_samples(iteration)}
+
+    def body(directory: Path) -> Outcome:
+        from cagoflow.hashing import structure_hash
+
+        candidates, seen = [], set()
+        for path in inputs:
+            for atoms in read(path):
+                key = structure_hash(atoms)
+                if system_of(atoms) in (system, None) and key not in seen:
+                    seen.add(key)
+                    candidates.append(atoms)
+        count = config.n_samples(iteration)
+        if config.sampling.strategy == "max_uncertainty" and candidates:
+            uncertainty = structure_force_uncertainty(load_committee(config, members, root).predict(candidates))
+            chosen = max_uncertainty_frames(uncertainty, count)
+        else:
+            chosen = random_frames(len(candidates), count, seed_for(config, "sample", iteration, system))
+        starts = []
+        for index in chosen:
+            atoms = candidates[index].copy()
+            atoms.calc = None
+            atoms.info = {"system": system, "parent": structure_hash(candidates[index]), "source": source.source}
+            starts.append(atoms)
+        if not starts:
+            return Outcome(status="failed", summary={"message": f"no {source.source} structures of system {system}"})
+        return Outcome(outputs={"starts": write(directory / "starts.extxyz", starts)}, summary={"count": len(starts)})
+
+    return run_task(spec, inputs, settings, body)
+
+
+# --- CAGO and the filters ----------------------------------------------------------------------
+
+
+def _cago(
+    workdir: str, iteration: int, config: CampaignConfig, system: str, index: int, sample: TaskRecord,
+    calibration: TaskRecord, *members: TaskRecord,
+) -> TaskRecord:  # fmt: skip
+    """Push one sampled structure to δ with its member subset and that subset's calibration."""
+    from cagoflow.cago import CagoSettings, run_cago
+    from cagoflow.calibration import CommitteeCalibration
+
+    root = Path(workdir)
+    spec = TaskSpec(root, "cago", iteration, f"{system}-{index:03d}")
+    if sample.status != "done" or index >= sample.summary.get("count", 0):
+        return run_task(spec, [], {"skipped": True}, lambda directory: Outcome(summary={"skipped": True}))
+    subsets = json.loads(output(calibration, "subsets", root).read_text())
+    subset_index = subsets["tasks"][f"{system}/{index}"]
+    subset = tuple(subsets["subsets"][subset_index])
+    law_file = output(calibration, f"subset-{subset_index}", root)
+    starts = output(sample, "starts", root)
+    source = config.cago_source(iteration)
+    cago = config.cago
+    settings = {"index": index, "subset": subset, "cago": cago.model_dump(mode="json"), "optimize": source.optimize}
+
+    def body(directory: Path) -> Outcome:
+        start = read(starts)[index]
+        info = dict(start.info)
+        if not source.optimize:  # baselines: the sampled frame goes to the reference as it is
+            start.info.update(subset=list(subset), cago_delta=cago.delta)
+            return Outcome(outputs={"structure": write(directory / "structure.extxyz", [start])}, summary={"reason": "not optimised"})
+        calibration_file = CommitteeCalibration.load(law_file)
+        committee = load_committee(config, members, root).subset(subset)
+        settings_ = CagoSettings(
+            delta=cago.delta, tolerance=cago.tolerance, l_bias=cago.force_bias_weight,
+            pressure_weight=cago.bias.weight if cago.bias.kind == "pressure" else 0.0,
+            target_pressure=cago.bias.target_pressure or 1.0, max_steps=cago.max_steps,
+            optimize_cell=cago.optimize_cell and bool(start.pbc.all()), min_distance=cago.min_distance,
+            contact_weight=cago.contact_weight, fd_step=cago.fd_step, gradient=cago.gradient,
+            batch_size=cago.batch_size, above_validity=cago.above_validity,
+        )  # fmt: skip
+        result = run_cago(start, committee, calibration_file.forces.law, settings_, validity_limit=calibration_file.force_validity_limit)
+        atoms = result.atoms
+        atoms.info.update(info, subset=list(subset))
+        summary = {"reason": result.reason, "steps": result.n_steps, "sigma_cal_rms": result.sigma_cal_rms,
+                   "delta": result.delta, "warnings": list(result.warnings)}  # fmt: skip
+        return Outcome(outputs={"structure": write(directory / "structure.extxyz", [atoms])}, summary=summary)
+
+    return run_task(spec, [starts, law_file, *successful_models(members, root)], settings, body)
+
+
+def _prefilter(workdir: str, iteration: int, config: CampaignConfig, system: str, *cago_and_members: TaskRecord) -> TaskRecord:
+    """Drop CAGO structures with huge committee-mean forces or atoms too close (reasons recorded)."""
+    from cagoflow.filters import PreFilterSettings, pre_filter
+
+    root = Path(workdir)
+    spec = TaskSpec(root, "prefilter", iteration, system)
+    cagos = [r for r in cago_and_members if r.stage == "cago" and "structure" in r.outputs]
+    members = [r for r in cago_and_members if r.stage == "train"]
+    files = [output(r, "structure", root) for r in cagos]
+    settings = config.filters.pre.model_dump(mode="json")
+
+    def body(directory: Path) -> Outcome:
+        structures = [read(path)[0] for path in files]
+        if not structures:
+            return Outcome(summary={"kept": [], "rejected": {}})
+        prediction = load_committee(config, members, root).predict(structures)
+        mean_forces = [prediction.structure_forces(k).mean(0) for k in range(len(structures))]
+        pre = config.filters.pre
+        result = pre_filter(structures, mean_forces, PreFilterSettings(
+            max_mean_force=pre.max_mean_force or float("inf"), min_distance=pre.min_distance or 0.0))  # fmt: skip
+        kept = [cagos[k].task for k in result.kept]
+        rejected = {cagos[r.index].task: r.reason for r in result.rejected}
+        return Outcome(summary={"kept": kept, "rejected": rejected})
+
+    return run_task(spec, files, settings, body)
+
+
+# --- reference, post-filter, merge ----------------------------------------------------------------
+
+
+def _reference(
+    workdir: str, iteration: int, config: CampaignConfig, system: str, task: str, structures: TaskRecord, index: int,
+    gate: TaskRecord | None, *members: TaskRecord,
+) -> TaskRecord:  # fmt: skip
+    """Label one structure with the reference engine; with a CAGO structure, measure the hit.
+
+    A failed or unconverged calculation is a result (recorded with its reason), not an error.
+    """
+    from cagoflow.engines import make_reference
+
+    root = Path(workdir)
+    spec = TaskSpec(root, "reference", iteration, task)
+    role = "structure" if "structure" in structures.outputs else "structures"
+    kept = gate is None or structures.task in gate.summary.get("kept", [])
+    if role not in structures.outputs or not kept:
+        return run_task(spec, [], {"skipped": True}, lambda directory: Outcome(summary={"skipped": True}))
+    source = output(structures, role, root)
+    settings = {"index": index, "reference": config.reference.model_dump(mode="json"),
+                "system": config.systems[system].model_dump(mode="json", include={"charge", "multiplicity"})}  # fmt: skip
+
+    def body(directory: Path) -> Outcome:
+        from cagoflow.cago import cago_hit
+
+        atoms = read(source)[index]
+        if iteration < 0 and config.systems[system].labelled:  # labels given with the starting structures
+            from cagoflow.engines.reference import ReferenceResult, ReferenceStatus
+
+            result = ReferenceResult(atoms, ReferenceStatus.CONVERGED, "given")
+        else:
+            result = make_reference(config.reference, config.systems[system]).compute(atoms)
+        labelled = result.labelled()
+        labelled.info.update({k: v for k, v in atoms.info.items() if k not in labelled.info})
+        summary = {"status": result.status.value, "message": result.message, "seconds": result.wall_time}
+        if result.ok and "subset" in atoms.info and members:
+            subset = [int(m) for m in np.atleast_1d(atoms.info["subset"])]
+            committee = load_committee(config, members, root).subset(subset)
+            hit = cago_hit(committee.predict([labelled]).forces, labelled.get_forces(), float(atoms.info["cago_delta"]))
+            labelled.info.update(hit.provenance())
+            summary.update(hit.provenance())
+        return Outcome(outputs={"labelled": write(directory / "labelled.extxyz", [labelled])}, summary=summary)
+
+    return run_task(spec, [source], settings, body)
+
+
+def _merge(workdir: str, iteration: int, config: CampaignConfig, *references: TaskRecord) -> TaskRecord:
+    """Post-filter the labelled structures and append them to the dataset, with provenance.
+
+    When not a single reference of the iteration succeeded, the campaign stops with a message.
+    """
+    from cagoflow.dataset import Dataset, Provenance
+    from cagoflow.filters import PostFilterSettings, post_filter
+    from cagoflow.hashing import structure_hash
+
+    root = Path(workdir)
+    spec = TaskSpec(root, "merge", iteration, "dataset")
+    labelled_files = [output(r, "labelled", root) for r in references if "labelled" in r.outputs]
+    attempted = [r for r in references if not r.summary.get("skipped")]
+    settings = config.filters.post.model_dump(mode="json")
+
+    def body(directory: Path) -> Outcome:
+        structures = [read(path)[0] for path in labelled_files]
+        post = config.filters.post
+        result = post_filter(structures, PostFilterSettings(
+            max_reference_force=post.max_reference_force or float("inf"), require_converged=post.require_converged))  # fmt: skip
+        kept = result.select(structures)
+        if attempted and not kept:
+            reasons = "; ".join(f"{r.index}: {r.reason}" for r in result.rejected[:5])
+            raise StageFailed(
+                f"iteration {iteration}: none of the {len(attempted)} reference calculations gave a usable structure "
+                f"({reasons}); the campaign stops instead of looping"
+            )
+        stage = "initial" if iteration < 0 else "cago"
+        provenance = []
+        for atoms in kept:
+            extra = {k: atoms.info[k] for k in ("system", "true_error", "delta", "hit_ratio") if k in atoms.info}
+            engine = f"{config.reference.engine}/{config.reference.method_name or ''}".rstrip("/")
+            provenance.append(Provenance(iteration=max(iteration, 0), stage=stage, engine=engine,
+                                         parent=atoms.info.get("parent"), extra=extra))  # fmt: skip
+        for atoms in kept:
+            atoms.info = {k: v for k, v in atoms.info.items() if k not in ("subset",)}
+        dataset = Dataset(root / DATASET)
+        dataset.append(kept, provenance)
+        hashes = {structure_hash(atoms) for atoms in kept}
+        ratios = [float(atoms.info["hit_ratio"]) for atoms in kept if "hit_ratio" in atoms.info]
+        summary = {
+            "added": len(hashes & Dataset.open(root / DATASET).hashes),
+            "rejected": {str(r.index): r.reason for r in result.rejected},
+            "dataset": len(Dataset.open(root / DATASET)),
+            "hit_ratio_mean": float(np.mean(ratios)) if ratios else None,
+            "true_error_mean": float(np.mean([atoms.info["true_error"] for atoms in kept if "true_error" in atoms.info]))
+            if ratios else None,
+        }  # fmt: skip
+        return Outcome(summary=summary)
+
+    return run_task(spec, labelled_files, settings, body)

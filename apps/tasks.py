@@ -1,0 +1,72 @@
+"""What every stage task shares: its directory, its content key, its record.
+
+A task body writes its outputs into the task's own directory (atomic writes) and returns a
+:class:`Outcome`; :func:`run_task` skips the body when a finished record with the same key
+exists, and writes the record after the outputs otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from cagoflow.records import Status, TaskRecord, finished, task_key, write_record
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Where a task lives and what identifies it (all paths absolute)."""
+
+    workdir: Path
+    stage: str
+    iteration: int
+    task: str
+
+    @property
+    def directory(self) -> Path:
+        name = "iter-init" if self.iteration < 0 else f"iter-{self.iteration:03d}"
+        return self.workdir / name / self.stage / self.task
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a task body produced: status, output files by role (absolute), facts for status tables."""
+
+    status: Status = "done"
+    outputs: Mapping[str, Path] = field(default_factory=dict)
+    summary: Mapping[str, Any] = field(default_factory=dict)
+
+
+class StageFailed(RuntimeError):
+    """A whole stage failed (every reference, too few members): stops the iteration with this message."""
+
+
+def run_task(
+    spec: TaskSpec, inputs: Sequence[Path], settings: Mapping[str, Any], body: Callable[[Path], Outcome]
+) -> TaskRecord:
+    """Run ``body(directory)`` unless a finished record with the same content key exists."""
+    key = task_key(inputs, settings)
+    done = finished(spec.directory, key, spec.workdir)
+    if done is not None:
+        return done
+    spec.directory.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    outcome = body(spec.directory)
+    record = TaskRecord(
+        stage=spec.stage,
+        task=spec.task,
+        iteration=spec.iteration,
+        key=key,
+        status=outcome.status,
+        outputs={role: str(path.relative_to(spec.workdir)) for role, path in outcome.outputs.items()},
+        summary=dict(outcome.summary),
+        seconds=time.perf_counter() - start,
+    )
+    return write_record(spec.directory, record, spec.workdir)
+
+
+def output(record: TaskRecord, role: str, workdir: Path) -> Path:
+    """Absolute path of one output of a finished task."""
+    return workdir / record.outputs[role]

@@ -1,0 +1,285 @@
+"""A Parsl :class:`~parsl.config.Config` from a validated site-config, and nothing else.
+
+One Parsl executor per entry of ``site.executors``, labelled like it:
+
+========== ===================================================================================
+kind       Parsl objects
+========== ===================================================================================
+threads    ``ThreadPoolExecutor(max_threads=max_workers)``
+htex_local ``HighThroughputExecutor`` + ``LocalProvider`` (one block on this machine)
+htex_slurm ``HighThroughputExecutor`` + ``SlurmProvider`` (partition, account, qos, walltime, ...;
+           launcher ``srun`` → ``SrunLauncher``, ``single_node`` → ``SingleNodeLauncher``,
+           ``simple`` → ``SimpleLauncher``)
+mpi        ``MPIExecutor(mpi_launcher=...)`` + ``SlurmProvider`` with ``SimpleLauncher`` (or a
+           ``LocalProvider`` without a provider block); apps start MPI programs with
+           ``$PARSL_MPI_PREFIX``
+========== ===================================================================================
+
+Workers of every HTEX/MPI executor start with the ``bin/`` of the Python that builds the
+config at the front of ``PATH`` (where Parsl's ``process_worker_pool.py`` lives), before the
+site's own ``worker_init`` (which may load modules or activate another environment); the
+interchange starts from that ``bin/`` too, so no activated venv is needed. On a cluster this
+assumes the submit host and the compute nodes share the file system, as they do for ``run_dir``
+(Parsl writes the batch scripts into it).
+
+Blocks that cannot start (an unknown partition or account, a job that dies at once) fail the
+tasks of their executor with one clear :class:`~parsl.jobs.errors.TooManyJobFailuresError`
+(:func:`fail_on_block_failures`) instead of leaving them waiting for workers that never come.
+Parsl notices a failed ``sbatch`` at its next strategy pass (≤ 5 s); a job that fails after
+submission at its next SLURM status poll (Parsl polls SLURM every 60 s).
+
+Memoization: apps declared with ``cache=True`` reuse results of identical calls; with
+``checkpoint=True`` each finished task is also written to ``run_dir/NNN/checkpoint`` and the
+checkpoints of all earlier runs in ``run_dir`` are loaded, so a re-run recomputes only what had
+not finished (failed tasks are never checkpointed).
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import sysconfig
+from collections.abc import Mapping
+from pathlib import Path
+
+from parsl.config import Config
+from parsl.dataflow.memoization import BasicMemoizer
+from parsl.executors import HighThroughputExecutor, MPIExecutor, ThreadPoolExecutor
+from parsl.executors.base import ParslExecutor
+from parsl.executors.status_handling import BlockProviderExecutor
+from parsl.jobs.errors import TooManyJobFailuresError
+from parsl.jobs.states import JobState, JobStatus
+from parsl.launchers import SimpleLauncher, SingleNodeLauncher, SrunLauncher
+from parsl.launchers.base import Launcher
+from parsl.providers import LocalProvider, SlurmProvider
+from parsl.utils import get_all_checkpoints
+
+from cagoflow.config import ExecutorConfig, SiteConfig, SlurmProviderConfig
+
+__all__ = ["BLOCK_FAILURE_WINDOW", "build_config", "fail_on_block_failures", "stage_executor_labels"]
+
+#: Consecutive failed blocks after which an executor gives up (also: every block so far failed).
+BLOCK_FAILURE_WINDOW = 3
+
+_LAUNCHERS: Mapping[str, type[Launcher]] = {
+    "srun": SrunLauncher,
+    "single_node": SingleNodeLauncher,
+    "simple": SimpleLauncher,
+}
+_FAILED_STATES = (JobState.FAILED, JobState.MISSING)
+
+
+def build_config(site: SiteConfig, run_dir: Path, *, checkpoint: bool = True) -> Config:
+    """The Parsl configuration of ``site``, with Parsl's run files under ``run_dir``.
+
+    ``site.retries`` becomes Parsl's retry budget per task. ``checkpoint=False`` keeps
+    memoization within the run only: no checkpoint is read from earlier runs or written.
+    Nothing is submitted or started here (a ``SlurmProvider`` does run ``sacct`` once to decide
+    between ``sacct`` and ``squeue`` for job status).
+    """
+    run_dir = Path(run_dir).absolute()
+    if checkpoint:
+        memoizer = BasicMemoizer(
+            checkpoint_mode="task_exit", checkpoint_files=get_all_checkpoints(str(run_dir)), memoize=True
+        )
+    else:
+        memoizer = BasicMemoizer(checkpoint_mode=None, checkpoint_files=[], memoize=True)
+    executors = [_executor(label, executor) for label, executor in site.executors.items()]
+    return Config(executors=executors, memoizer=memoizer, retries=site.retries, run_dir=str(run_dir))
+
+
+def stage_executor_labels(site: SiteConfig) -> dict[str, str]:
+    """Executor label per workflow stage (every stage of :data:`cagoflow.config.STAGES`), for
+    ``@python_app(executors=[...])``; the labels are those of :func:`build_config`'s executors."""
+    return dict(site.stage_executors)
+
+
+# ---------------------------------------------------------------------------------------------
+# Executors
+# ---------------------------------------------------------------------------------------------
+
+
+def _executor(label: str, executor: ExecutorConfig) -> ParslExecutor:
+    if executor.kind == "threads":
+        return _threads(label, executor)
+    if executor.kind == "mpi":
+        return _mpi(label, executor)
+    return _htex(label, executor)
+
+
+def _threads(label: str, executor: ExecutorConfig) -> ThreadPoolExecutor:
+    if executor.max_workers is None:
+        return ThreadPoolExecutor(label=label)
+    return ThreadPoolExecutor(label=label, max_threads=executor.max_workers)
+
+
+def _htex(label: str, executor: ExecutorConfig) -> HighThroughputExecutor:
+    options: dict = {
+        "cores_per_worker": executor.cores_per_worker,
+        "available_accelerators": executor.available_accelerators,
+    }
+    if executor.max_workers is not None:
+        options["max_workers_per_node"] = executor.max_workers
+    if executor.interface is not None:
+        options["address"] = _interface_address(executor.interface)
+    interchange = _interchange_command()
+    if interchange is not None:
+        options["interchange_launch_cmd"] = [interchange]
+    return HighThroughputExecutor(
+        label=label, provider=_provider(executor), block_error_handler=fail_on_block_failures, **options
+    )
+
+
+def _mpi(label: str, executor: ExecutorConfig) -> MPIExecutor:
+    options: dict = {}
+    if executor.interface is not None:
+        options["address"] = _interface_address(executor.interface)
+    interchange = _interchange_command()
+    if interchange is not None:
+        options["interchange_launch_cmd"] = interchange  # MPIExecutor types it as one string
+    return MPIExecutor(
+        label=label,
+        provider=_provider(executor),
+        max_workers_per_block=executor.max_workers or 1,
+        mpi_launcher=executor.mpi_launcher,
+        block_error_handler=fail_on_block_failures,
+        **options,
+    )
+
+
+def _provider(executor: ExecutorConfig) -> LocalProvider | SlurmProvider:
+    if executor.provider is None:  # htex_local, or mpi on this machine
+        launcher = SimpleLauncher() if executor.kind == "mpi" else SingleNodeLauncher()
+        return LocalProvider(
+            launcher=launcher, init_blocks=1, min_blocks=0, max_blocks=1, worker_init=_worker_init(executor.worker_init)
+        )
+    return _slurm_provider(executor.provider, executor.launcher or "single_node")
+
+
+def _slurm_provider(provider: SlurmProviderConfig, launcher: str) -> SlurmProvider:
+    scheduler_options = [provider.scheduler_options.strip()] if provider.scheduler_options.strip() else []
+    mem_gb: int | None = None
+    if provider.mem_per_node is not None:
+        if float(provider.mem_per_node).is_integer():
+            mem_gb = int(provider.mem_per_node)  # Parsl: '#SBATCH --mem=<N>g' and PARSL_MEMORY_GB
+        else:  # '--mem=<N>g' takes whole GB only
+            scheduler_options.append(f"#SBATCH --mem={math.ceil(provider.mem_per_node * 1024)}M")
+    return SlurmProvider(
+        partition=provider.partition,
+        account=provider.account,
+        qos=provider.qos,
+        walltime=provider.walltime,
+        nodes_per_block=provider.nodes_per_block,
+        cores_per_node=provider.cores_per_node,
+        mem_per_node=mem_gb,
+        gpus_per_node=provider.gpus_per_node or None,  # '#SBATCH --gpus-per-node=N'
+        init_blocks=provider.init_blocks,
+        min_blocks=provider.min_blocks,
+        max_blocks=provider.max_blocks,
+        scheduler_options="\n".join(scheduler_options),
+        worker_init=_worker_init(provider.worker_init),
+        launcher=_LAUNCHERS[launcher](),
+        exclusive=provider.exclusive,
+        cmd_timeout=provider.cmd_timeout,
+    )
+
+
+def _scripts_dir() -> Path:
+    """Where this Python's console scripts are (a venv's ``bin/``): Parsl's
+    ``process_worker_pool.py`` and ``interchange.py`` are there."""
+    return Path(sysconfig.get_path("scripts"))
+
+
+def _worker_init(site_lines: str) -> str:
+    """This Python's scripts directory at the front of PATH, then the site's own lines."""
+    lines = [f'export PATH={shlex.quote(str(_scripts_dir()))}:"$PATH"']
+    if site_lines.strip():
+        lines.append(site_lines.strip())
+    return "\n".join(lines)
+
+
+def _interchange_command() -> str | None:
+    """Absolute path of Parsl's ``interchange.py`` (so HTEX starts without the venv on PATH)."""
+    script = _scripts_dir() / "interchange.py"
+    return str(script) if script.is_file() else None
+
+
+def _interface_address(interface: str) -> str:
+    from parsl.addresses import address_by_interface
+
+    return address_by_interface(interface)
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks that keep failing
+# ---------------------------------------------------------------------------------------------
+
+
+def fail_on_block_failures(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> None:
+    """Parsl ``block_error_handler``: put ``executor`` into a failed state, failing its pending
+    and future tasks with one :class:`TooManyJobFailuresError` that names the executor, its
+    partition and what the scheduler said, when every block so far failed (at least
+    ``max(1, init_blocks)`` of them) or the last :data:`BLOCK_FAILURE_WINDOW` blocks failed.
+
+    It combines Parsl's ``simple_error_handler`` (a partition that never works fails at once)
+    and ``windowed_error_handler`` (one that stops working fails too) with a message for people.
+    """
+    if executor.bad_state_is_set or not status:
+        return
+    blocks = sorted(status, key=_block_order)
+    failed = [block for block in blocks if status[block].state in _FAILED_STATES]
+    init_blocks = getattr(executor.provider, "init_blocks", 1)
+    every_block = len(blocks) >= max(1, init_blocks) and len(failed) == len(blocks)
+    recent = blocks[-BLOCK_FAILURE_WINDOW:]
+    last_blocks = len(recent) == BLOCK_FAILURE_WINDOW and all(status[b].state in _FAILED_STATES for b in recent)
+    if every_block or last_blocks:
+        executor.set_bad_state_and_fail_all(TooManyJobFailuresError(_failure_message(executor, status, failed)))
+
+
+def _block_order(block_id: str) -> tuple[int, str]:
+    return (int(block_id), "") if block_id.isdigit() else (-1, block_id)
+
+
+def _failure_message(executor: BlockProviderExecutor, status: dict[str, JobStatus], failed: list[str]) -> str:
+    provider = executor.provider
+    if isinstance(provider, SlurmProvider):
+        where = f"SLURM partition '{provider.partition}'" if provider.partition else "the default SLURM partition"
+        hint = "check partition, account, qos, walltime, cores/memory/GPUs and worker_init in the site-config"
+    else:
+        where = "this machine"
+        hint = "check worker_init and that Parsl's process_worker_pool.py is on PATH"
+    lines = [
+        f"executor '{executor.label}': {len(failed)} of {len(status)} block(s) (batch jobs of workers) on "
+        f"{where} failed, so its tasks fail instead of waiting for workers that never start; {hint}."
+    ]
+    for block in failed[-BLOCK_FAILURE_WINDOW:]:
+        lines.append(f"  block {block}: {_job_failure(executor, block, status[block])}")
+    return "\n".join(lines)
+
+
+def _job_failure(executor: BlockProviderExecutor, block: str, job: JobStatus) -> str:
+    """What is known about one failed block: the scheduler's message, exit code, the end of the
+    job's stderr and where its output is."""
+    parts = [" ".join(job.message.split())] if job.message else []
+    if job.exit_code is not None:
+        parts.append(f"exit code {job.exit_code}")
+    job_id = getattr(executor, "blocks_to_job_id", {}).get(block)
+    record = getattr(executor.provider, "resources", {}).get(job_id, {}) if job_id is not None else {}
+    stderr_path = job.stderr_path or record.get("job_stderr_path")
+    stderr = (job.stderr_summary or _tail(stderr_path)).strip()
+    if stderr:
+        parts.append("job stderr: " + " | ".join(stderr.splitlines()[-5:]))
+    if job_id is not None and stderr_path:
+        parts.append(f"job {job_id}, output in {stderr_path} and {Path(stderr_path).with_suffix('.stdout')}")
+    return "; ".join(parts) or f"job state {job.state.name}, no message from the scheduler"
+
+
+def _tail(path: str | None, size: int = 2000) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as file:
+            file.seek(max(0, file.seek(0, 2) - size))
+            return file.read().decode(errors="replace")
+    except OSError:
+        return ""
