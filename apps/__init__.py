@@ -19,7 +19,7 @@ class CampaignApps:
     initial: Any
     split: Any
     prepare_training: Any
-    run_command: Any
+    run_training: Any
     collect_training: Any
     calibrate: Any
     md: Any
@@ -27,6 +27,9 @@ class CampaignApps:
     cago: Any
     prefilter: Any
     reference: Any
+    prepare_reference: Any
+    run_reference: Any
+    collect_reference: Any
     merge: Any
 
 
@@ -43,7 +46,7 @@ def make_apps(executor_for: Mapping[str, str]) -> CampaignApps:
         initial=python(stages._initial, "sample"),
         split=python(stages._split, "merge"),
         prepare_training=python(stages._prepare_training, "train"),
-        run_command=bash_app(stages._run_command, executors=[executor_for["train"]]),
+        run_training=bash_app(stages._run_command, executors=[executor_for["train"]]),
         collect_training=python(stages._collect_training, "train"),
         calibrate=python(stages._calibrate, "calibrate"),
         md=python(stages._md, "md"),
@@ -51,5 +54,8 @@ def make_apps(executor_for: Mapping[str, str]) -> CampaignApps:
         cago=python(stages._cago, "cago"),
         prefilter=python(stages._prefilter, "prefilter"),
         reference=python(stages._reference, "reference"),
+        prepare_reference=python(stages._prepare_reference, "reference"),
+        run_reference=bash_app(stages._run_command, executors=[executor_for["reference"]]),
+        collect_reference=python(stages._collect_reference, "reference"),
         merge=python(stages._merge, "merge"),
     )

@@ -10,15 +10,16 @@ and upstream records — never arrays or lists of structures.
 from __future__ import annotations
 
 import json
-import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from ase import Atoms
 
+from cagoflow.apps.commands import exit_status, shell_command
 from cagoflow.apps.tasks import Outcome, StageFailed, TaskSpec, output, run_task
-from cagoflow.config import CampaignConfig
+from cagoflow.config import CampaignConfig, SiteConfig
 from cagoflow.records import TaskRecord
 
 DATASET = "dataset"
@@ -83,7 +84,7 @@ def _initial(workdir: str, config: CampaignConfig, system: str) -> TaskRecord:
             atoms.info.update(system=system)
         return Outcome(outputs={"structures": write(directory / "structures.extxyz", starts)}, summary={"count": len(starts)})
 
-    return run_task(spec, [settings.structures], settings.model_dump(mode="json"), body)
+    return run_task(spec, [settings.structures], settings.model_dump(mode="json", exclude={"structures"}), body)
 
 
 def initial_count(config: CampaignConfig, system: str) -> int:
@@ -96,24 +97,27 @@ def initial_count(config: CampaignConfig, system: str) -> int:
 
 
 def _split(workdir: str, iteration: int, config: CampaignConfig, merged: TaskRecord) -> TaskRecord:
-    """Test set and per-member bootstrap splits of the dataset, as extxyz files."""
-    from cagoflow.dataset import Dataset
+    """Test set and per-member bootstrap splits of the dataset as the previous merge left it."""
+    from cagoflow.dataset import Dataset, make_splits_for_hashes
 
     root = Path(workdir)
     spec = TaskSpec(root, "split", iteration, "dataset")
-    index = root / DATASET / "index.json"
+    snapshot = output(merged, "snapshot", root)
     settings = {"members": config.committee.size, "seed": config.seed, **config.dataset.model_dump(mode="json")}
 
     def body(directory: Path) -> Outcome:
+        hashes = json.loads(snapshot.read_text())
         dataset = Dataset.open(root / DATASET)
-        splits = dataset.splits(
+        position = {entry.hash: k for k, entry in enumerate(dataset.entries)}
+        structures = dataset.structures([position[h] for h in hashes])
+        splits = make_splits_for_hashes(
+            hashes,
             config.committee.size,
             config.seed,
             test_fraction=config.dataset.test_fraction,
             train_fraction=config.dataset.train_fraction,
             validation_fraction=config.dataset.validation_fraction,
         )
-        structures = dataset.structures()
         outputs = {"test": write(directory / "test.extxyz", [structures[i] for i in splits.test])}
         for m, member in enumerate(splits.members):
             outputs[f"train-{m}"] = write(directory / f"member-{m:02d}-train.extxyz", [structures[i] for i in member.train])
@@ -121,9 +125,9 @@ def _split(workdir: str, iteration: int, config: CampaignConfig, merged: TaskRec
                 directory / f"member-{m:02d}-validation.extxyz", [structures[i] for i in member.validation or member.train[:1]]
             )
         splits.save(directory / "splits.json")
-        return Outcome(outputs=outputs, summary={"dataset": len(dataset), "test": len(splits.test)})
+        return Outcome(outputs=outputs, summary={"dataset": len(hashes), "test": len(splits.test)})
 
-    return run_task(spec, [index], settings, body)
+    return run_task(spec, [snapshot], settings, body)
 
 
 def training_spec(workdir: str, iteration: int, member: int) -> TaskSpec:
@@ -131,8 +135,9 @@ def training_spec(workdir: str, iteration: int, member: int) -> TaskSpec:
 
 
 def _prepare_training(
-    workdir: str, iteration: int, config: CampaignConfig, member: int, split: TaskRecord, previous: TaskRecord | None
-) -> dict:
+    workdir: str, iteration: int, config: CampaignConfig, site: SiteConfig, member: int, split: TaskRecord,
+    previous: TaskRecord | None,
+) -> dict:  # fmt: skip
     """Write the trainer's input; return the shell command to run (``true`` when already trained).
 
     The command runs under ``flock`` on the task directory, so a trainer left running by a
@@ -164,25 +169,12 @@ def _prepare_training(
         return {"key": key, "command": "true", "backend": backend}
     spec.directory.mkdir(parents=True, exist_ok=True)
     commands = get_backend(backend).write_training_input(train_file, validation_file, spec.directory, settings)
-    script = " && ".join(shlex.join(command) for command in commands)
-    command = (
-        f"cd {shlex.quote(str(spec.directory))} && "
-        f"flock .lock sh -c {shlex.quote(script)} > train.log 2>&1; echo $? > exit-status"
-    )
-    return {"key": key, "command": command, "backend": backend}
+    return {"key": key, "command": shell_command(spec.directory, commands, site, "train", "train.log"), "backend": backend}
 
 
 def _run_command(prepared: dict, stdout: str | None = None, stderr: str | None = None) -> str:
     """Bash app body: the prepared command (its exit status goes to a file, never raised)."""
     return prepared["command"]
-
-
-def exit_status(directory: Path) -> int:
-    """Exit status a prepared command left in ``directory`` (1 when it never finished)."""
-    try:
-        return int((directory / "exit-status").read_text().strip())
-    except (OSError, ValueError):
-        return 1
 
 
 def _collect_training(workdir: str, iteration: int, member: int, prepared: dict, ran: int) -> TaskRecord:
@@ -441,53 +433,130 @@ def _prefilter(workdir: str, iteration: int, config: CampaignConfig, system: str
 # --- reference, post-filter, merge ----------------------------------------------------------------
 
 
-def _reference(
+@dataclass(frozen=True)
+class ReferencePlan:
+    """One reference task: where it lives, which structure it labels (None: skipped), its settings."""
+
+    spec: TaskSpec
+    source: Path | None
+    index: int
+    settings: dict
+
+    @property
+    def inputs(self) -> list[Path]:
+        return [] if self.source is None else [self.source]
+
+
+def plan_reference(
     workdir: str, iteration: int, config: CampaignConfig, system: str, task: str, structures: TaskRecord, index: int,
-    gate: TaskRecord | None, *members: TaskRecord,
-) -> TaskRecord:  # fmt: skip
-    """Label one structure with the reference engine; with a CAGO structure, measure the hit.
-
-    A failed or unconverged calculation is a result (recorded with its reason), not an error.
-    """
-    from cagoflow.engines import make_reference
-
+    gate: TaskRecord | None,
+) -> ReferencePlan:  # fmt: skip
+    """The structure a reference task labels: skipped when CAGO made none or the pre-filter dropped it."""
     root = Path(workdir)
     spec = TaskSpec(root, "reference", iteration, task)
     role = "structure" if "structure" in structures.outputs else "structures"
     kept = gate is None or structures.task in gate.summary.get("kept", [])
     if role not in structures.outputs or not kept:
-        return run_task(spec, [], {"skipped": True}, lambda directory: Outcome(summary={"skipped": True}))
-    source = output(structures, role, root)
+        return ReferencePlan(spec, None, index, {"skipped": True})
     settings = {"index": index, "reference": config.reference.model_dump(mode="json"),
                 "system": config.systems[system].model_dump(mode="json", include={"charge", "multiplicity"})}  # fmt: skip
+    return ReferencePlan(spec, output(structures, role, root), index, settings)
+
+
+def finish_reference(
+    result, atoms: Atoms, directory: Path, config: CampaignConfig, members: Sequence[TaskRecord], root: Path
+) -> Outcome:
+    """Write the labelled structure; for a CAGO structure, measure the hit (true error / δ)."""
+    from cagoflow.cago import cago_hit
+
+    labelled = result.labelled()
+    labelled.info.update({k: v for k, v in atoms.info.items() if k not in labelled.info})
+    summary = {"status": result.status.value, "message": result.message, "seconds": result.wall_time}
+    if result.ok and "subset" in atoms.info and members:
+        subset = [int(m) for m in np.atleast_1d(atoms.info["subset"])]
+        committee = load_committee(config, members, root).subset(subset)
+        hit = cago_hit(committee.predict([labelled]).forces, labelled.get_forces(), float(atoms.info["cago_delta"]))
+        labelled.info.update(hit.provenance())
+        summary.update(hit.provenance())
+    return Outcome(outputs={"labelled": write(directory / "labelled.extxyz", [labelled])}, summary=summary)
+
+
+def _skipped(directory: Path) -> Outcome:
+    return Outcome(summary={"skipped": True})
+
+
+def _reference(
+    workdir: str, iteration: int, config: CampaignConfig, system: str, task: str, structures: TaskRecord, index: int,
+    gate: TaskRecord | None, *members: TaskRecord,
+) -> TaskRecord:  # fmt: skip
+    """Label one structure with an in-process engine (tblite, an ASE calculator).
+
+    A failed or unconverged calculation is a result (recorded with its reason), not an error.
+    """
+    from cagoflow.engines import make_reference
+    from cagoflow.engines.reference import ReferenceResult, ReferenceStatus
+
+    plan = plan_reference(workdir, iteration, config, system, task, structures, index, gate)
+    if plan.source is None:
+        return run_task(plan.spec, [], plan.settings, _skipped)
 
     def body(directory: Path) -> Outcome:
-        from cagoflow.cago import cago_hit
-
-        atoms = read(source)[index]
+        atoms = read(plan.source)[index]
         if iteration < 0 and config.systems[system].labelled:  # labels given with the starting structures
-            from cagoflow.engines.reference import ReferenceResult, ReferenceStatus
-
             result = ReferenceResult(atoms, ReferenceStatus.CONVERGED, "given")
         else:
             result = make_reference(config.reference, config.systems[system]).compute(atoms)
-        labelled = result.labelled()
-        labelled.info.update({k: v for k, v in atoms.info.items() if k not in labelled.info})
-        summary = {"status": result.status.value, "message": result.message, "seconds": result.wall_time}
-        if result.ok and "subset" in atoms.info and members:
-            subset = [int(m) for m in np.atleast_1d(atoms.info["subset"])]
-            committee = load_committee(config, members, root).subset(subset)
-            hit = cago_hit(committee.predict([labelled]).forces, labelled.get_forces(), float(atoms.info["cago_delta"]))
-            labelled.info.update(hit.provenance())
-            summary.update(hit.provenance())
-        return Outcome(outputs={"labelled": write(directory / "labelled.extxyz", [labelled])}, summary=summary)
+        return finish_reference(result, atoms, directory, config, members, Path(workdir))
 
-    return run_task(spec, [source], settings, body)
+    return run_task(plan.spec, plan.inputs, plan.settings, body)
 
 
-def _merge(workdir: str, iteration: int, config: CampaignConfig, *references: TaskRecord) -> TaskRecord:
+def _prepare_reference(
+    workdir: str, iteration: int, config: CampaignConfig, site: SiteConfig, system: str, task: str,
+    structures: TaskRecord, index: int, gate: TaskRecord | None,
+) -> dict:  # fmt: skip
+    """Write an external engine's input (CP2K); return the shell command (``true``: nothing to run)."""
+    from cagoflow.engines import make_file_reference
+    from cagoflow.records import finished, task_key
+
+    plan = plan_reference(workdir, iteration, config, system, task, structures, index, gate)
+    if plan.source is None or finished(plan.spec.directory, task_key(plan.inputs, plan.settings), Path(workdir)):
+        return {"command": "true"}
+    engine = make_file_reference(config.reference, config.systems[system])
+    plan.spec.directory.mkdir(parents=True, exist_ok=True)
+    engine.write_input(read(plan.source)[index], plan.spec.directory)
+    program = [["cp2k.psmp", *engine.arguments(plan.spec.directory)]]
+    return {"command": shell_command(plan.spec.directory, program, site, "reference", "engine.log")}
+
+
+def _collect_reference(
+    workdir: str, iteration: int, config: CampaignConfig, system: str, task: str, structures: TaskRecord, index: int,
+    gate: TaskRecord | None, prepared: dict, ran: int, *members: TaskRecord,
+) -> TaskRecord:  # fmt: skip
+    """Parse the external engine's output into a labelled structure or a failure record."""
+    from cagoflow.engines import make_file_reference
+
+    plan = plan_reference(workdir, iteration, config, system, task, structures, index, gate)
+    if plan.source is None:
+        return run_task(plan.spec, [], plan.settings, _skipped)
+
+    def body(directory: Path) -> Outcome:
+        atoms = read(plan.source)[index]
+        engine = make_file_reference(config.reference, config.systems[system])
+        result = engine.read_result(atoms, directory, exit_status(directory))
+        return finish_reference(result, atoms, directory, config, members, Path(workdir))
+
+    return run_task(plan.spec, plan.inputs, plan.settings, body)
+
+
+def _merge(
+    workdir: str, iteration: int, config: CampaignConfig, previous: TaskRecord | None, *references: TaskRecord
+) -> TaskRecord:
     """Post-filter the labelled structures and append them to the dataset, with provenance.
 
+    The store under ``dataset/`` is an append-only pool; the campaign's training set after this
+    iteration is the previous merge's snapshot plus what this merge kept (``dataset.json``, the
+    hashes in order), so structures from runs with other settings never leak in.
     When not a single reference of the iteration succeeded, the campaign stops with a message.
     """
     from cagoflow.dataset import Dataset, Provenance
@@ -497,6 +566,7 @@ def _merge(workdir: str, iteration: int, config: CampaignConfig, *references: Ta
     root = Path(workdir)
     spec = TaskSpec(root, "merge", iteration, "dataset")
     labelled_files = [output(r, "labelled", root) for r in references if "labelled" in r.outputs]
+    before = [] if previous is None else [output(previous, "snapshot", root)]
     attempted = [r for r in references if not r.summary.get("skipped")]
     settings = config.filters.post.model_dump(mode="json")
 
@@ -523,16 +593,20 @@ def _merge(workdir: str, iteration: int, config: CampaignConfig, *references: Ta
             atoms.info = {k: v for k, v in atoms.info.items() if k not in ("subset",)}
         dataset = Dataset(root / DATASET)
         dataset.append(kept, provenance)
-        hashes = {structure_hash(atoms) for atoms in kept}
         ratios = [float(atoms.info["hit_ratio"]) for atoms in kept if "hit_ratio" in atoms.info]
+        from cagoflow.io import atomic_write_json
+
+        training_set = json.loads(before[0].read_text()) if before else []
+        added = [h for h in dict.fromkeys(structure_hash(atoms) for atoms in kept) if h not in set(training_set)]
+        snapshot = atomic_write_json(directory / "dataset.json", training_set + added)
         summary = {
-            "added": len(hashes & Dataset.open(root / DATASET).hashes),
+            "added": len(added),
             "rejected": {str(r.index): r.reason for r in result.rejected},
-            "dataset": len(Dataset.open(root / DATASET)),
+            "dataset": len(training_set) + len(added),
             "hit_ratio_mean": float(np.mean(ratios)) if ratios else None,
             "true_error_mean": float(np.mean([atoms.info["true_error"] for atoms in kept if "true_error" in atoms.info]))
             if ratios else None,
         }  # fmt: skip
-        return Outcome(summary=summary)
+        return Outcome(outputs={"snapshot": snapshot}, summary=summary)
 
-    return run_task(spec, labelled_files, settings, body)
+    return run_task(spec, labelled_files + before, settings, body)

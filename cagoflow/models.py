@@ -1,6 +1,8 @@
 """Committee files: which backend and which parameters or model files make a committee.
 
-A committee file is a small YAML file, e.g. the analytic test committee::
+A committee file is a small YAML file. For trained members: ``backend: deepmd`` (or nequip,
+allegro, analytic-trained) and ``models: [member-00/frozen_model.pth, ...]`` (paths relative
+to the file), optionally ``device: cpu | cuda | auto``. The analytic test committee::
 
     backend: analytic
     members: 4          # committee size M
@@ -49,11 +51,27 @@ class AnalyticCommitteeSpec(_Model):
         return MorseCalculator(MorseModel.for_symbols(list(self.species), cutoff=self.cutoff))
 
 
-#: Committee file models by backend name.
-BACKENDS: dict[str, type[_Model]] = {"analytic": AnalyticCommitteeSpec}
+#: Committee file models by backend name ("module:Class" for those imported on first use).
+BACKENDS: dict[str, type[_Model] | str] = {
+    "analytic": AnalyticCommitteeSpec,
+    "analytic-trained": "cagoflow.backends.analytic:AnalyticModelsSpec",
+    "deepmd": "cagoflow.backends.deepmd:DeepmdCommitteeSpec",
+    "nequip": "cagoflow.backends.nequip:NequipCommitteeSpec",
+    "allegro": "cagoflow.backends.nequip:AllegroCommitteeSpec",
+}
 
 
-def load_committee_spec(path: str | Path) -> AnalyticCommitteeSpec:
+def _spec_class(backend: str) -> type[_Model]:
+    import importlib
+
+    spec = BACKENDS[backend]
+    if isinstance(spec, str):
+        module, name = spec.split(":")
+        spec = getattr(importlib.import_module(module), name)
+    return spec
+
+
+def load_committee_spec(path: str | Path) -> _Model:
     """Read and validate a committee file (errors name the file and field)."""
     path = Path(path)
     data, text = _read_yaml_mapping(path, "committee", "name its backend", "backend")
@@ -61,7 +79,7 @@ def load_committee_spec(path: str | Path) -> AnalyticCommitteeSpec:
     if backend not in BACKENDS:
         expected = ", ".join(sorted(BACKENDS))
         raise InputError(f"unknown backend {backend!r}; expected one of: {expected}", file=path, field="backend")
-    return _validate(BACKENDS[backend], data, file=path, text=text, context={"base_dir": path.resolve().parent})
+    return _validate(_spec_class(backend), data, file=path, text=text, context={"base_dir": path.resolve().parent})
 
 
 def load_committee(path: str | Path) -> Committee:

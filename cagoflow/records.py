@@ -43,6 +43,7 @@ class TaskRecord:
         outputs: output files by role, relative to the work directory.
         summary: small JSON facts for status tables (counts, errors, σ, reasons).
         seconds: wall time of the execution.
+        where: the host, SLURM job and partition the task ran in (see :func:`execution_place`).
     """
 
     stage: str
@@ -54,6 +55,18 @@ class TaskRecord:
     summary: Mapping[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     version: str = __version__
+    where: Mapping[str, str] = field(default_factory=lambda: execution_place())
+
+
+def execution_place() -> dict[str, str]:
+    """Host, and the SLURM job and partition when the task runs inside one."""
+    import socket
+
+    place = {"host": socket.gethostname()}
+    for key, variable in (("slurm_job", "SLURM_JOB_ID"), ("partition", "SLURM_JOB_PARTITION")):
+        if variable in os.environ:
+            place[key] = os.environ[variable]
+    return place
 
 
 def task_key(inputs: Sequence[str | Path], settings: Mapping[str, Any]) -> str:

@@ -99,6 +99,13 @@ def stage_executor_labels(site: SiteConfig) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
+#: Workers report every HEARTBEAT_PERIOD s; one silent for HEARTBEAT_THRESHOLD s (a job the
+#: scheduler killed or lost) is declared lost and its tasks fail, to be retried in a new block —
+#: far sooner than Parsl's default of 120 s.
+HEARTBEAT_PERIOD = 10
+HEARTBEAT_THRESHOLD = 40
+
+
 def _executor(label: str, executor: ExecutorConfig) -> ParslExecutor:
     if executor.kind == "threads":
         return _threads(label, executor)
@@ -126,7 +133,12 @@ def _htex(label: str, executor: ExecutorConfig) -> HighThroughputExecutor:
     if interchange is not None:
         options["interchange_launch_cmd"] = [interchange]
     return HighThroughputExecutor(
-        label=label, provider=_provider(executor), block_error_handler=fail_on_block_failures, **options
+        label=label,
+        provider=_provider(executor),
+        block_error_handler=fail_on_block_failures,
+        heartbeat_period=HEARTBEAT_PERIOD,
+        heartbeat_threshold=HEARTBEAT_THRESHOLD,
+        **options,
     )
 
 

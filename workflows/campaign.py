@@ -31,6 +31,7 @@ class Dag:
 
     apps: Any
     config: CampaignConfig
+    site: SiteConfig
     workdir: str
     hook: ProgressHook | None = None
     futures: list[tuple[str, Any]] = field(default_factory=list)
@@ -53,17 +54,15 @@ def build(dag: Dag):
     for system in sorted(config.systems):
         initial = dag.submit("initial", apps.initial, workdir, config, system)
         for k in range(initial_count(config, system)):
-            references.append(
-                dag.submit("reference", apps.reference, workdir, -1, config, system, f"{system}-init-{k:03d}", initial, k, None)
-            )
-    merged = dag.submit("merge", apps.merge, workdir, -1, config, *references)
+            references.append(reference(dag, -1, system, f"{system}-init-{k:03d}", initial, k, None, []))
+    merged = dag.submit("merge", apps.merge, workdir, -1, config, None, *references)
     previous: list = [None] * config.committee.size
     for iteration in range(config.iterations):
         split = dag.submit("split", apps.split, workdir, iteration, config, merged)
         members = []
         for m in range(config.committee.size):
-            prepared = dag.submit("train", apps.prepare_training, workdir, iteration, config, m, split, previous[m])
-            ran = apps.run_command(prepared)
+            prepared = dag.submit("train", apps.prepare_training, workdir, iteration, config, dag.site, m, split, previous[m])
+            ran = apps.run_training(prepared)
             members.append(dag.submit("train", apps.collect_training, workdir, iteration, m, prepared, ran))
         previous = members
         calibration = dag.submit("calibrate", apps.calibrate, workdir, iteration, config, split, *members)
@@ -81,11 +80,23 @@ def build(dag: Dag):
             ]
             gate = dag.submit("prefilter", apps.prefilter, workdir, iteration, config, system, *cagos, *members)
             references += [
-                dag.submit("reference", apps.reference, workdir, iteration, config, system, f"{system}-{k:03d}", cago, 0, gate, *members)
-                for k, cago in enumerate(cagos)
-            ]  # fmt: skip
-        merged = dag.submit("merge", apps.merge, workdir, iteration, config, *references)
+                reference(dag, iteration, system, f"{system}-{k:03d}", cago, 0, gate, members) for k, cago in enumerate(cagos)
+            ]
+        merged = dag.submit("merge", apps.merge, workdir, iteration, config, merged, *references)
     return merged
+
+
+def reference(dag: Dag, iteration: int, system: str, task: str, structures, index: int, gate, members: list):
+    """A reference task: one in-process app (tblite, ASE), or prepare → bash → collect (CP2K)."""
+    config, apps, workdir = dag.config, dag.apps, dag.workdir
+    if config.reference.engine != "cp2k" or (iteration < 0 and config.systems[system].labelled):
+        return dag.submit("reference", apps.reference, workdir, iteration, config, system, task, structures, index, gate, *members)
+    prepared = apps.prepare_reference(workdir, iteration, config, dag.site, system, task, structures, index, gate)
+    ran = apps.run_reference(prepared)
+    return dag.submit(
+        "reference", apps.collect_reference, workdir, iteration, config, system, task, structures, index, gate, prepared, ran,
+        *members,
+    )  # fmt: skip
 
 
 def root_cause(exc: BaseException) -> BaseException:
@@ -110,7 +121,7 @@ def run_campaign(config: CampaignConfig, site: SiteConfig, workdir: Path, hook: 
     atomic_write_json(workdir / "campaign.json", config.model_dump(mode="json"))
     parsl.load(build_config(site, workdir / "runinfo", checkpoint=False))  # resume comes from our records
     try:
-        dag = Dag(make_apps(site.stage_executors), config, str(workdir), hook)
+        dag = Dag(make_apps(site.stage_executors), config, site, str(workdir), hook)
         final = build(dag)
         try:
             final.result()

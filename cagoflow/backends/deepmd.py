@@ -214,10 +214,18 @@ def convert_to_deepmd(path: Path, folder: Path, type_map: Sequence[str]) -> Deep
 
 
 def training_input(
-    settings: TrainingSettings, train: Sequence[str], validation: Sequence[str], has_virials: bool
+    settings: TrainingSettings,
+    train: Sequence[str],
+    validation: Sequence[str],
+    has_virials: bool,
+    model: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``input.json`` of one member: preset, then the user's hyperparameters deep-merged over
-    it, then what the settings fix (type map, steps, seeds, data)."""
+    it, then what the settings fix (type map, steps, seeds, data).
+
+    ``model``: the model section of the model training starts from (its architecture and
+    ``sel`` must match its weights), in place of the preset's and the user's.
+    """
     config = preset(settings.preset)
     config["loss"].update(
         {"start_pref_v": 0.02, "limit_pref_v": 1.0} if has_virials else {"start_pref_v": 0.0, "limit_pref_v": 0.0}
@@ -233,6 +241,10 @@ def training_input(
         "save_ckpt": CHECKPOINT_PREFIX,
     }
     config = deep_merge(config, settings.hyperparameters)
+    if model is not None:
+        if "model" in settings.hyperparameters:
+            log.warning("model hyperparameters are ignored: training starts from a model with its own architecture")
+        config["model"] = copy.deepcopy(dict(model))
     config["model"]["type_map"] = list(settings.type_map)
     for section in ("descriptor", "fitting_net"):
         config["model"].setdefault(section, {})["seed"] = settings.seed
@@ -298,30 +310,36 @@ class DeepmdBackend:
         """Convert the splits, write ``input.json``; return the train and freeze commands.
 
         The train command continues from ``model.ckpt.pt`` when an earlier (killed) run left it
-        in ``workdir``; otherwise it starts from ``settings.init_model`` when given (same species:
-        ``--init-frz-model``/``--init-model``; other species: ``--finetune`` of a .pt checkpoint),
-        keeping that model's architecture (``--use-pretrain-script``).
+        in ``workdir``. Otherwise it starts from ``settings.init_model`` when given: with the same
+        species, from its weights (``--init-frz-model`` for a frozen .pth, ``--init-model`` for a
+        .pt checkpoint) with its model section copied into ``input.json`` (so a restart of this
+        run rebuilds the same model); with other species, by DeePMD's fine-tuning
+        (``--finetune`` of a .pt checkpoint, ``--use-pretrain-script``).
         """
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         if settings.steps < 1:
             raise InputError(f"expected at least one training step, got {settings.steps}", field="steps")
         data = workdir / DATA_DIR
+        shutil.rmtree(data, ignore_errors=True)
         train = convert_to_deepmd(Path(train_file), data / "train", settings.type_map)
         validation = convert_to_deepmd(Path(validation_file), data / "validation", settings.type_map)
+        start: list[str] = []
+        model = None
+        if (workdir / CHECKPOINT).exists():
+            start = ["--restart", CHECKPOINT]
+        elif settings.init_model is not None:
+            start, model = _start_from(Path(settings.init_model), settings.type_map)
         config = training_input(
             settings,
             [str(path.relative_to(workdir)) for path in train.systems],
             [str(path.relative_to(workdir)) for path in validation.systems],
             train.has_virials,
+            model,
         )
         (workdir / "input.json").write_text(json.dumps(config, indent=2) + "\n")
         dp = list(self.command)
-        train_command = [*dp, "--pt", "train", "input.json", "--log-path", TRAIN_LOG]
-        if (workdir / CHECKPOINT).exists():
-            train_command += ["--restart", CHECKPOINT]
-        elif settings.init_model is not None:
-            train_command += _init_arguments(Path(settings.init_model), settings.type_map)
+        train_command = [*dp, "--pt", "train", "input.json", "--log-path", TRAIN_LOG, *start]
         freeze_command = [*dp, "--pt", "freeze", "-c", CHECKPOINT, "-o", FROZEN_MODEL, "--log-path", FREEZE_LOG]
         return [train_command, freeze_command]
 
@@ -358,12 +376,13 @@ def dp_command() -> tuple[str, ...]:
     return ("dp",)
 
 
-def _init_arguments(init_model: Path, type_map: Sequence[str]) -> list[str]:
-    """``dp train`` arguments that start from an earlier model."""
+def _start_from(init_model: Path, type_map: Sequence[str]) -> tuple[list[str], dict[str, Any] | None]:
+    """``dp train`` arguments that start from an earlier model, and its model section when the
+    species are the same (None for fine-tuning to other species)."""
     member = load_member(init_model, "cpu")
     if tuple(member.type_map) == tuple(type_map):
         flag = "--init-frz-model" if member.frozen else "--init-model"
-        return [flag, str(init_model.resolve()), "--use-pretrain-script"]
+        return [flag, str(init_model.resolve())], member.model_params()
     if member.frozen:
         raise InputError(
             f"the model knows species {member.type_map}, the training asks for {list(type_map)}: changing "
@@ -372,7 +391,7 @@ def _init_arguments(init_model: Path, type_map: Sequence[str]) -> list[str]:
             file=init_model,
             field="init_model",
         )
-    return ["--finetune", str(init_model.resolve()), "--use-pretrain-script"]
+    return ["--finetune", str(init_model.resolve()), "--use-pretrain-script"], None
 
 
 # --- members and the committee ---------------------------------------------------------------------
@@ -401,6 +420,10 @@ class DeepmdMember:
                 f"the model knows the species {list(self.type_map)}, not {', '.join(unknown)}", file=self.file
             )
         return types
+
+    def model_params(self) -> dict[str, Any]:
+        """The model section DeePMD built this model from (resolved: ``sel`` is a list)."""
+        return json.loads(self.module.get_model_def_script())
 
 
 def _import_deepmd() -> None:

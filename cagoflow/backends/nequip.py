@@ -151,14 +151,37 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return merged
 
 
-def _has_stress(*files: Path) -> bool:
-    """Whether every frame of the (extxyz) files carries a stress."""
-    for path in files:
-        for atoms in iread(str(path)):
-            results = atoms.calc.results if atoms.calc is not None else {}
-            if "stress" not in results and "stress" not in atoms.info:
-                return False
-    return True
+def _scan_data(train_file: Path, validation_file: Path, type_map: Sequence[str]) -> tuple[int, bool]:
+    """Number of training frames, and whether every frame of both files carries a stress.
+
+    Unreadable files, frames without energy or forces and species outside the type map are
+    :class:`InputError` s naming the file.
+    """
+    counts, stress = [], True
+    for path in (Path(train_file), Path(validation_file)):
+        count = 0
+        try:
+            for atoms in iread(str(path)):
+                results = dict(atoms.info)
+                if atoms.calc is not None:
+                    results.update(atoms.calc.results)
+                if "energy" not in results or ("forces" not in results and "forces" not in atoms.arrays):
+                    raise InputError(f"frame {count} has no reference energy and forces", file=path)
+                unknown = sorted(set(atoms.get_chemical_symbols()) - set(type_map))
+                if unknown:
+                    raise InputError(
+                        f"frame {count}: species {', '.join(unknown)} are not in the type map {list(type_map)}", file=path
+                    )
+                stress = stress and "stress" in results
+                count += 1
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - ASE raises many kinds for a bad file
+            raise InputError(f"cannot read the training data ({type(exc).__name__}: {exc})", file=path) from None
+        if count == 0:
+            raise InputError("no frames in the training data", file=path)
+        counts.append(count)
+    return counts[0], stress
 
 
 def training_config(
@@ -171,7 +194,7 @@ def training_config(
         raise InputError("the type map (species the model knows) is empty", field="type_map")
     preset = _TRAINING[settings.preset]
     workdir = workdir.resolve()
-    stress = _has_stress(train_file, validation_file)
+    n_train, stress = _scan_data(train_file, validation_file, settings.type_map)
     fields = ["total_energy", "forces"] + (["stress"] if stress else [])
 
     transforms = [
@@ -258,13 +281,22 @@ def training_config(
                     "monitor": "val0_epoch/weighted_sum",
                     "patience": 1_000_000_000,
                     "check_finite": True,
+                    "check_on_train_epoch_end": False,
+                    "strict": False,
                 },
             ],
         },
         "training_module": module,
         "global_options": {"allow_tf32": False},
     }
-    return deep_merge(config, settings.hyperparameters)
+    config = deep_merge(config, settings.hyperparameters)
+    # validation (and with it the best checkpoint) comes at the end of each epoch; a run shorter
+    # than one epoch validates once, at its last step
+    batch_size = int(config["data"]["train_dataloader"].get("batch_size", 1))
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    if settings.steps < steps_per_epoch and "val_check_interval" not in config["trainer"]:
+        config["trainer"]["val_check_interval"] = settings.steps
+    return config
 
 
 def _fine_tuning_checkpoint(path: Path) -> Path:

@@ -20,3 +20,15 @@ def make_reference(config: "ReferenceConfig", system: "SystemConfig") -> "InProc
 
         return AseCalculatorReference(config.calculator, config.settings)
     raise ValueError(f"engine {config.engine!r} runs as an external program, not in-process")
+
+
+def make_file_reference(config: "ReferenceConfig", system: "SystemConfig"):
+    """The external-program reference engine (CP2K) a campaign's ``reference`` block describes."""
+    from cagoflow.engines.cp2k import Cp2kReference, Cp2kSettings
+
+    settings = dict(config.settings)
+    settings.setdefault("stress", config.stress)
+    settings.update(charge=system.charge, multiplicity=system.multiplicity)
+    if config.template is not None:
+        return Cp2kReference(Cp2kSettings.from_template_file(config.template, **settings))
+    return Cp2kReference(Cp2kSettings(**settings))

@@ -38,7 +38,8 @@ from typing import Callable
 import numpy as np
 from ase import Atoms, units
 from ase.md.md import MolecularDynamics
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+from ase.md import velocitydistribution
+from ase.md.velocitydistribution import Stationary, ZeroRotation
 
 from cagoflow.committee import Committee
 from cagoflow.config import MDStage
@@ -120,7 +121,11 @@ def make_integrator(atoms: Atoms, stage: MDStage) -> MolecularDynamics:
 def initial_velocities(atoms: Atoms, temperature_K: float, seed: int) -> None:
     """Maxwell–Boltzmann momenta at exactly ``temperature_K``, no centre-of-mass motion
     (and, for a non-periodic structure, no rotation), drawn from ``seed``."""
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    if hasattr(velocitydistribution, "thermalize_momenta"):  # ase >= 3.29
+        velocitydistribution.thermalize_momenta(atoms, temperature_K, rng=rng)
+    else:
+        velocitydistribution.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
     Stationary(atoms)
     if not atoms.pbc.any():
         ZeroRotation(atoms)

@@ -78,7 +78,6 @@ from cagoflow.engines.reference import ReferenceResult, ReferenceStatus
 from cagoflow.filters import REFERENCE_STATUS_KEY
 
 __all__ = [
-    "DCDFT_STRESS_CHECK",
     "METHODS",
     "TEMPLATE_FIELDS",
     "VALENCE",
@@ -119,10 +118,6 @@ TEMPLATE_FIELDS: dict[str, str] = {
     "eps_scf": "SCF convergence threshold",
     "natoms": "number of atoms",
 }
-
-#: What the DCDFT analytical stress gave against a central finite-difference strain derivative
-#: of the DCDFT energy (filled in from the measurement documented in the module docstring).
-DCDFT_STRESS_CHECK = "see module docstring"
 
 INPUT_FILE = "cp2k.inp"
 OUTPUT_FILE = "cp2k.out"
@@ -175,7 +170,7 @@ class Cp2kSettings:
     eps_default: float = 1e-12
     charge: int = 0
     multiplicity: int = 1
-    stress: bool = False
+    stress: bool = True
     basis_set: str | None = None
     potential: str | None = None
     admm_basis_set: str | None = None

@@ -11,53 +11,19 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cagoflow.config import default_site, load_campaign
 from cagoflow.dataset import Dataset
-from cagoflow.io import write_structures
-from cagoflow.records import executions
-from cagoflow.structures import water_box
+from cagoflow.records import all_records, executions
 from cagoflow.workflows.campaign import CampaignFailed, run_campaign
 from cagoflow.workflows.status import campaign_status
-
-CAMPAIGN = {
-    "name": "test-water",
-    "seed": 3,
-    "iterations": 2,
-    "systems": {"water": {"structures": "water.extxyz", "initial_samples": 9, "initial_rattle": 0.08}},
-    "committee": {"backend": "analytic", "size": 3, "min_trained": 2, "training_steps": 30},
-    "md": {"schedule": {"ensemble": "nvt", "temperature": 300, "steps": 40, "timestep": 0.5, "dump_interval": 10}},
-    "sampling": {
-        "per_iteration": 2,
-        "cago_from": [{"from_iteration": 0, "source": "training", "subset": 2}, {"from_iteration": 1, "source": "md"}],
-    },
-    "cago": {"delta": 0.15, "max_steps": 15, "min_distance": 0.7},
-    "reference": {"engine": "tblite", "method": "GFN1-xTB"},
-}
-
-
-def write_campaign(folder: Path, **changes) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    write_structures(folder / "water.extxyz", [water_box(4, seed=1)])
-    settings = json.loads(json.dumps(CAMPAIGN))
-    for dotted, value in changes.items():
-        target = settings
-        *path, last = dotted.split(".")
-        for part in path:
-            target = target[part]
-        target[last] = value
-    path = folder / "campaign.yaml"
-    path.write_text(yaml.safe_dump(settings))
-    return path
-
 
 def dataset_hashes(workdir: Path) -> list[str]:
     return [entry.hash for entry in Dataset.open(workdir / "dataset").entries]
 
 
 @pytest.fixture(scope="module")
-def finished_campaign(tmp_path_factory) -> Path:
+def finished_campaign(tmp_path_factory, write_campaign) -> Path:
     """One uninterrupted run of the test campaign (the reference for every resume test)."""
     folder = tmp_path_factory.mktemp("campaign")
     config = load_campaign(write_campaign(folder))
@@ -69,8 +35,11 @@ def finished_campaign(tmp_path_factory) -> Path:
 def test_campaign_grows_the_dataset_with_cago_structures(finished_campaign):
     dataset = Dataset.open(finished_campaign / "dataset")
     stages = [entry.provenance.stage for entry in dataset.entries]
-    initial = stages.count("initial")
-    assert initial == 10  # the starting structure and its 9 rattled copies, labelled by tblite
+    initial_merge = next(r for r in all_records(finished_campaign) if r.stage == "merge" and r.iteration == -1)
+    rejected = initial_merge.summary["rejected"]
+    # the starting structure and its 9 rattled copies, labelled by tblite, less the post-filter's rejections
+    assert stages.count("initial") == 10 - len(rejected), rejected
+    assert len(rejected) <= 2, rejected
     cago = [entry for entry in dataset.entries if entry.provenance.stage == "cago"]
     assert 1 <= len(cago) <= 4  # 2 per iteration, minus what the filters dropped
     for entry in cago:
@@ -96,7 +65,7 @@ def test_finished_campaign_runs_nothing_again(finished_campaign):
     assert time.perf_counter() - start < 30
 
 
-def test_changed_setting_reruns_exactly_what_depends_on_it(finished_campaign, tmp_path):
+def test_changed_setting_reruns_exactly_what_depends_on_it(finished_campaign, tmp_path, write_campaign):
     """A new δ invalidates CAGO and everything after it, not the initial labels or the first training."""
     import shutil
 
@@ -113,7 +82,7 @@ def test_changed_setting_reruns_exactly_what_depends_on_it(finished_campaign, tm
 
 
 @pytest.mark.parametrize("stage", ["train", "cago", "reference", "merge"])
-def test_sigkill_and_resume_equals_the_uninterrupted_run(finished_campaign, tmp_path, stage):
+def test_sigkill_and_resume_equals_the_uninterrupted_run(finished_campaign, tmp_path, write_campaign, stage):
     """Kill the driver right after the first task of ``stage`` in iteration 0 finished; restart."""
     campaign = write_campaign(tmp_path)
     workdir = tmp_path / "work"
@@ -138,7 +107,7 @@ def test_sigkill_and_resume_equals_the_uninterrupted_run(finished_campaign, tmp_
     assert len(done) == len(set(done))
 
 
-def test_every_reference_failing_stops_with_a_message(tmp_path):
+def test_every_reference_failing_stops_with_a_message(tmp_path, write_campaign):
     campaign = write_campaign(tmp_path, **{"filters.post": {"max_reference_force": 1e-6}})
     with pytest.raises(CampaignFailed, match="none of the .* reference calculations gave a usable structure"):
         run_campaign(load_campaign(campaign), default_site(), tmp_path / "work")

@@ -190,6 +190,21 @@ def test_frames_without_stress_train_without_it(water_frames, tmp_path):
     assert "stress" not in module["loss"]["coeffs"] and "stress_rmse" not in module["val_metrics"]["coeffs"]
 
 
+def test_bad_training_data_names_the_file(water_frames, tmp_path):
+    nequip = NequipBackend()
+    garbage = tmp_path / "garbage.extxyz"
+    garbage.write_text("this is not\nan extxyz file\n")
+    with pytest.raises(InputError, match="garbage.extxyz"):
+        nequip.write_training_input(garbage, water_frames.validation_file, tmp_path / "a", settings())
+    only_oxygen_carbon = TrainingSettings(steps=10, seed=1, type_map=("O", "C"))
+    with pytest.raises(InputError, match="train.extxyz.*species H are not in the type map"):
+        nequip.write_training_input(water_frames.train_file, water_frames.validation_file, tmp_path / "b", only_oxygen_carbon)
+    unlabelled = tmp_path / "unlabelled.extxyz"
+    write(unlabelled, water_box(2))
+    with pytest.raises(InputError, match="unlabelled.extxyz.*no reference energy"):
+        nequip.write_training_input(water_frames.train_file, unlabelled, tmp_path / "c", settings())
+
+
 def test_restart_fine_tuning_and_no_compile_commands(water_frames, tmp_path):
     (tmp_path / LAST_CHECKPOINT_NAME).write_bytes(b"")
     init = tmp_path / "previous" / "model.nequip.pt2"

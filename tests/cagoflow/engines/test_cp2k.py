@@ -130,9 +130,9 @@ def test_dcdft_inputs_as_text():
         "C 0.0000000000 0.0000000000 12.0000000000",
     ):
         assert line in dcdft, line
-    assert "STRESS_TENSOR" not in dcdft  # stress is off unless asked for
+    assert "STRESS_TENSOR ANALYTICAL" in dcdft and "&STRESS_TENSOR ON" in dcdft
     assert dcdft.index("&HF") < dcdft.index("&ENERGY_CORRECTION")
-    assert "STRESS_TENSOR ANALYTICAL" in Cp2kReference(Cp2kSettings(stress=True)).inputs(atoms)["dcdft.inp"]
+    assert "STRESS_TENSOR" not in Cp2kReference(Cp2kSettings(stress=False)).inputs(atoms)["dcdft.inp"]
     explicit = Cp2kReference(Cp2kSettings(truncation_radius=3.25)).inputs(atoms)["dcdft.inp"]
     assert "CUTOFF_RADIUS 3.250000" in explicit
 
@@ -140,7 +140,7 @@ def test_dcdft_inputs_as_text():
 def test_generated_inputs_pass_cp2k_syntax_check(tmp_path):
     require_command("cp2k.psmp")
     atoms = water()
-    for settings in (Cp2kSettings(stress=True), PBE, Cp2kSettings(multiplicity=3, charge=0)):
+    for settings in (Cp2kSettings(), PBE, Cp2kSettings(multiplicity=3, stress=False)):
         directory = tmp_path / settings.method / str(settings.multiplicity)
         Cp2kReference(settings).write_input(atoms, directory)
         for path in sorted(directory.glob("*.inp")):
@@ -220,11 +220,11 @@ _ABORT = """\
  *   ___                                                                       *
  *  /   \\                                                                      *
  * [ABORT]                                                                     *
- *  \\___/     Requested basis set NO-SUCH-BASIS-q1 for atomic kind H was not   *
- *    |                                 found                                  *
+ *  \\___/   The requested basis set <NO-SUCH-BASIS-q6> for element <O> was not *
+ *    |       found in the basis set files <BASIS_MOLOPT_UZH><BASIS_ADMM_UZH>  *
  *  O/|                                                                        *
  * /| |                                                                        *
- * / \\                                                    qs_kind_types.F:123 *
+ * / \\                                          aobasis/basis_set_types.F:1509 *
  *******************************************************************************
 """
 
@@ -238,7 +238,8 @@ def test_parser_reads_the_last_stress_block_and_abort_boxes():
     assert parsed.warnings == 2 and parsed.ended and parsed.abort is None and parsed.scf_converged is None
     aborted = parse_cp2k_output(_ABORT)
     assert aborted.abort == (
-        "Requested basis set NO-SUCH-BASIS-q1 for atomic kind H was not found (qs_kind_types.F:123)"
+        "The requested basis set <NO-SUCH-BASIS-q6> for element <O> was not found in the basis set files "
+        "<BASIS_MOLOPT_UZH><BASIS_ADMM_UZH> (aobasis/basis_set_types.F:1509)"
     )
 
 

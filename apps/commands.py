@@ -1,0 +1,77 @@
+"""Shell lines for external programs: the site's command, environment, time limit, lock and log.
+
+An engine (a trainer, CP2K, LAMMPS) names its program by its usual name (``dp``,
+``nequip-train``, ``cp2k.psmp``, ``lmp``); the site-config says how this machine starts it
+(``srun -n 16 cp2k.psmp``, module loads, OpenMP threads and binding). Every program runs in
+its task directory under ``flock`` (a program left running by a killed driver finishes before
+a new one starts there), under a time limit derived from the block's walltime, with its output
+in a log file and its exit status in ``exit-status`` — a failure is read back as data.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Sequence
+
+from cagoflow.config import EngineCommand, SiteConfig
+
+#: Part of a block's walltime kept free for writing results after a program's time limit, s.
+WALLTIME_MARGIN = 120
+
+
+def site_engine(site: SiteConfig, program: str) -> EngineCommand | None:
+    """The site's settings for a program, by the program's usual name."""
+    engines = site.engines
+    return {"dp": engines.deepmd, "nequip-train": engines.nequip, "cp2k.psmp": engines.cp2k, "lmp": engines.lammps}.get(
+        program
+    )
+
+
+def time_limit(site: SiteConfig, stage: str) -> int | None:
+    """Seconds a program of ``stage`` may run: the block walltime less a margin (None: no limit)."""
+    executor = site.executors[site.executor_for(stage)]
+    provider = executor.provider
+    if provider is None:
+        return None
+    return max(60, provider.walltime_seconds - WALLTIME_MARGIN)
+
+
+def program_line(argv: Sequence[str], site: SiteConfig, limit: int | None) -> str:
+    """One program as the site starts it, with its environment and time limit."""
+    engine = site_engine(site, argv[0])
+    line = shlex.join(argv)
+    environment: dict[str, str] = {}
+    setup = ""
+    if engine is not None:  # the site's command line is shell text: $PARSL_MPI_PREFIX and the like expand
+        launcher = engine.command.strip()
+        if launcher.startswith("srun ") and getattr(engine, "cpu_bind", None):
+            launcher = f"srun --cpu-bind={engine.cpu_bind} {launcher[5:]}"
+        line = f"{launcher} {shlex.join(argv[1:])}".strip()
+        environment = {"OMP_NUM_THREADS": str(engine.threads), **engine.env}
+        if getattr(engine, "omp_proc_bind", None):
+            environment["OMP_PROC_BIND"] = engine.omp_proc_bind
+        setup = engine.setup.strip()
+    if limit is not None:
+        line = f"timeout --kill-after=30 {limit} {line}"
+    if environment:
+        line = "env " + " ".join(f"{key}={shlex.quote(value)}" for key, value in environment.items()) + " " + line
+    return f"{setup}\n{line}" if setup else line
+
+
+def shell_command(directory: Path, commands: Sequence[Sequence[str]], site: SiteConfig, stage: str, log: str) -> str:
+    """The whole shell line of a task: cd, lock, the programs in order, log, exit status."""
+    limit = time_limit(site, stage)
+    script = " && ".join(f"{{ {program_line(argv, site, limit)}; }}" for argv in commands)
+    return (
+        f"cd {shlex.quote(str(directory))} && "
+        f"flock .lock sh -c {shlex.quote(script)} > {shlex.quote(log)} 2>&1; echo $? > exit-status"
+    )
+
+
+def exit_status(directory: Path) -> int:
+    """Exit status a task's programs left in ``directory`` (1 when they never finished)."""
+    try:
+        return int((directory / "exit-status").read_text().strip())
+    except (OSError, ValueError):
+        return 1

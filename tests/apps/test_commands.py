@@ -1,0 +1,54 @@
+"""Shell lines of external programs: site command, environment, time limit, lock, exit status."""
+
+from __future__ import annotations
+
+import subprocess
+
+from cagoflow.apps.commands import exit_status, program_line, shell_command, time_limit
+from cagoflow.config import SiteConfig, default_site
+
+
+def slurm_site(**engines) -> SiteConfig:
+    return SiteConfig.model_validate(
+        {
+            "name": "cluster",
+            "executors": {
+                "gpu": {"kind": "htex_slurm", "provider": {"partition": "gpu", "walltime": "01:00:00"}},
+                "cpu": {"kind": "htex_slurm", "provider": {"partition": "cpu", "walltime": "00:30:00"}},
+            },
+            "stages": {"default": "cpu", "train": "gpu"},
+            "engines": engines,
+        }
+    )
+
+
+def test_site_command_environment_and_binding():
+    site = slurm_site(cp2k={"command": "srun -n 16 cp2k.psmp", "threads": 4, "env": {"FOO": "bar baz"}})
+    line = program_line(["cp2k.psmp", "-i", "cp2k.inp", "-o", "cp2k.out"], site, None)
+    assert line == "env OMP_NUM_THREADS=4 FOO='bar baz' OMP_PROC_BIND=close srun --cpu-bind=cores -n 16 cp2k.psmp -i cp2k.inp -o cp2k.out"
+
+
+def test_mpi_prefix_stays_shell_text_and_setup_comes_first():
+    site = slurm_site(cp2k={"command": "$PARSL_MPI_PREFIX cp2k.psmp", "setup": "module load cp2k", "cpu_bind": None})
+    line = program_line(["cp2k.psmp", "-i", "in"], site, 100)
+    assert line.startswith("module load cp2k\n")
+    assert "timeout --kill-after=30 100 $PARSL_MPI_PREFIX cp2k.psmp -i in" in line
+
+
+def test_unknown_programs_run_as_they_are():
+    assert program_line(["python", "-m", "x", "a b"], default_site(), None) == "python -m x 'a b'"
+
+
+def test_time_limit_from_the_block_walltime():
+    site = slurm_site()
+    assert time_limit(site, "train") == 3600 - 120
+    assert time_limit(site, "reference") == 1800 - 120
+    assert time_limit(default_site(), "train") is None
+
+
+def test_shell_command_records_the_exit_status_and_log(tmp_path):
+    line = shell_command(tmp_path, [["sh", "-c", "echo hello"], ["sh", "-c", "exit 3"], ["sh", "-c", "echo never"]], default_site(), "train", "run.log")
+    assert subprocess.run(line, shell=True).returncode == 0  # a failure is data, not an exception
+    assert exit_status(tmp_path) == 3
+    assert (tmp_path / "run.log").read_text() == "hello\n"
+    assert exit_status(tmp_path / "missing") == 1
