@@ -30,6 +30,7 @@ class CampaignApps:
     prepare_reference: Any
     run_reference: Any
     collect_reference: Any
+    postfilter: Any
     merge: Any
 
 
@@ -57,5 +58,6 @@ def make_apps(executor_for: Mapping[str, str]) -> CampaignApps:
         prepare_reference=python(stages._prepare_reference, "reference"),
         run_reference=bash_app(stages._run_command, executors=[executor_for["reference"]]),
         collect_reference=python(stages._collect_reference, "reference"),
+        postfilter=python(stages._postfilter, "postfilter"),
         merge=python(stages._merge, "merge"),
     )

@@ -295,8 +295,8 @@ def _md(workdir: str, iteration: int, config: CampaignConfig, system: str, repli
             stage,
             seed=seed_for(config, "md", iteration, system, replica) % 2**31,
             check_interval=config.md.check_interval,
-            min_distance=config.md.stop_min_distance or 0.0,
-            density_range=tuple(density) if density else (0.0, float("inf")),
+            min_distance=config.md.stop_min_distance,
+            density_range=None if density is None else tuple(density),
         )
         for atoms in result.frames:
             atoms.info.update(system=system)
@@ -524,7 +524,12 @@ def _prepare_reference(
         return {"command": "true"}
     engine = make_file_reference(config.reference, config.systems[system])
     plan.spec.directory.mkdir(parents=True, exist_ok=True)
-    engine.write_input(read(plan.source)[index], plan.spec.directory)
+    try:
+        engine.write_input(read(plan.source)[index], plan.spec.directory)
+    except ValueError as exc:  # a structure the engine cannot describe: a failed calculation, recorded
+        (plan.spec.directory / "engine.log").write_text(f"no input written: {exc}\n")
+        (plan.spec.directory / "exit-status").write_text("1\n")
+        return {"command": "true"}
     program = [["cp2k.psmp", *engine.arguments(plan.spec.directory)]]
     return {"command": shell_command(plan.spec.directory, program, site, "reference", "engine.log")}
 
@@ -549,64 +554,84 @@ def _collect_reference(
     return run_task(plan.spec, plan.inputs, plan.settings, body)
 
 
-def _merge(
-    workdir: str, iteration: int, config: CampaignConfig, previous: TaskRecord | None, *references: TaskRecord
-) -> TaskRecord:
-    """Post-filter the labelled structures and append them to the dataset, with provenance.
-
-    The store under ``dataset/`` is an append-only pool; the campaign's training set after this
-    iteration is the previous merge's snapshot plus what this merge kept (``dataset.json``, the
-    hashes in order), so structures from runs with other settings never leak in.
-    When not a single reference of the iteration succeeded, the campaign stops with a message.
-    """
-    from cagoflow.dataset import Dataset, Provenance
+def _postfilter(workdir: str, iteration: int, config: CampaignConfig, system: str, *references: TaskRecord) -> TaskRecord:
+    """Drop labelled structures whose reference failed or has huge forces (reasons recorded);
+    measure the iteration's CAGO hit over every converged reference."""
     from cagoflow.filters import PostFilterSettings, post_filter
-    from cagoflow.hashing import structure_hash
 
     root = Path(workdir)
-    spec = TaskSpec(root, "merge", iteration, "dataset")
-    labelled_files = [output(r, "labelled", root) for r in references if "labelled" in r.outputs]
-    before = [] if previous is None else [output(previous, "snapshot", root)]
-    attempted = [r for r in references if not r.summary.get("skipped")]
+    spec = TaskSpec(root, "postfilter", iteration, system)
+    labelled = [r for r in references if "labelled" in r.outputs]
+    files = [output(r, "labelled", root) for r in labelled]
     settings = config.filters.post.model_dump(mode="json")
 
     def body(directory: Path) -> Outcome:
-        structures = [read(path)[0] for path in labelled_files]
+        structures = [read(path)[0] for path in files]
         post = config.filters.post
         result = post_filter(structures, PostFilterSettings(
             max_reference_force=post.max_reference_force or float("inf"), require_converged=post.require_converged))  # fmt: skip
         kept = result.select(structures)
-        if attempted and not kept:
-            reasons = "; ".join(f"{r.index}: {r.reason}" for r in result.rejected[:5])
-            raise StageFailed(
-                f"iteration {iteration}: none of the {len(attempted)} reference calculations gave a usable structure "
-                f"({reasons}); the campaign stops instead of looping"
-            )
-        stage = "initial" if iteration < 0 else "cago"
+        hits = [r.summary for r in labelled if "hit_ratio" in r.summary]
+        summary = {
+            "attempted": sum(not r.summary.get("skipped") for r in references),
+            "kept": len(kept),
+            "rejected": {labelled[r.index].task: r.reason for r in result.rejected},
+            "hit_ratios": [h["hit_ratio"] for h in hits],
+            "true_errors": [h["true_error"] for h in hits],
+        }
+        return Outcome(outputs={"kept": write(directory / "kept.extxyz", kept)} if kept else {}, summary=summary)
+
+    return run_task(spec, files, settings, body)
+
+
+def _merge(
+    workdir: str, iteration: int, config: CampaignConfig, previous: TaskRecord | None, *postfilters: TaskRecord
+) -> TaskRecord:
+    """Append the post-filtered structures of every system to the dataset, with provenance.
+
+    The store under ``dataset/`` is an append-only pool; the campaign's training set after this
+    iteration is the previous merge's snapshot plus what this merge added (``dataset.json``, the
+    hashes in order), so structures from runs with other settings never leak in.
+    When not a single reference of the iteration gave a usable structure, the campaign stops.
+    """
+    from cagoflow.dataset import Dataset, Provenance
+    from cagoflow.hashing import structure_hash
+    from cagoflow.io import atomic_write_json
+
+    root = Path(workdir)
+    spec = TaskSpec(root, "merge", iteration, "dataset")
+    kept_files = [output(r, "kept", root) for r in postfilters if "kept" in r.outputs]
+    before = [] if previous is None else [output(previous, "snapshot", root)]
+    attempted = sum(r.summary["attempted"] for r in postfilters)
+    if attempted and not kept_files:
+        reasons = "; ".join(f"{task}: {reason}" for r in postfilters for task, reason in list(r.summary["rejected"].items())[:3])
+        raise StageFailed(
+            f"iteration {iteration}: none of the {attempted} reference calculations gave a usable structure "
+            f"({reasons}); the campaign stops instead of looping"
+        )
+    engine = f"{config.reference.engine}/{config.reference.method_name or ''}".rstrip("/")
+
+    def body(directory: Path) -> Outcome:
+        kept = [atoms for path in kept_files for atoms in read(path)]
         provenance = []
         for atoms in kept:
             extra = {k: atoms.info[k] for k in ("system", "true_error", "delta", "hit_ratio") if k in atoms.info}
-            engine = f"{config.reference.engine}/{config.reference.method_name or ''}".rstrip("/")
-            provenance.append(Provenance(iteration=max(iteration, 0), stage=stage, engine=engine,
-                                         parent=atoms.info.get("parent"), extra=extra))  # fmt: skip
-        for atoms in kept:
-            atoms.info = {k: v for k, v in atoms.info.items() if k not in ("subset",)}
-        dataset = Dataset(root / DATASET)
-        dataset.append(kept, provenance)
-        ratios = [float(atoms.info["hit_ratio"]) for atoms in kept if "hit_ratio" in atoms.info]
-        from cagoflow.io import atomic_write_json
-
+            provenance.append(Provenance(iteration=max(iteration, 0), stage="initial" if iteration < 0 else "cago",
+                                         engine=engine, parent=atoms.info.get("parent"), extra=extra))  # fmt: skip
+            atoms.info.pop("subset", None)
+        Dataset(root / DATASET).append(kept, provenance)
         training_set = json.loads(before[0].read_text()) if before else []
-        added = [h for h in dict.fromkeys(structure_hash(atoms) for atoms in kept) if h not in set(training_set)]
+        known = set(training_set)
+        added = [h for h in dict.fromkeys(structure_hash(atoms) for atoms in kept) if h not in known]
         snapshot = atomic_write_json(directory / "dataset.json", training_set + added)
+        ratios = [x for r in postfilters for x in r.summary["hit_ratios"]]
+        errors = [x for r in postfilters for x in r.summary["true_errors"]]
         summary = {
             "added": len(added),
-            "rejected": {str(r.index): r.reason for r in result.rejected},
             "dataset": len(training_set) + len(added),
             "hit_ratio_mean": float(np.mean(ratios)) if ratios else None,
-            "true_error_mean": float(np.mean([atoms.info["true_error"] for atoms in kept if "true_error" in atoms.info]))
-            if ratios else None,
-        }  # fmt: skip
+            "true_error_mean": float(np.mean(errors)) if errors else None,
+        }
         return Outcome(outputs={"snapshot": snapshot}, summary=summary)
 
-    return run_task(spec, labelled_files + before, settings, body)
+    return run_task(spec, kept_files + before, {"engine": engine}, body)

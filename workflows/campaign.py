@@ -50,12 +50,13 @@ def build(dag: Dag):
     config, apps, workdir = dag.config, dag.apps, dag.workdir
     from cagoflow.apps.stages import initial_count
 
-    references = []
+    postfilters = []
     for system in sorted(config.systems):
         initial = dag.submit("initial", apps.initial, workdir, config, system)
-        for k in range(initial_count(config, system)):
-            references.append(reference(dag, -1, system, f"{system}-init-{k:03d}", initial, k, None, []))
-    merged = dag.submit("merge", apps.merge, workdir, -1, config, None, *references)
+        references = [reference(dag, -1, system, f"{system}-init-{k:03d}", initial, k, None, [])
+                      for k in range(initial_count(config, system))]  # fmt: skip
+        postfilters.append(dag.submit("postfilter", apps.postfilter, workdir, -1, config, system, *references))
+    merged = dag.submit("merge", apps.merge, workdir, -1, config, None, *postfilters)
     previous: list = [None] * config.committee.size
     for iteration in range(config.iterations):
         split = dag.submit("split", apps.split, workdir, iteration, config, merged)
@@ -67,7 +68,7 @@ def build(dag: Dag):
         previous = members
         calibration = dag.submit("calibrate", apps.calibrate, workdir, iteration, config, split, *members)
         source = config.cago_source(iteration)
-        references = []
+        postfilters = []
         for system in sorted(config.systems):
             md = []
             if source.source == "md":
@@ -79,10 +80,11 @@ def build(dag: Dag):
                 for k in range(config.n_samples(iteration))
             ]
             gate = dag.submit("prefilter", apps.prefilter, workdir, iteration, config, system, *cagos, *members)
-            references += [
+            references = [
                 reference(dag, iteration, system, f"{system}-{k:03d}", cago, 0, gate, members) for k, cago in enumerate(cagos)
             ]
-        merged = dag.submit("merge", apps.merge, workdir, iteration, config, merged, *references)
+            postfilters.append(dag.submit("postfilter", apps.postfilter, workdir, iteration, config, system, *references))
+        merged = dag.submit("merge", apps.merge, workdir, iteration, config, merged, *postfilters)
     return merged
 
 

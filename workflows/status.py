@@ -14,7 +14,9 @@ from cagoflow.errors import InputError
 from cagoflow.records import RECORD_NAME, TaskRecord, read_record
 
 #: Stages in the order an iteration runs them (as they appear in the work directory).
-STAGE_ORDER = ("initial", "reference", "merge", "split", "train", "calibrate", "md", "sample", "cago", "prefilter")
+STAGE_ORDER = (
+    "initial", "split", "train", "calibrate", "md", "sample", "cago", "prefilter", "reference", "postfilter", "merge"
+)  # fmt: skip
 
 
 @dataclass

@@ -77,13 +77,14 @@ def preset(name: str) -> dict[str, Any]:
 
     ``tiny``: se_e2_a, embedding 8/16/32, 4 axis neurons, fitting 3×32 — seconds per hundred
     steps, for tests. ``paper``: the settings of Cezar et al. (se_e2_a, embedding 25/50/100,
-    16 axis neurons, fitting 3×240). Both: rcut 6 Å, smoothing from 0.5 Å, ``sel`` counted on the
-    training data with 50 % headroom.
+    16 axis neurons, fitting 3×240; learning rate 1e-3 decaying to 3.51e-8). Both: rcut 6 Å,
+    smoothing from 0.5 Å, ``sel`` counted on the training data with 50 % headroom; energy and
+    force loss prefactors 0.02 → 1 and 1000 → 1 (virial 0.02 → 1 when the data have stress).
     """
-    if name == "tiny":
-        embedding, axis, fitting, stop_lr = [8, 16, 32], 4, [32, 32, 32], 1e-5
+    if name == "tiny":  # a fast learning rate: a few hundred steps must learn something
+        embedding, axis, fitting, start_lr, stop_lr = [8, 16, 32], 4, [32, 32, 32], 5e-3, 1e-4
     elif name == "paper":
-        embedding, axis, fitting, stop_lr = [25, 50, 100], 16, [240, 240, 240], 3.51e-8
+        embedding, axis, fitting, start_lr, stop_lr = [25, 50, 100], 16, [240, 240, 240], 1e-3, 3.51e-8
     else:
         raise InputError(f"unknown DeePMD preset {name!r}; expected 'tiny' or 'paper'", field="preset")
     return {
@@ -99,7 +100,7 @@ def preset(name: str) -> dict[str, Any]:
             },
             "fitting_net": {"neuron": fitting, "resnet_dt": True},
         },
-        "learning_rate": {"type": "exp", "start_lr": 1e-3, "stop_lr": stop_lr},
+        "learning_rate": {"type": "exp", "start_lr": start_lr, "stop_lr": stop_lr},
         "loss": {
             "type": "ener",
             "start_pref_e": 0.02,

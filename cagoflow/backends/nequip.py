@@ -37,6 +37,7 @@ import copy
 import csv
 import math
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -134,8 +135,20 @@ _MODELS: dict[str, dict[str, dict[str, Any]]] = {
 #: Settings shared by both families, per preset: cutoff (Å), batch sizes, learning rate,
 #: loss weights (per-atom energy, forces, stress as in the paper: 5, 1, 100), EMA.
 _TRAINING: dict[str, dict[str, Any]] = {
-    "tiny": {"cutoff": 4.5, "batch_size": 4, "val_batch_size": 8, "lr": {"nequip": 0.01, "allegro": 0.005}, "ema": False},
-    "paper": {"cutoff": 6.0, "batch_size": 4, "val_batch_size": 16, "lr": {"nequip": 0.005, "allegro": 0.001}, "ema": True},
+    "tiny": {
+        "cutoff": 4.5,
+        "batch_size": 4,
+        "val_batch_size": 8,
+        "lr": {"nequip": 0.01, "allegro": 0.01},
+        "ema": False,  # an EMA of a few hundred steps would mostly hold the initial weights
+    },
+    "paper": {
+        "cutoff": 6.0,
+        "batch_size": 4,
+        "val_batch_size": 16,
+        "lr": {"nequip": 0.005, "allegro": 0.001},  # Allegro's authors advise ~1e-3
+        "ema": True,
+    },
 }
 _LOSS_WEIGHTS = {"total_energy": 5.0, "forces": 1.0, "stress": 100.0}
 
@@ -207,7 +220,11 @@ def training_config(
     ]
 
     def dataset(path: Path) -> dict[str, Any]:
-        return {"_target_": "nequip.data.dataset.ASEDataset", "file_path": str(path.resolve()), "transforms": transforms}
+        return {
+            "_target_": "nequip.data.dataset.ASEDataset",
+            "file_path": str(path.resolve()),
+            "transforms": copy.deepcopy(transforms),  # no YAML anchors
+        }
 
     metric_coeffs = {"per_atom_energy_rmse": 1.0, "forces_rmse": 1.0, "total_energy_rmse": None}
     if stress:
@@ -266,13 +283,21 @@ def training_config(
             "enable_progress_bar": False,
             "logger": {"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": str(workdir), "name": LOG_FOLDER},
             "callbacks": [
-                {
+                {  # the best model by validation loss
                     "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
                     "monitor": "val0_epoch/weighted_sum",
                     "dirpath": str(workdir),
                     "filename": Path(CHECKPOINT_NAME).stem,
                     "save_top_k": 1,
-                    "save_last": True,
+                    "save_last": False,
+                    "enable_version_counter": False,
+                },
+                {  # the latest state after every validation, for restarts (unmonitored: always saved)
+                    "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "dirpath": str(workdir),
+                    "filename": Path(LAST_CHECKPOINT_NAME).stem,
+                    "save_top_k": 1,
+                    "save_last": False,
                     "enable_version_counter": False,
                 },
                 {
@@ -374,6 +399,7 @@ class NequipBackend:
         if last.exists():
             train.append(f"++ckpt_path={last}")
         commands = [train]
+        (workdir / COMPILED_NAME).unlink(missing_ok=True)  # a stale file must not pass for this run's
         if self.compile_device is not None:
             commands.append(
                 [
@@ -421,8 +447,8 @@ def _log_tail(workdir: Path, lines: int = 20) -> str:
 
 
 def _final_metrics(workdir: Path) -> dict[str, float]:
-    """Last logged train and validation RMSEs (eV/atom, eV/Å; stress eV/Å³), the last training
-    loss and the number of optimiser steps done ("steps"), from the CSV logs of all runs."""
+    """Last logged train and validation RMSEs (eV/atom, eV/Å; stress eV/Å³) and training loss,
+    from the CSV logs of all runs (a restart's log continues the earlier ones)."""
     runs = sorted(
         (workdir / LOG_FOLDER).glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1])
     )
@@ -439,8 +465,6 @@ def _final_metrics(workdir: Path) -> dict[str, float]:
     for path in runs:  # later runs (restarts) overwrite earlier values
         with open(path, newline="") as handle:
             for row in csv.DictReader(handle):
-                if row.get("step"):
-                    metrics["steps"] = max(metrics.get("steps", 0.0), float(row["step"]) + 1)
                 for column, name in names.items():
                     value = row.get(column, "")
                     if value not in ("", None):
@@ -448,12 +472,31 @@ def _final_metrics(workdir: Path) -> dict[str, float]:
     return metrics
 
 
+def _steps_done(checkpoint: Path) -> float | None:
+    """Optimiser steps recorded in a Lightning checkpoint (None when it cannot be read).
+
+    The CSV logs cannot tell: Lightning's logging step is off by one after a restart.
+    """
+    try:
+        return float(_torch().load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
+    except Exception:  # noqa: BLE001 - a missing or truncated file: no count
+        return None
+
+
 def read_training_result(workdir: Path, compiled: bool = True) -> TrainingResult:
-    """Read a member's outputs (see the module docstring); failures become a failed result."""
+    """Read a member's outputs (see the module docstring); failures become a failed result.
+
+    Metrics: ``train_energy_per_atom``, ``validation_energy_per_atom`` (eV/atom),
+    ``train_forces``, ``validation_forces`` (eV/Å), ``train_stress``, ``validation_stress``
+    (eV/Å³, when trained on stress), ``train_loss`` and ``steps`` (optimiser steps done).
+    """
     workdir = Path(workdir)
     checkpoint = workdir / CHECKPOINT_NAME
     compiled_file = workdir / COMPILED_NAME
     metrics = _final_metrics(workdir)
+    steps = _steps_done(workdir / LAST_CHECKPOINT_NAME)
+    if steps is not None:
+        metrics["steps"] = steps
     if any(not math.isfinite(value) for value in metrics.values()):
         bad = ", ".join(name for name, value in metrics.items() if not math.isfinite(value))
         message = f"training diverged: non-finite {bad}\n{_log_tail(workdir)}"
@@ -486,7 +529,9 @@ def _ensure_global_state() -> None:
     from nequip.utils.global_state import set_global_state
 
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    set_global_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.set_fusion_strategy, inside nequip
+        set_global_state()
     random.setstate(states[0])
     np.random.set_state(states[1])
     torch.set_rng_state(states[2])
@@ -555,7 +600,13 @@ def _inspect_checkpoint(path: Path, family: str) -> tuple[tuple[str, ...], float
     from nequip.model.saved_models.load_utils import load_saved_model
 
     metadata = load_saved_model(str(path)).metadata
-    return tuple(metadata["type_names"].split(" ")), float(metadata["r_max"]), None
+    type_names = tuple(metadata["type_names"].split(" "))
+    cutoffs = metadata.get("per_edge_type_cutoff")
+    if cutoffs is not None:
+        from nequip.nn.embedding.utils import cutoff_str_to_fulldict
+
+        cutoffs = cutoff_str_to_fulldict(cutoffs, list(type_names))
+    return type_names, float(metadata["r_max"]), cutoffs
 
 
 def _open_member(path: Path, family: str, device: str) -> _Member:
@@ -611,19 +662,31 @@ class NequipCommittee:
     models in ``.train()`` mode (double backpropagation), on the graph built at the given atoms.
     """
 
-    def __init__(self, members: Sequence[_Member], family: str, device: str):
+    #: Default atoms per model call of :meth:`predict` (bounds the memory of large batches).
+    BATCH_ATOMS = 10_000
+
+    def __init__(self, members: Sequence[_Member], family: str, device: str, batch_atoms: int | None = BATCH_ATOMS):
         self._members = list(members)
         self.family = family
         self.device = device
+        self.batch_atoms = batch_atoms
         if not self._members:
             raise ValueError("a committee needs at least one member")
 
     @classmethod
-    def from_files(cls, models: Sequence[Path], family: str = "nequip", device: str | None = None) -> "NequipCommittee":
+    def from_files(
+        cls,
+        models: Sequence[Path],
+        family: str = "nequip",
+        device: str | None = None,
+        batch_atoms: int | None = BATCH_ATOMS,
+    ) -> "NequipCommittee":
+        """Open the member files (see :func:`_open_member`); device None: CUDA when available."""
         torch = _torch()
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        return cls([_open_member(Path(path), family, device) for path in models], family, device)
+        members = [_open_member(Path(path), family, device) for path in models]
+        return cls(members, family, device, batch_atoms)
 
     @property
     def n_members(self) -> int:
@@ -634,7 +697,7 @@ class NequipCommittee:
         return tuple(member.path for member in self._members)
 
     def subset(self, members: Sequence[int]) -> "NequipCommittee":
-        return NequipCommittee([self._members[int(k)] for k in members], self.family, self.device)
+        return NequipCommittee([self._members[int(k)] for k in members], self.family, self.device, self.batch_atoms)
 
     # --- graphs ---------------------------------------------------------------------------
 
@@ -671,14 +734,31 @@ class NequipCommittee:
     # --- prediction -----------------------------------------------------------------------
 
     def predict(self, structures: Sequence[Atoms]) -> CommitteePrediction:
-        """Energies (M, S) eV, forces (M, A, 3) eV/Å and virials (M, S, 3, 3) eV of all members."""
+        """Energies (M, S) eV, forces (M, A, 3) eV/Å and virials (M, S, 3, 3) eV of all members.
+
+        Structures go to the models in batches of at most :attr:`batch_atoms` atoms (a larger
+        structure alone); virials are NaN for structures that are not periodic along all axes.
+        """
+        structures = list(structures)
+        if not structures:
+            raise ValueError("no structures to predict")
+        chunks: list[list[Atoms]] = [[]]
+        atoms_in_chunk = 0
+        for atoms in structures:
+            if chunks[-1] and self.batch_atoms is not None and atoms_in_chunk + len(atoms) > self.batch_atoms:
+                chunks.append([])
+                atoms_in_chunk = 0
+            chunks[-1].append(atoms)
+            atoms_in_chunk += len(atoms)
+        parts = [self._predict_batch(chunk) for chunk in chunks]
+        return parts[0] if len(parts) == 1 else CommitteePrediction.concatenate(parts)
+
+    def _predict_batch(self, structures: list[Atoms]) -> CommitteePrediction:
+        """:meth:`predict` for one batch: one model call per member."""
         torch = _torch()
         from nequip.data import AtomicDataDict
 
-        structures = list(structures)
         natoms = np.array([len(atoms) for atoms in structures], dtype=int)
-        if not structures:
-            raise ValueError("no structures to predict")
         M, S = self.n_members, len(structures)
         energies = np.zeros((M, S))
         forces = np.zeros((M, int(natoms.sum()), 3))
@@ -703,7 +783,8 @@ class NequipCommittee:
             else:
                 model = member.eager_model()
                 model.eval()
-                out = model(batch)
+                with torch.enable_grad():  # forces and virials by autograd, even under no_grad
+                    out = model(batch)
                 virial = out[AtomicDataDict.VIRIAL_KEY].detach().double().cpu().numpy()[:S]
             energies[m] = out[AtomicDataDict.TOTAL_ENERGY_KEY].detach().double().cpu().numpy().reshape(-1)[:S]
             forces[m] = out[AtomicDataDict.FORCE_KEY].detach().double().cpu().numpy()[: forces.shape[1]]

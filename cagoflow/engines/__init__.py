@@ -14,11 +14,14 @@ def make_reference(config: "ReferenceConfig", system: "SystemConfig") -> "InProc
     if config.engine == "tblite":
         from cagoflow.engines.tblite import TbliteReference
 
-        return TbliteReference(method=config.method_name, charge=system.charge, multiplicity=system.multiplicity, **config.settings)
+        return TbliteReference(
+            method=config.method_name, charge=system.charge, multiplicity=system.multiplicity, stress=config.stress,
+            **config.settings,
+        )  # fmt: skip
     if config.engine == "ase":
         from cagoflow.engines.ase_reference import AseCalculatorReference
 
-        return AseCalculatorReference(config.calculator, config.settings)
+        return AseCalculatorReference(config.calculator, config.settings, stress=config.stress)
     raise ValueError(f"engine {config.engine!r} runs as an external program, not in-process")
 
 

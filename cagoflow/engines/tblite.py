@@ -37,6 +37,8 @@ class TbliteReference:
         charge: total charge, e (None: the sum of the structure's initial charges).
         multiplicity: spin multiplicity 2S+1 (None: from the initial magnetic moments).
         stress: also compute the stress of structures periodic along all three axes.
+        options: further keyword arguments of ``tblite.ase.TBLite`` (``mixer_damping``,
+            ``solvation``, ...); an unknown one is an :class:`InputError`.
 
     Attributes:
         name: "tblite/<method>".
@@ -52,23 +54,36 @@ class TbliteReference:
         charge: int | None = None,
         multiplicity: int | None = None,
         stress: bool = True,
+        **options: Any,
     ):
         if method not in TBLITE_METHODS:
             raise InputError(f"expected one of {', '.join(TBLITE_METHODS)}, found {method!r}", field="reference.method")
         checks = {
-            "accuracy": accuracy > 0,
-            "electronic_temperature": electronic_temperature >= 0,
-            "max_iterations": max_iterations >= 1,
-            "multiplicity": multiplicity is None or multiplicity >= 1,
+            "accuracy": (accuracy, accuracy > 0, "a positive number"),
+            "electronic_temperature": (electronic_temperature, electronic_temperature >= 0, "a temperature >= 0 K"),
+            "max_iterations": (max_iterations, max_iterations >= 1, "at least 1"),
+            "multiplicity": (multiplicity, multiplicity is None or multiplicity >= 1, "at least 1"),
         }
-        for name, ok in checks.items():
+        for name, (value, ok, expected) in checks.items():
             if not ok:
-                raise InputError(f"invalid {name}: {locals()[name]!r}", field=f"reference.settings.{name}")
+                raise InputError(f"expected {expected}, found {value!r}", field=f"reference.settings.{name}")
         if importlib.util.find_spec("tblite") is None:
             raise InputError(
                 "engine 'tblite' needs the tblite Python package (pip install 'cagoflow[xtb]')",
                 field="reference.engine",
             )
+        from tblite.ase import TBLite
+
+        managed = {"method", "accuracy", "electronic_temperature", "max_iterations", "charge", "multiplicity", "verbosity"}
+        for key in options:
+            if key not in TBLite.default_parameters or key in managed:
+                allowed = sorted(set(TBLite.default_parameters) - managed)
+                raise InputError(
+                    f"tblite setting {key!r} is unknown or set by cagoflow; besides accuracy, "
+                    f"electronic_temperature and max_iterations it accepts: {', '.join(allowed)}",
+                    field=f"reference.settings.{key}",
+                )
+        self.options = dict(options)
         self.method = method
         self.accuracy = float(accuracy)
         self.electronic_temperature = float(electronic_temperature)
@@ -88,6 +103,7 @@ class TbliteReference:
             "charge": self.charge,
             "multiplicity": self.multiplicity,
             "verbosity": 0,
+            **self.options,
         }
 
     def compute(self, atoms: Atoms) -> ReferenceResult:

@@ -36,7 +36,7 @@ def _write_campaign(folder: Path, **changes) -> Path:
         target = settings
         *path, last = dotted.split(".")
         for part in path:
-            target = target[part]
+            target = target.setdefault(part, {})
         target[last] = value
     path = folder / "campaign.yaml"
     path.write_text(yaml.safe_dump(settings))

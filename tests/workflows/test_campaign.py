@@ -35,8 +35,8 @@ def finished_campaign(tmp_path_factory, write_campaign) -> Path:
 def test_campaign_grows_the_dataset_with_cago_structures(finished_campaign):
     dataset = Dataset.open(finished_campaign / "dataset")
     stages = [entry.provenance.stage for entry in dataset.entries]
-    initial_merge = next(r for r in all_records(finished_campaign) if r.stage == "merge" and r.iteration == -1)
-    rejected = initial_merge.summary["rejected"]
+    initial_filter = next(r for r in all_records(finished_campaign) if r.stage == "postfilter" and r.iteration == -1)
+    rejected = initial_filter.summary["rejected"]
     # the starting structure and its 9 rattled copies, labelled by tblite, less the post-filter's rejections
     assert stages.count("initial") == 10 - len(rejected), rejected
     assert len(rejected) <= 2, rejected

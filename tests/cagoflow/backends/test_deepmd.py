@@ -79,7 +79,7 @@ def test_training_input_from_preset_and_settings(water_frames, tmp_path):
     require_module("dpdata")
     backend = DeepmdBackend(command=["dp"])
     assert isinstance(backend, Backend) and backend.name == "deepmd"
-    hyper = {"model": {"fitting_net": {"neuron": [16, 16]}}, "learning_rate": {"start_lr": 0.005}}
+    hyper = {"model": {"fitting_net": {"neuron": [16, 16]}}, "learning_rate": {"start_lr": 0.002}}
     commands = backend.write_training_input(
         water_frames.train_file, water_frames.validation_file, tmp_path, settings(seed=7, hyperparameters=hyper)
     )
@@ -94,7 +94,7 @@ def test_training_input_from_preset_and_settings(water_frames, tmp_path):
     assert model["descriptor"]["neuron"] == [8, 16, 32]  # tiny preset
     assert model["descriptor"]["rcut"] == 6.0 and model["descriptor"]["rcut_smth"] == 0.5
     assert model["fitting_net"]["neuron"] == [16, 16]  # merged over the preset
-    assert config["learning_rate"]["start_lr"] == 0.005 and config["learning_rate"]["type"] == "exp"
+    assert config["learning_rate"] == {"type": "exp", "start_lr": 0.002, "stop_lr": 1e-4, "decay_steps": STEPS // 20}
     assert model["descriptor"]["seed"] == model["fitting_net"]["seed"] == config["training"]["seed"] == 7
     assert config["training"]["numb_steps"] == STEPS
     assert config["loss"]["start_pref_v"] > 0 and config["loss"]["limit_pref_v"] > 0  # the frames carry stress
@@ -260,7 +260,9 @@ def test_restart_continues_from_the_checkpoint(water_frames, tmp_path):
 def test_fine_tuning_starts_from_the_given_model(trained, committee, water_frames, tmp_path):
     require_module("deepmd")
     backend = DeepmdBackend()
-    start = settings(steps=1, seed=5, init_model=trained[0].model)
+    # a vanishing learning rate: the one step leaves the weights as loaded
+    frozen_lr = {"learning_rate": {"start_lr": 1e-9, "stop_lr": 1e-9}}
+    start = settings(steps=1, seed=5, init_model=trained[0].model, hyperparameters=frozen_lr)
     commands = backend.write_training_input(water_frames.train_file, water_frames.validation_file, tmp_path, start)
     assert commands[0][-2:] == ["--init-frz-model", str(trained[0].model)]
     # the model section is the trained model's (its resolved sel), so a restart rebuilds it
@@ -269,11 +271,11 @@ def test_fine_tuning_starts_from_the_given_model(trained, committee, water_frame
     assert descriptor["sel"] == member_input["sel"] and isinstance(descriptor["sel"], list)
     completed = subprocess.run(commands[0], cwd=tmp_path, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-2000:]
-    # one step later the model is still (nearly) the member it started from, not a new one
+    # the checkpoint is the member it started from (measured: 3e-7 eV/Å), not a new model
     tuned = DeepmdCommittee.from_files([tmp_path / CHECKPOINT], device="cpu").predict(water_frames.test).forces[0]
     members = committee.predict(water_frames.test).forces
     rms = lambda x: float(np.sqrt(np.mean(x**2)))  # noqa: E731
-    assert rms(tuned - members[0]) < 0.2 * rms(members[1] - members[0])
+    assert rms(tuned - members[0]) < 1e-3 * rms(members[1] - members[0])
 
 
 # --- the committee -----------------------------------------------------------------------------------
@@ -297,7 +299,7 @@ def test_committee_protocols_and_shapes(committee, water_frames):
     assert np.abs(prediction.forces[0] - prediction.forces[1]).max() > 1e-3
     # subsets share the loaded models
     single = committee.subset([1]).predict(frames)
-    np.testing.assert_array_equal(single.forces[0], prediction.forces[1])
+    np.testing.assert_allclose(single.forces[0], prediction.forces[1], rtol=0, atol=BATCH_ATOL)
 
 
 def test_spread_grows_away_from_the_training_data(committee, water_frames):

@@ -247,7 +247,6 @@ def test_training_result_from_the_metrics(tmp_path):
     result = NequipBackend().read_training_result(tmp_path)
     assert result.status == "success" and result.model == tmp_path / COMPILED_NAME
     assert result.metrics == {
-        "steps": 5.0,
         "train_loss": 0.5,
         "train_forces": 0.4,
         "train_energy_per_atom": 0.02,
@@ -262,7 +261,6 @@ def test_training_result_from_the_metrics(tmp_path):
     diverged = NequipBackend().read_training_result(tmp_path)
     assert diverged.status == "failed" and diverged.model is None
     assert "non-finite" in diverged.message and "validation_forces" in diverged.message
-    assert diverged.metrics["steps"] == 10
 
 
 def test_committee_file_specs(tmp_path):
@@ -298,7 +296,7 @@ def test_training_succeeds_with_finite_errors(trained, water_frames):
         assert result.metrics["steps"] == STEPS
         for name in ("train_forces", "validation_forces", "train_energy_per_atom", "validation_energy_per_atom"):
             assert np.isfinite(result.metrics[name])
-        assert result.metrics["validation_forces"] < 0.5 * reference_rms  # learnt something
+        assert result.metrics["validation_forces"] < 0.6 * reference_rms  # learnt something (untrained: ~1)
 
 
 def test_failed_training_reports_the_log(water_frames, tmp_path):
@@ -321,8 +319,10 @@ def test_restart_continues_from_the_last_checkpoint(water_frames, tmp_path):
     result = train(nequip, water_frames.train_file, water_frames.validation_file, tmp_path, settings(steps=20))
     assert result.status == "success", result.message
     assert result.metrics["steps"] == 20
-    second_run = [int(row["step"]) for row in csv.DictReader(open(tmp_path / "logs" / "version_1" / "metrics.csv"))]
-    assert min(second_run) >= 10 and max(second_run) == 19
+    with open(tmp_path / "logs" / "version_1" / "metrics.csv", newline="") as handle:
+        second_run = list(csv.DictReader(handle))
+    assert min(int(row["step"]) for row in second_run) >= 10  # no step of the first run again
+    assert sum(1 for row in second_run if row.get("train_loss_step/weighted_sum")) == 10
 
 
 def test_fine_tuning_starts_from_the_given_model(trained, water_frames, tmp_path):
@@ -333,6 +333,9 @@ def test_fine_tuning_starts_from_the_given_model(trained, water_frames, tmp_path
     assert result.status == "success", result.message
     first = next(row for row in metrics_rows(tmp_path) if row.get("train_metric_step/forces_rmse"))
     assert float(first["train_metric_step/forces_rmse"]) < 1.5 * results[0].metrics["train_forces"]
+    # the fine-tuned checkpoint loads (its model is built from the one it started from)
+    tuned = backend(family).load([result.model, results[0].model], device="cpu").predict(water_frames.test)
+    assert np.abs(tuned.forces[0] - tuned.forces[1]).max() < 0.5 * np.abs(tuned.forces[1]).max()
 
 
 # --- the committee -----------------------------------------------------------------------------------
@@ -372,14 +375,17 @@ def test_spread_grows_away_from_the_training_data(committee, water_frames):
 
 
 def test_batched_equals_one_at_a_time(committee, water_frames):
-    """Several sizes in one batch, a molecule without cell, a lone structure (compiled: padded)."""
+    """Several sizes in one batch, a molecule without cell, lone structures (compiled: padded),
+    batches split by atom count."""
     permuted = water_frames.test[0][np.random.default_rng(0).permutation(24)]
     structures = [*water_frames.test, water_box(4, seed=3), permuted, molecule("H2O"), water_box(2, seed=1)]
     batched = committee.predict(structures)
     single = CommitteePrediction.concatenate([committee.predict([atoms]) for atoms in structures])
-    np.testing.assert_allclose(batched.energies, single.energies, rtol=0, atol=BATCH_ATOL)
-    np.testing.assert_allclose(batched.forces, single.forces, rtol=0, atol=BATCH_ATOL)
-    np.testing.assert_allclose(batched.virials, single.virials, rtol=0, atol=BATCH_ATOL, equal_nan=True)
+    split = NequipCommittee(committee._members, committee.family, "cpu", batch_atoms=30).predict(structures)
+    for other in (single, split):
+        np.testing.assert_allclose(batched.energies, other.energies, rtol=0, atol=BATCH_ATOL)
+        np.testing.assert_allclose(batched.forces, other.forces, rtol=0, atol=BATCH_ATOL)
+        np.testing.assert_allclose(batched.virials, other.virials, rtol=0, atol=BATCH_ATOL, equal_nan=True)
     assert np.isnan(batched.virials[:, -2]).all() and np.isfinite(batched.virials[:, :-2]).all()
     # a permutation of the atoms permutes the forces and leaves the energy
     assert batched.energies[:, len(water_frames.test) + 1] == pytest.approx(batched.energies[:, 0], abs=1e-9)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import pytest
 from ase import Atoms
@@ -26,6 +28,21 @@ GFN1_H2O_ENERGY = -156.9675059
 @pytest.fixture(autouse=True)
 def _tblite():
     require_module("tblite")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_openmp_thread():
+    """tblite runs on the system's libgomp: on a shared 2-core machine two spinning OpenMP
+    threads made these tests 10× slower than one; restored afterwards."""
+    try:
+        gomp = ctypes.CDLL("libgomp.so.1")
+    except OSError:
+        yield
+        return
+    threads = gomp.omp_get_max_threads()
+    gomp.omp_set_num_threads(1)
+    yield
+    gomp.omp_set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +143,12 @@ def test_scf_out_of_iterations_is_not_converged():
     assert "SCF not converged" in result.message
 
 
+def test_further_tblite_options_are_passed_on():
+    engine = TbliteReference("GFN1-xTB", mixer_damping=0.2, max_iterations=300)
+    assert engine.calculator_parameters()["mixer_damping"] == 0.2
+    assert engine.compute(molecule("H2O")).atoms.get_potential_energy() == pytest.approx(GFN1_H2O_ENERGY, abs=1e-4)
+
+
 def test_charge_and_multiplicity_are_passed_on(gfn1):
     neutral = gfn1.compute(molecule("H2O")).atoms.get_potential_energy()
     cation = TbliteReference("GFN1-xTB", charge=1, multiplicity=2).compute(molecule("H2O"))
@@ -139,6 +162,8 @@ def test_charge_and_multiplicity_are_passed_on(gfn1):
         ({"method": "GFN3-xTB"}, "reference.method"),
         ({"max_iterations": 0}, "reference.settings.max_iterations"),
         ({"accuracy": -1.0}, "reference.settings.accuracy"),
+        ({"mixer_dampin": 0.2}, "reference.settings.mixer_dampin"),
+        ({"verbosity": 2}, "reference.settings.verbosity"),
     ],
 )
 def test_bad_settings_are_input_errors(kwargs, field):
