@@ -18,6 +18,25 @@ from cagoflow.config import EngineCommand, SiteConfig
 
 #: Part of a block's walltime kept free for writing results after a program's time limit, s.
 WALLTIME_MARGIN = 120
+#: A program is not started in a SLURM job with less time left than this, s: its task goes back
+#: to Parsl (exit status NOT_STARTED) to be retried in a fresh block.
+MIN_TIME_LEFT = 300
+#: Exit status of a task whose programs were not started for lack of walltime (EX_TEMPFAIL).
+NOT_STARTED = 75
+
+#: Shell lines that set $limit: the seconds the programs may run, from the time the SLURM job has
+#: left when inside one (squeue %L: [days-]hours:minutes:seconds), else from the site-config.
+_LIMIT_PRELUDE = """limit={static}
+if [ -n "${{SLURM_JOB_ID:-}}" ] && command -v squeue > /dev/null; then
+  left=$(squeue -h -j "$SLURM_JOB_ID" -o %L 2> /dev/null)
+  case "$left" in
+    *[0-9]:[0-9]*)
+      seconds=$(echo "$left" | awk -F'[-:]' '{{s=$NF+60*$(NF-1); if (NF>=3) s+=3600*$(NF-2); if (NF>=4) s+=86400*$(NF-3); print s}}')
+      if [ "$seconds" -lt {minimum} ]; then echo {not_started} > exit-status; exit 0; fi
+      limit=$((seconds - {margin}));;
+  esac
+fi
+"""
 
 
 def site_engine(site: SiteConfig, program: str) -> EngineCommand | None:
@@ -37,8 +56,9 @@ def time_limit(site: SiteConfig, stage: str) -> int | None:
     return max(60, provider.walltime_seconds - WALLTIME_MARGIN)
 
 
-def program_line(argv: Sequence[str], site: SiteConfig, limit: int | None) -> str:
-    """One program as the site starts it, with its environment and time limit."""
+def program_line(argv: Sequence[str], site: SiteConfig, limited: bool) -> str:
+    """One program as the site starts it, with its environment and, when ``limited``, the time
+    limit of the shell variable ``$limit``."""
     engine = site_engine(site, argv[0])
     line = shlex.join(argv)
     environment: dict[str, str] = {}
@@ -52,21 +72,36 @@ def program_line(argv: Sequence[str], site: SiteConfig, limit: int | None) -> st
         if getattr(engine, "omp_proc_bind", None):
             environment["OMP_PROC_BIND"] = engine.omp_proc_bind
         setup = engine.setup.strip()
-    if limit is not None:
-        line = f"timeout --kill-after=30 {limit} {line}"
+    if limited:
+        line = f'timeout --kill-after=30 "$limit" {line}'
     if environment:
         line = "env " + " ".join(f"{key}={shlex.quote(value)}" for key, value in environment.items()) + " " + line
     return f"{setup}\n{line}" if setup else line
 
 
 def shell_command(directory: Path, commands: Sequence[Sequence[str]], site: SiteConfig, stage: str, log: str) -> str:
-    """The whole shell line of a task: cd, lock, the programs in order, log, exit status."""
+    """The whole shell of a task: cd, the time check, lock, the programs in order, log, exit status."""
     limit = time_limit(site, stage)
-    script = " && ".join(f"{{ {program_line(argv, site, limit)}; }}" for argv in commands)
+    script = " && ".join(f"{{ {program_line(argv, site, limit is not None)}; }}" for argv in commands)
+    prelude = ""
+    if limit is not None:
+        prelude = _LIMIT_PRELUDE.format(static=limit, minimum=MIN_TIME_LEFT, not_started=NOT_STARTED, margin=WALLTIME_MARGIN)
     return (
-        f"cd {shlex.quote(str(directory))} && "
-        f"flock .lock sh -c {shlex.quote(script)} > {shlex.quote(log)} 2>&1; echo $? > exit-status"
+        f"cd {shlex.quote(str(directory))} || exit 1\n{prelude}"
+        f'limit=${{limit:-0}} flock .lock sh -c {shlex.quote(script)} > {shlex.quote(log)} 2>&1; echo $? > exit-status'
     )
+
+
+class BlockEnding(RuntimeError):
+    """A task's programs were not started: its SLURM job had too little time left (retried by Parsl)."""
+
+
+def check_started(directory: Path) -> int:
+    """The exit status of a task's programs; raise :class:`BlockEnding` when they never started."""
+    status = exit_status(directory)
+    if status == NOT_STARTED:
+        raise BlockEnding(f"{directory}: fewer than {MIN_TIME_LEFT} s left in the job; retry in a new block")
+    return status
 
 
 def exit_status(directory: Path) -> int:

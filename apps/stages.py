@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 from ase import Atoms
 
-from cagoflow.apps.commands import exit_status, shell_command
+from cagoflow.apps.commands import check_started, shell_command
 from cagoflow.apps.tasks import Outcome, StageFailed, TaskSpec, output, run_task
 from cagoflow.config import CampaignConfig, SiteConfig
 from cagoflow.records import TaskRecord
@@ -48,6 +48,12 @@ def system_of(atoms: Atoms) -> str | None:
 
     provenance = atoms.info.get(PROVENANCE_KEY) or {}
     return (provenance.get("extra") or {}).get("system") or atoms.info.get("system")
+
+
+def yaml_text(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def read(path: Path) -> list[Atoms]:
@@ -187,7 +193,7 @@ def _collect_training(workdir: str, iteration: int, member: int, prepared: dict,
     done = finished(spec.directory, prepared["key"], root)
     if done is not None:
         return done
-    code = exit_status(spec.directory)
+    code = check_started(spec.directory)
     if code != 0:
         status, model = "failed", None
         summary = {"message": f"the trainer exited with code {code}: {tail(spec.directory / 'train.log', 5)}"}
@@ -286,18 +292,25 @@ def _md(workdir: str, iteration: int, config: CampaignConfig, system: str, repli
     settings = {"stage": stage.model_dump(mode="json"), "md": config.md.model_dump(mode="json"), "seed": config.seed}
 
     def body(directory: Path) -> Outcome:
-        committee = load_committee(config, members, root)
         start = read(config.systems[system].structures)[0]
         density = config.md.stop_density_ratio
-        result = run_md(
-            start,
-            committee,
-            stage,
+        options = dict(
             seed=seed_for(config, "md", iteration, system, replica) % 2**31,
             check_interval=config.md.check_interval,
             min_distance=config.md.stop_min_distance,
             density_range=None if density is None else tuple(density),
         )
+        if config.md.engine == "lammps":
+            from cagoflow.engines.lammps import run_lammps
+            from cagoflow.io import atomic_write_text
+
+            backend = "analytic-trained" if config.committee.backend == "analytic" else config.committee.backend
+            committee_file = atomic_write_text(
+                directory / "committee.yaml", yaml_text({"backend": backend, "models": [str(m) for m in models]})
+            )
+            result = run_lammps(start, committee_file, stage, directory / "lammps", **options)
+        else:
+            result = run_md(start, load_committee(config, members, root), stage, **options)
         for atoms in result.frames:
             atoms.info.update(system=system)
         frames = write(directory / "frames.extxyz", result.frames) if result.frames else None
@@ -548,7 +561,7 @@ def _collect_reference(
     def body(directory: Path) -> Outcome:
         atoms = read(plan.source)[index]
         engine = make_file_reference(config.reference, config.systems[system])
-        result = engine.read_result(atoms, directory, exit_status(directory))
+        result = engine.read_result(atoms, directory, check_started(directory))
         return finish_reference(result, atoms, directory, config, members, Path(workdir))
 
     return run_task(plan.spec, plan.inputs, plan.settings, body)

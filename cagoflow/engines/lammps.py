@@ -261,15 +261,15 @@ class LammpsMD:
 
         spec = load_committee_spec(self.committee_file)
         backend = str(spec.backend)
-        if self.mode == "native" and backend not in NATIVE_PAIR_STYLES:
-            raise InputError(
-                f"the {backend!r} backend has no LAMMPS pair style; run it through fix external (mode 'external')",
-                field="md.engine",
-            )
         periodic = _periodicity(atoms)
         if self.stage.ensemble == "npt" and not periodic:
             raise ValueError("NPT needs a structure periodic along all three axes")
+        if atoms.constraints:
+            raise ValueError("LAMMPS runs do not apply ASE constraints; remove them or use the ASE engine")
         species = self.species(atoms)
+        volume = float(atoms.get_volume()) if periodic else None
+        models = tuple(Path(path) for path in getattr(spec, "models", ()))
+        script = self.input_script(backend, models, species, volume)
         start = atoms.copy()
         start.calc = None
         initial_velocities(start, self.stage.temperature, self.seed)
@@ -288,9 +288,7 @@ class LammpsMD:
             specorder=list(species),
             units="metal",
         )
-        volume = float(atoms.get_volume()) if periodic else None
-        models = tuple(Path(path) for path in getattr(spec, "models", ()))
-        (directory / INPUT_FILE).write_text(self.input_script(backend, models, species, volume))
+        (directory / INPUT_FILE).write_text(script)
         if self.mode == "external":
             settings = {
                 "committee_file": str(self.committee_file),
@@ -360,7 +358,12 @@ class LammpsMD:
                 f"fix_modify {_FIX_EXTERNAL} energy yes virial yes",
                 _CALLBACK_MARKER,
             ]
-        style = NATIVE_PAIR_STYLES[backend]
+        style = NATIVE_PAIR_STYLES.get(backend)
+        if style is None:
+            raise InputError(
+                f"the {backend!r} backend has no LAMMPS pair style; run it through fix external (mode 'external')",
+                field="md.engine",
+            )
         if not models:
             raise InputError("the committee file names no model files", file=self.committee_file, field="models")
         files = [_quote(path) for path in models]
@@ -499,7 +502,9 @@ class LammpsMD:
 # --- choosing the mode --------------------------------------------------------------------------
 
 
-def resolve_mode(backend: str, requested: Literal["auto", "native", "external"], pair_styles: frozenset[str] | None) -> Mode:
+def resolve_mode(
+    backend: str, requested: Literal["auto", "native", "external"], pair_styles: frozenset[str] | None
+) -> Mode:
     """The mode a backend runs in with a LAMMPS that has ``pair_styles`` (None: not asked).
 
     ``"auto"``: native when the backend has a pair style and this LAMMPS has it, else fix external.
@@ -509,7 +514,9 @@ def resolve_mode(backend: str, requested: Literal["auto", "native", "external"],
     if requested == "external":
         return "external"
     if requested not in ("auto", "native"):
-        raise InputError(f"unknown LAMMPS mode {requested!r}; expected 'auto', 'native' or 'external'", field="md.engine")
+        raise InputError(
+            f"unknown LAMMPS mode {requested!r}; expected 'auto', 'native' or 'external'", field="md.engine"
+        )
     style = NATIVE_PAIR_STYLES.get(backend)
     if style is None:
         if requested == "native":
@@ -522,13 +529,16 @@ def resolve_mode(backend: str, requested: Literal["auto", "native", "external"],
     if available:
         return "native"
     if requested == "native":
-        hint = (
-            "build LAMMPS with pair_nequip_allegro (or use ML-IAP with the PYTHON package) on this site, "
-            "or run through fix external or with the ASE engine"
+        needs = (
+            "a LAMMPS built with pair_nequip_allegro"
             if backend in ("nequip", "allegro")
-            else "install DeePMD-kit's LAMMPS plugin, or run through fix external or with the ASE engine"
+            else "DeePMD-kit's LAMMPS plugin (pip install 'deepmd-kit[lmp]')"
         )
-        raise InputError(f"this site's LAMMPS has no pair style {style!r} for {backend} models: {hint}", field="md.engine")
+        raise InputError(
+            f"this site's LAMMPS has no pair style {style!r} for {backend} models; native runs need {needs}. "
+            "Run through fix external (mode 'external') or with the ASE engine instead",
+            field="md.engine",
+        )
     return "external"
 
 
@@ -546,29 +556,33 @@ def external_command(python: str | None = None) -> tuple[str, ...]:
     return (python or sys.executable, "-m", "cagoflow.engines.lammps")
 
 
-@functools.lru_cache(maxsize=8)
-def lammps_pair_styles(command: tuple[str, ...] = ("lmp",), timeout: float = 300.0) -> frozenset[str]:
+def lammps_pair_styles(command: Sequence[str] = ("lmp",), timeout: float = 300.0) -> frozenset[str]:
     """Pair styles of the LAMMPS that ``command`` starts, plugins included (``info styles pair``).
 
-    An empty set when LAMMPS cannot be started. Cached per command (a start loads the plugins:
-    seconds).
+    An empty set when LAMMPS cannot be started or fails. Successful answers are cached per
+    command (a start loads the plugins: seconds).
     """
+    try:
+        return _pair_styles(tuple(command), timeout)
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+
+
+@functools.lru_cache(maxsize=8)
+def _pair_styles(command: tuple[str, ...], timeout: float) -> frozenset[str]:
     with tempfile.TemporaryDirectory(prefix="cagoflow-lammps-") as folder:
-        script = Path(folder) / "in.info"
-        script.write_text("info styles pair\n")
-        try:
-            completed = subprocess.run(
-                [*command, "-in", script.name, "-log", "none", "-nocite"],
-                cwd=folder,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                errors="replace",
-                timeout=timeout,
-                env=lammps_environment(),
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return frozenset()
+        Path(folder, "in.info").write_text("info styles pair\n")
+        completed = subprocess.run(
+            [*command, "-in", "in.info", "-log", "none", "-nocite"],
+            cwd=folder,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            env=lammps_environment(),
+            check=True,
+        )
     return _parse_pair_styles(completed.stdout)
 
 
@@ -670,6 +684,11 @@ def run_lammps(
     template.write_input(directory, atoms)
     launcher = command if template.mode == "native" else external_command(python)
     argv = [*launcher, *template.arguments()]
+    environment = lammps_environment(env)
+    if template.mode == "external":  # the driver imports this very cagoflow, installed or not
+        package_root = str(Path(__file__).resolve().parents[2])
+        paths = [part for part in environment.get("PYTHONPATH", "").split(os.pathsep) if part]
+        environment["PYTHONPATH"] = os.pathsep.join([package_root, *(p for p in paths if p != package_root)])
     note = ""
     with open(directory / SCREEN_FILE, "wb") as handle:
         try:
@@ -679,7 +698,7 @@ def run_lammps(
                 stdin=subprocess.DEVNULL,
                 stdout=handle,
                 stderr=subprocess.STDOUT,
-                env=lammps_environment(env),
+                env=environment,
                 start_new_session=True,  # its own process group: a timeout kills MPI ranks too
             )
         except OSError as exc:
@@ -805,16 +824,8 @@ def _parse_dump(path: Path) -> list[_DumpFrame]:
             break
         if table.shape != (natoms, len(header)):
             break
-        if bounds.shape[1] == 3:  # triclinic: bounds include the tilt
-            xy, xz, yz = bounds[:, 2]
-            lo_x = bounds[0, 0] - min(0.0, xy, xz, xy + xz)
-            hi_x = bounds[0, 1] - max(0.0, xy, xz, xy + xz)
-            lo_y, hi_y = bounds[1, 0] - min(0.0, yz), bounds[1, 1] - max(0.0, yz)
-            diag = (lo_x, hi_x, lo_y, hi_y, bounds[2, 0], bounds[2, 1])
-        else:
-            xy = xz = yz = 0.0
-            diag = tuple(bounds[:, :2].ravel())
-        cell, _ = construct_cell(diag, (xy, xz, yz))
+        tilt = tuple(bounds[:, 2]) if bounds.shape[1] == 3 else (0.0, 0.0, 0.0)  # triclinic: xy xz yz
+        cell, _ = construct_cell(tuple(bounds[:, :2].ravel()), tilt)  # from the bounding box
         column = {name: index for index, name in enumerate(header)}
 
         def pick(*names):
@@ -887,7 +898,7 @@ def _quote(path: Path) -> str:
     text = str(path)
     if any(character.isspace() for character in text):
         if '"' in text:
-            raise InputError("a model path with both spaces and double quotes cannot be written into a LAMMPS input", file=path)
+            raise InputError("a model path with spaces and double quotes cannot go into a LAMMPS input", file=path)
         return f'"{text}"'
     return text
 

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import subprocess
 
-from cagoflow.apps.commands import exit_status, program_line, shell_command, time_limit
+import pytest
+
+from cagoflow.apps.commands import (
+    NOT_STARTED,
+    BlockEnding,
+    check_started,
+    exit_status,
+    program_line,
+    shell_command,
+    time_limit,
+)
 from cagoflow.config import SiteConfig, default_site
 
 
@@ -24,19 +34,19 @@ def slurm_site(**engines) -> SiteConfig:
 
 def test_site_command_environment_and_binding():
     site = slurm_site(cp2k={"command": "srun -n 16 cp2k.psmp", "threads": 4, "env": {"FOO": "bar baz"}})
-    line = program_line(["cp2k.psmp", "-i", "cp2k.inp", "-o", "cp2k.out"], site, None)
+    line = program_line(["cp2k.psmp", "-i", "cp2k.inp", "-o", "cp2k.out"], site, False)
     assert line == "env OMP_NUM_THREADS=4 FOO='bar baz' OMP_PROC_BIND=close srun --cpu-bind=cores -n 16 cp2k.psmp -i cp2k.inp -o cp2k.out"
 
 
 def test_mpi_prefix_stays_shell_text_and_setup_comes_first():
     site = slurm_site(cp2k={"command": "$PARSL_MPI_PREFIX cp2k.psmp", "setup": "module load cp2k", "cpu_bind": None})
-    line = program_line(["cp2k.psmp", "-i", "in"], site, 100)
+    line = program_line(["cp2k.psmp", "-i", "in"], site, True)
     assert line.startswith("module load cp2k\n")
-    assert "timeout --kill-after=30 100 $PARSL_MPI_PREFIX cp2k.psmp -i in" in line
+    assert 'timeout --kill-after=30 "$limit" $PARSL_MPI_PREFIX cp2k.psmp -i in' in line
 
 
 def test_unknown_programs_run_as_they_are():
-    assert program_line(["python", "-m", "x", "a b"], default_site(), None) == "python -m x 'a b'"
+    assert program_line(["python", "-m", "x", "a b"], default_site(), False) == "python -m x 'a b'"
 
 
 def test_time_limit_from_the_block_walltime():
@@ -52,3 +62,18 @@ def test_shell_command_records_the_exit_status_and_log(tmp_path):
     assert exit_status(tmp_path) == 3
     assert (tmp_path / "run.log").read_text() == "hello\n"
     assert exit_status(tmp_path / "missing") == 1
+
+
+def test_time_limit_applies_and_a_short_job_starts_nothing(tmp_path):
+    line = shell_command(tmp_path, [["sleep", "5"]], slurm_site(), "train", "run.log")
+    fast = subprocess.run(line.replace("limit=3480", "limit=1"), shell=True, executable="/bin/bash")
+    assert fast.returncode == 0 and exit_status(tmp_path) == 124  # timeout's status: killed at the limit
+    squeue = tmp_path / "bin" / "squeue"
+    squeue.parent.mkdir()
+    squeue.write_text("#!/bin/sh\necho 4:10\n")  # a job with 4 min 10 s left
+    squeue.chmod(0o755)
+    environment = {"PATH": f"{squeue.parent}:/usr/bin:/bin", "SLURM_JOB_ID": "7"}
+    subprocess.run(line, shell=True, executable="/bin/bash", env=environment)
+    assert exit_status(tmp_path) == NOT_STARTED
+    with pytest.raises(BlockEnding):
+        check_started(tmp_path)

@@ -87,13 +87,15 @@ def test_sigkill_and_resume_equals_the_uninterrupted_run(finished_campaign, tmp_
     campaign = write_campaign(tmp_path)
     workdir = tmp_path / "work"
     command = [sys.executable, "-m", "cagoflow.cli", "run", str(campaign), "--workdir", str(workdir)]
-    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    log = tmp_path / "driver.log"
+    with open(log, "w") as handle:  # a file, not a pipe nobody reads: that could block the driver
+        driver = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and driver.poll() is None:
         if any(e["stage"] == stage and e["iteration"] == 0 for e in executions(workdir) if (workdir / "executions.jsonl").exists()):
             break
         time.sleep(0.05)
-    assert driver.poll() is None, f"the driver ended before a {stage} task finished: {driver.stderr.read().decode()}"
+    assert driver.poll() is None, f"the driver ended before a {stage} task finished: {log.read_text()[-3000:]}"
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)

