@@ -99,7 +99,10 @@ def _check_species(spec, structures, file: Path) -> None:
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show log messages.")) -> None:
     """Calibrated adversarial geometry optimisation for MLIP active learning."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.INFO if verbose else logging.WARNING)  # Parsl logs DEBUG into the same tree
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
 
 
 @app.command()
@@ -335,6 +338,9 @@ def _stage_progress():
                     failed = progress.tasks[task].fields["failed"]
                     count = int(failed.split()[0]) + 1 if failed else 1
                     progress.update(task, failed=f"{count} failed")
+                if not console.is_terminal:  # a batch job's log: one line per finished task
+                    state = progress.tasks[task]
+                    console.print(f"{stage}: {state.completed:.0f}/{state.total:.0f} {state.fields['failed']}".rstrip())
 
     with progress:
         yield progress, hook

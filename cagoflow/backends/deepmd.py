@@ -568,8 +568,9 @@ class DeepmdCommittee:
         with torch.enable_grad():  # forces come from autograd inside the model
             for (size, periodic), indices in groups.items():
                 per_call = max(1, self.batch_atoms // max(size, 1))
-                for start in range(0, len(indices), per_call):
-                    chunk = indices[start : start + per_call]
+                # chunks of (nearly) equal size: few distinct shapes for TorchScript to specialise on
+                for chunk in np.array_split(np.array(indices), -(-len(indices) // per_call)):
+                    chunk = chunk.tolist()
                     atom_rows = np.concatenate([np.arange(offsets[k], offsets[k + 1]) for k in chunk])
                     coord = torch.as_tensor(
                         np.stack([structures[k].positions for k in chunk]), dtype=torch.float64, device=self.device

@@ -47,13 +47,17 @@ Stability, checked every ``gcd(check_interval, dump_interval)`` steps (every che
 engine and every saved frame; the last step is checked from its thermo line): the smallest
 interatomic distance (``compute pair/local dist`` + ``compute reduce min ... inputs local``; the
 pair style must reach ``min_distance``), the density ratio V0/V (periodic cells only) and a finite
-potential energy. ``fix halt ... error soft`` ends the run at the first failing check (LAMMPS
-has no ``fix halt`` on a minimum distance; this variable does it in this build);
-:meth:`LammpsMD.read_result` then finds the failing check in the thermo output and says why in
-the words of the ASE engine. Frames at or after the failing step are not kept. A crashed LAMMPS
-(``ERROR: Lost atoms``, a bad input, a killed run) is a result too: ``stable=False`` with the
-error and the log's last lines. Through ``fix external`` a committee that raises or returns
-NaN/inf ends the run the same way (:data:`EXTERNAL_ERROR_FILE`).
+potential energy. ``fix halt`` has no minimum-distance attribute: an equal-style variable over
+those computes is its condition (``pair/local dist`` needs no ``single()`` of the pair style, so
+it works with DeePMD's and with ``zero``), and ``fix halt ... error soft`` ends the run at the
+first failing check; :meth:`LammpsMD.read_result` then finds the failing check in the thermo
+output and says why in the words of the ASE engine. Frames at or after the failing step are not
+kept. A crashed LAMMPS (``ERROR: Lost atoms``, a bad input, a killed run) is a result too:
+``stable=False`` with the error and the log's last lines. Through ``fix external`` a committee
+that raises or returns NaN/inf ends the run the same way (:data:`EXTERNAL_ERROR_FILE`), at step 0
+too (the ASE engine raises there: the committee is only loaded in the driver's process).
+Inputs LAMMPS cannot run (NPT without a cell, ASE constraints, a backend without a pair style
+asked natively) raise.
 
 Files in a run directory: :data:`DATA_FILE`, :data:`INPUT_FILE`, :data:`LOG_FILE`,
 :data:`DUMP_FILE` (``id type xu yu zu vx vy vz fx fy fz`` sorted by id, every ``dump_interval``
