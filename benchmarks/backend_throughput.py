@@ -24,7 +24,6 @@ from cagoflow.autograd import ExactGradient
 from cagoflow.backends import TrainingSettings, get_backend, train
 from cagoflow.cago import CagoSettings, FiniteDifferenceGradient, Geometry, Objective
 from cagoflow.calibration import PowerLaw
-from cagoflow.demo import label
 from cagoflow.engines.tblite import TbliteReference
 from cagoflow.io import write_structures
 from cagoflow.structures import water_box

@@ -24,13 +24,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from cagoflow.apps.tasks import Outcome, TaskSpec, run_task
 from cagoflow.config import ExecutorConfig, SiteConfig
 from cagoflow.records import executions
 
 
 def trivial(workdir: str, index: int):
     """A stage task whose body does nothing but write its record."""
+    from pathlib import Path
+
+    from cagoflow.apps.tasks import Outcome, TaskSpec, run_task
+
     spec = TaskSpec(Path(workdir), "bench", 0, f"task-{index:05d}")
     return run_task(spec, [], {"index": index}, lambda directory: Outcome(summary={"index": index}))
 

@@ -386,7 +386,9 @@ def report(
 ) -> None:
     """Learning-curve plots: dataset size vs test force error, calibration, stability, CAGO hit."""
     from cagoflow.workflows.report import write_report
+    from cagoflow.workflows.status import require_campaign
 
+    require_campaign(workdir)
     folder = _output_folder(output or workdir / "report")
     for path in write_report(workdir, folder):
         console.print(escape(str(path)))

@@ -79,10 +79,15 @@ class IterationStatus:
         return f"{sum(bool(r.summary.get('stable')) for r in md.records)}/{len(md.records)}"
 
 
-def campaign_status(workdir: Path) -> list[IterationStatus]:
-    """Status of every iteration found in ``workdir`` (``iter-init`` is iteration −1)."""
+def require_campaign(workdir: Path) -> None:
+    """Refuse a folder that is not a campaign's work directory (no ``campaign.json``)."""
     if not (workdir / "campaign.json").exists():
         raise InputError("not a campaign work directory (no campaign.json)", file=workdir)
+
+
+def campaign_status(workdir: Path) -> list[IterationStatus]:
+    """Status of every iteration found in ``workdir`` (``iter-init`` is iteration −1)."""
+    require_campaign(workdir)
     iterations: dict[int, IterationStatus] = {}
     for iteration_dir in sorted(workdir.glob("iter-*")):
         number = -1 if iteration_dir.name == "iter-init" else int(iteration_dir.name.split("-")[1])

@@ -81,7 +81,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -95,6 +94,7 @@ from ase import Atoms
 
 from cagoflow.config import MDStage
 from cagoflow.engines.ase_md import MDResult, _stability_check, initial_velocities
+from cagoflow.engines.reference_runner import kill_process_group
 from cagoflow.errors import InputError
 
 __all__ = [
@@ -710,29 +710,15 @@ def run_lammps(
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(process)
+            kill_process_group(process)
             note = f"timed out after {timeout:g} s: "
         finally:
             if process.poll() is None:  # KeyboardInterrupt or another exception while waiting
-                _kill_group(process)
+                kill_process_group(process)
     result = template.read_result(directory, atoms)
     if note and not result.stable:
         result = replace(result, reason=note + result.reason)
     return replace(result, wall_time=time.monotonic() - start)
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    """SIGTERM to the command's process group, SIGKILL to what is left after 5 s."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=5.0)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
 
 
 # --- parsing --------------------------------------------------------------------------------------

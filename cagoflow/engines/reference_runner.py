@@ -85,18 +85,18 @@ def run_file_reference(
         try:
             returncode = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(process)
+            kill_process_group(process)
             return _failed(engine, atoms, f"timed out after {timeout:g} s: {' '.join(argv)}{_tail(log)}", start)
         finally:
             if process.poll() is None:  # KeyboardInterrupt or another exception while waiting
-                _kill_group(process)
+                kill_process_group(process)
     result = engine.read_result(atoms, directory, returncode)
     if result.status is ReferenceStatus.FAILED and returncode != 0:
         result = replace(result, message=result.message + _tail(log))
     return replace(result, wall_time=time.monotonic() - start)
 
 
-def _kill_group(process: subprocess.Popen) -> None:
+def kill_process_group(process: subprocess.Popen) -> None:
     """SIGTERM to the command's process group, SIGKILL to what is left after 5 s."""
     try:
         os.killpg(process.pid, signal.SIGTERM)

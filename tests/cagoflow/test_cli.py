@@ -45,7 +45,8 @@ EXAMPLE = EXAMPLE_DIR / "campaign.yaml"
 LOCAL_SITE = ROOT / "site-configs" / "local-threads.yaml"
 
 COMMANDS = ("run", "status", "report", "calibrate", "cago", "validate")
-NOT_YET = ("run", "status", "report")
+#: The driver's commands given something that is not a campaign, and what they must say.
+DRIVER = {"run": "does not exist", "status": "not a campaign work directory", "report": "not a campaign work directory"}
 COMMITTEE = {"backend": "analytic", "members": 3, "species": ["O", "H"], "spread": 0.05, "seed": 1}
 SUBSET = (0, 1)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -268,8 +269,8 @@ def jobs(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[J
     """Start every error case that needs no calibration file."""
     jobs = Jobs(tmp_path_factory.mktemp("cli-jobs"))
     jobs.submit("help", "--help")
-    for command in NOT_YET:
-        jobs.submit(f"not-yet:{command}", command, jobs.folder / "campaign")
+    for command in DRIVER:
+        jobs.submit(f"driver:{command}", command, jobs.folder / "campaign")
     jobs.submit("validate:example", "validate", EXAMPLE, "--site", LOCAL_SITE, cwd=ROOT)
     for case, broken in BROKEN_CAMPAIGNS.items():
         path = broken.make(jobs.folder_for(f"campaign:{case}"))
@@ -422,10 +423,11 @@ def test_help_lists_every_command(jobs: Jobs) -> None:
         assert command in result.stdout, f"{command!r} missing from --help:\n{result.stdout}"
 
 
-@pytest.mark.parametrize("command", NOT_YET)
-def test_commands_not_yet_available(command: str, jobs: Jobs) -> None:
-    _, result = jobs.result(f"not-yet:{command}")
-    assert_user_error(result, "not yet available", f"cagoflow {command}")
+@pytest.mark.parametrize("command", DRIVER)
+def test_driver_commands_refuse_what_is_not_a_campaign(command: str, jobs: Jobs) -> None:
+    _, result = jobs.result(f"driver:{command}")
+    assert_user_error(result, DRIVER[command], "campaign")
+    assert not (jobs.folder / "campaign").exists()  # nothing created where nothing was
 
 
 def test_validate_example_campaign_and_site(jobs: Jobs) -> None:

@@ -1,7 +1,8 @@
 """Tests of cagoflow.backends.deepmd: training inputs and results, the committee, its gradients.
 
-The committee fixture trains two tiny members once per session on 20 GFN1-xTB water frames
-(about 15 s each on 2 idle cores); everything else reuses them.
+The committee fixture trains two tiny members (300 steps) once per session on 20 GFN1-xTB water
+frames; everything else reuses them. Measured on 2 shared, heavily loaded cores: ~200 s per
+member, 10 min for the file; on idle cores DeePMD's 0.037 s/step makes it ~20 s per member.
 """
 
 from __future__ import annotations
