@@ -12,12 +12,17 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# The programs of the environment the tests run in (lmp, dp, nequip-train, cagoflow, Parsl's
+# worker pool) come first on PATH, as they do for a user who activated it.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def _missing(what: str) -> None:
