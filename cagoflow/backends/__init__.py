@@ -8,6 +8,7 @@ elsewhere. The command names (``dp``, ``nequip-train``) can be replaced by the s
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -70,6 +71,17 @@ class Backend(Protocol):
     def load(self, models: Sequence[Path], device: str | None = None) -> Committee:
         """A committee of the given member models (device: "cpu", "cuda"; None: CUDA if available)."""
         ...
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` merged in: mappings recursively, everything else replaced."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def tail(path: Path, lines: int = 20) -> str:

@@ -46,7 +46,7 @@ from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
 from pydantic import Field, ValidationInfo, field_validator
 
-from cagoflow.backends import TrainingResult, TrainingSettings, tail
+from cagoflow.backends import deep_merge, TrainingResult, TrainingSettings, tail
 from cagoflow.committee import CommitteePrediction
 from cagoflow.config import _Model, _resolve_file
 from cagoflow.errors import InputError
@@ -112,17 +112,6 @@ def preset(name: str) -> dict[str, Any]:
             "limit_pref_v": 0.0,
         },
     }
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``override`` merged in: mappings recursively, everything else replaced."""
-    merged = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def _set_seeds(node: Any, seed: int) -> None:

@@ -46,14 +46,14 @@ import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 from ase import Atoms
 from ase.io import iread
 from pydantic import Field, ValidationInfo, field_validator
 
-from cagoflow.backends import TrainingResult, TrainingSettings
+from cagoflow.backends import deep_merge, TrainingResult, TrainingSettings
 from cagoflow.committee import CommitteePrediction
 from cagoflow.config import _Model, _resolve_file
 from cagoflow.errors import InputError
@@ -157,17 +157,6 @@ _TRAINING: dict[str, dict[str, Any]] = {
     },
 }
 _LOSS_WEIGHTS = {"total_energy": 5.0, "forces": 1.0, "stress": 100.0}
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``override`` merged in: mappings merge key by key, anything else replaces."""
-    merged = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def _scan_data(train_file: Path, validation_file: Path, type_map: Sequence[str]) -> tuple[int, bool]:
