@@ -52,6 +52,8 @@ def run_task(
     if done is not None:
         return done
     spec.directory.mkdir(parents=True, exist_ok=True)
+    for stale in spec.directory.glob(".*.tmp"):  # left by a writer killed mid-write: never a result
+        stale.unlink(missing_ok=True)
     start = time.perf_counter()
     outcome = body(spec.directory)
     record = TaskRecord(

@@ -197,7 +197,8 @@ def convert_to_deepmd(path: Path, folder: Path, type_map: Sequence[str]) -> Deep
         part = [atoms for atoms in frames if ("stress" in atoms.calc.results) == with_stress]
         if not part:
             continue
-        multi = dpdata.MultiSystems(*[dpdata.LabeledSystem(atoms, fmt="ase/structure") for atoms in part], type_map=list(type_map))
+        labelled = [dpdata.LabeledSystem(atoms, fmt="ase/structure") for atoms in part]
+        multi = dpdata.MultiSystems(*labelled, type_map=list(type_map))
         multi.to_deepmd_npy(str(folder / label))
         systems += sorted(folder / label / name for name in multi.systems)
         has_virials = has_virials or with_stress
@@ -347,9 +348,10 @@ class DeepmdBackend:
             return TrainingResult("failed", None, message=f"no learning curve: {exc}\n{logs}")
         metrics = {name: values[column] for column, name in LCURVE_METRICS.items() if column in values}
         metrics["steps"] = float(step)
-        watched = [values[column] for column in ("rmse_e_trn", "rmse_f_trn", "rmse_e_val", "rmse_f_val") if column in values]
+        watched = [values[name] for name in ("rmse_e_trn", "rmse_f_trn", "rmse_e_val", "rmse_f_val") if name in values]
         if not watched or not all(math.isfinite(value) for value in watched):
-            return TrainingResult("failed", None, metrics, f"training diverged: non-finite losses at step {step}\n{logs}")
+            message = f"training diverged: non-finite losses at step {step}\n{logs}"
+            return TrainingResult("failed", None, metrics, message)
         if not model.is_file():
             return TrainingResult("failed", None, metrics, f"no frozen model {model}\n{logs}")
         return TrainingResult("success", model, metrics)

@@ -117,7 +117,7 @@ def test_example_campaign_loads() -> None:
     assert water.structures.is_absolute() and not water.labelled
     assert config.md_stage(0).ensemble == "nvt" and config.md_stage(1).ensemble == "nvt"
     assert config.md_stage(2).ensemble == "npt" and config.md_stage(7).pressure == 1.0
-    assert [config.training_steps(i) for i in range(4)] == [200, 200, 400, 400]
+    assert [config.training_steps(i) for i in range(4)] == [40, 40, 60, 60]
     assert config.cago_source(0).source == "training" and config.cago_subset(0) == 3
     assert config.cago_source(2).source == "md" and config.cago_subset(2) == config.committee.size
     assert config.n_samples(1) == config.sampling.per_iteration

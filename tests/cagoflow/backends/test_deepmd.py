@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,10 +58,8 @@ def trained(water_frames, tmp_path_factory):
     require_module("deepmd")
     root = tmp_path_factory.mktemp("deepmd-committee")
     backend = DeepmdBackend()
-    results = [
-        train(backend, water_frames.train_file, water_frames.validation_file, root / f"member-{seed}", settings(seed=seed))
-        for seed in (1, 2)
-    ]
+    splits = (water_frames.train_file, water_frames.validation_file)
+    results = [train(backend, *splits, root / f"member-{seed}", settings(seed=seed)) for seed in (1, 2)]
     for result in results:
         assert result.status == "success", result.message
     return results
@@ -147,7 +144,9 @@ def test_bad_training_data_names_the_file(water_frames, tmp_path):
         backend.write_training_input(garbage, water_frames.validation_file, tmp_path / "a", settings())
     only_oxygen_carbon = TrainingSettings(steps=10, seed=1, type_map=("O", "C"))
     with pytest.raises(InputError, match="train.extxyz.*species H are not in the type map"):
-        backend.write_training_input(water_frames.train_file, water_frames.validation_file, tmp_path / "b", only_oxygen_carbon)
+        backend.write_training_input(
+            water_frames.train_file, water_frames.validation_file, tmp_path / "b", only_oxygen_carbon
+        )
     unlabelled = tmp_path / "unlabelled.extxyz"
     write(unlabelled, water_box(2))
     with pytest.raises(InputError, match="unlabelled.extxyz.*no reference energy"):
@@ -168,7 +167,9 @@ def test_training_result_from_learning_curve(tmp_path):
         "# step       rmse_val    rmse_trn    rmse_e_val  rmse_e_trn    rmse_f_val  rmse_f_trn   lr\n"
         "# If there is no available reference data, rmse_*_{val,trn} will print nan\n"
     )
-    (tmp_path / LCURVE).write_text(header + "  1  1.0 2.0  0.5 0.6  3.0 4.0  1e-3\n" + header + " 40  1.0 2.0  0.1 0.2  0.3 0.4  1e-4\n")
+    first_run = header + "  1  1.0 2.0  0.5 0.6  3.0 4.0  1e-3\n"
+    restarted = header + " 40  1.0 2.0  0.1 0.2  0.3 0.4  1e-4\n"  # a restart appends a header
+    (tmp_path / LCURVE).write_text(first_run + restarted)
     (tmp_path / "train.log").write_text("DEEPMD INFO    Trained model has been saved to: model.ckpt\n")
     backend = DeepmdBackend(command=["dp"])
     missing = backend.read_training_result(tmp_path)
@@ -195,7 +196,9 @@ def test_committee_file_spec(tmp_path):
         (tmp_path / "models" / name).parent.mkdir(exist_ok=True)
         (tmp_path / "models" / name).write_bytes(b"")
     context = {"base_dir": tmp_path}
-    spec = DeepmdCommitteeSpec.model_validate({"backend": "deepmd", "models": ["models/a.pth", "models/b.pth"]}, context=context)
+    spec = DeepmdCommitteeSpec.model_validate(
+        {"backend": "deepmd", "models": ["models/a.pth", "models/b.pth"]}, context=context
+    )
     assert spec.models == ((tmp_path / "models/a.pth").resolve(), (tmp_path / "models/b.pth").resolve())
     assert spec.device == "auto"
     with pytest.raises(ValueError, match="at least 2"):
@@ -245,17 +248,22 @@ def test_restart_continues_from_the_checkpoint(water_frames, tmp_path):
     """A run killed after its checkpoint at step 10, rerun for 20 steps: continues at 10."""
     require_module("deepmd")
     backend = DeepmdBackend()
-    first = backend.write_training_input(water_frames.train_file, water_frames.validation_file, tmp_path, settings(steps=10))
+    splits = (water_frames.train_file, water_frames.validation_file)
+    first = backend.write_training_input(*splits, tmp_path, settings(steps=10))
     subprocess.run(first[0], cwd=tmp_path, check=True, capture_output=True)  # the "killed" job: no freeze
     assert read_lcurve(tmp_path / LCURVE)[0] == 10
-    commands = backend.write_training_input(water_frames.train_file, water_frames.validation_file, tmp_path, settings(steps=20))
+    commands = backend.write_training_input(*splits, tmp_path, settings(steps=20))
     assert "--restart" in commands[0]
-    result = train(backend, water_frames.train_file, water_frames.validation_file, tmp_path, settings(steps=20))
+    result = train(backend, *splits, tmp_path, settings(steps=20))
     assert result.status == "success", result.message
     assert result.metrics["steps"] == 20
-    steps = [int(line.split()[0]) for line in (tmp_path / LCURVE).read_text().splitlines() if not line.startswith("#")]
-    assert steps[0] == 1 and max(steps) == 20
-    assert 1 not in steps[steps.index(10) + 1 :]  # the second run did not start over
+    # the rerun appended its own header to the learning curve and went on from step 10
+    # (DeePMD redoes the checkpoint's step: its step counter is 0-based)
+    lines = (tmp_path / LCURVE).read_text().splitlines()
+    headers = [index for index, line in enumerate(lines) if line.startswith("# step")]
+    assert len(headers) == 2
+    resumed = [int(line.split()[0]) for line in lines[headers[1] :] if not line.startswith("#")]
+    assert resumed[0] == 10 and resumed[-1] == 20
 
 
 def test_fine_tuning_starts_from_the_given_model(trained, committee, water_frames, tmp_path):
