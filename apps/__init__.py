@@ -9,7 +9,9 @@ in its own task directory.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
+
+from cagoflow.config import SiteConfig
 
 
 @dataclass(frozen=True)
@@ -34,20 +36,28 @@ class CampaignApps:
     merge: Any
 
 
-def make_apps(executor_for: Mapping[str, str]) -> CampaignApps:
-    """Apps bound to executors: ``executor_for`` maps each stage of ``cagoflow.config.STAGES`` to a label."""
+def make_apps(site: SiteConfig) -> CampaignApps:
+    """Apps bound to the executors that ``site`` maps their stages to.
+
+    A stage mapped to an executor of kind ``mpi`` runs only its program there (the bash app,
+    with a ``parsl_resource_specification``); its Python parts go to
+    :meth:`~cagoflow.config.SiteConfig.python_executor_for` that stage.
+    """
     from parsl import bash_app, python_app
 
     from cagoflow.apps import stages
 
     def python(function, stage: str):
-        return python_app(function, executors=[executor_for[stage]])
+        return python_app(function, executors=[site.python_executor_for(stage)])
+
+    def bash(stage: str):
+        return bash_app(stages._run_command, executors=[site.executor_for(stage)])
 
     return CampaignApps(
         initial=python(stages._initial, "sample"),
         split=python(stages._split, "merge"),
         prepare_training=python(stages._prepare_training, "train"),
-        run_training=bash_app(stages._run_command, executors=[executor_for["train"]]),
+        run_training=bash("train"),
         collect_training=python(stages._collect_training, "train"),
         calibrate=python(stages._calibrate, "calibrate"),
         md=python(stages._md, "md"),
@@ -56,7 +66,7 @@ def make_apps(executor_for: Mapping[str, str]) -> CampaignApps:
         prefilter=python(stages._prefilter, "prefilter"),
         reference=python(stages._reference, "reference"),
         prepare_reference=python(stages._prepare_reference, "reference"),
-        run_reference=bash_app(stages._run_command, executors=[executor_for["reference"]]),
+        run_reference=bash("reference"),
         collect_reference=python(stages._collect_reference, "reference"),
         postfilter=python(stages._postfilter, "postfilter"),
         merge=python(stages._merge, "merge"),

@@ -56,16 +56,36 @@ def time_limit(site: SiteConfig, stage: str) -> int | None:
     return max(60, provider.walltime_seconds - WALLTIME_MARGIN)
 
 
-def program_line(argv: Sequence[str], site: SiteConfig, limited: bool) -> str:
+def resource_specification(site: SiteConfig, stage: str, program: str) -> dict[str, int | str] | None:
+    """Parsl's ``parsl_resource_specification`` for a program of ``stage`` on an executor of kind
+    ``mpi`` (nodes and ranks per calculation from the site's engine settings, srun's CPU binding
+    as launcher options); None on every other executor, which takes none."""
+    if not site.is_mpi(stage):
+        return None
+    engine = site_engine(site, program)
+    nodes = getattr(engine, "nodes", 1)
+    ranks = engine.ranks if engine is not None else 1
+    specification: dict[str, int | str] = {"num_nodes": nodes, "num_ranks": ranks, "ranks_per_node": ranks // nodes}
+    executor = site.executors[site.executor_for(stage)]
+    cpu_bind = getattr(engine, "cpu_bind", None)
+    if executor.mpi_launcher == "srun" and cpu_bind:
+        specification["launcher_options"] = f"--cpu-bind={cpu_bind}"
+    return specification
+
+
+def program_line(argv: Sequence[str], site: SiteConfig, limited: bool, mpi: bool = False) -> str:
     """One program as the site starts it, with its environment and, when ``limited``, the time
-    limit of the shell variable ``$limit``."""
+    limit of the shell variable ``$limit``. With ``mpi`` (a task of Parsl's MPIExecutor) the
+    program starts behind ``$PARSL_MPI_PREFIX`` unless the site's command already names it."""
     engine = site_engine(site, argv[0])
     line = shlex.join(argv)
     environment: dict[str, str] = {}
     setup = ""
     if engine is not None:  # the site's command line is shell text: $PARSL_MPI_PREFIX and the like expand
         launcher = engine.command.strip()
-        if launcher.startswith("srun ") and getattr(engine, "cpu_bind", None):
+        if mpi and "PARSL_MPI_PREFIX" not in launcher:
+            launcher = f"$PARSL_MPI_PREFIX {launcher}"
+        elif launcher.startswith("srun ") and getattr(engine, "cpu_bind", None):
             launcher = f"srun --cpu-bind={engine.cpu_bind} {launcher[5:]}"
         line = f"{launcher} {shlex.join(argv[1:])}".strip()
         environment = {"OMP_NUM_THREADS": str(engine.threads), **engine.env}
@@ -82,7 +102,8 @@ def program_line(argv: Sequence[str], site: SiteConfig, limited: bool) -> str:
 def shell_command(directory: Path, commands: Sequence[Sequence[str]], site: SiteConfig, stage: str, log: str) -> str:
     """The whole shell of a task: cd, the time check, lock, the programs in order, log, exit status."""
     limit = time_limit(site, stage)
-    script = " && ".join(f"{{ {program_line(argv, site, limit is not None)}; }}" for argv in commands)
+    mpi = site.is_mpi(stage)
+    script = " && ".join(f"{{ {program_line(argv, site, limit is not None, mpi)}; }}" for argv in commands)
     prelude = ""
     if limit is not None:
         prelude = _LIMIT_PRELUDE.format(static=limit, minimum=MIN_TIME_LEFT, not_started=NOT_STARTED, margin=WALLTIME_MARGIN)

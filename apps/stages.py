@@ -178,8 +178,13 @@ def _prepare_training(
     return {"key": key, "command": shell_command(spec.directory, commands, site, "train", "train.log"), "backend": backend}
 
 
-def _run_command(prepared: dict, stdout: str | None = None, stderr: str | None = None) -> str:
-    """Bash app body: the prepared command (its exit status goes to a file, never raised)."""
+def _run_command(
+    prepared: dict, stdout: str | None = None, stderr: str | None = None, parsl_resource_specification: dict | None = None
+) -> str:
+    """Bash app body: the prepared command (its exit status goes to a file, never raised).
+
+    ``parsl_resource_specification`` (nodes, ranks) is read by Parsl's MPIExecutor, which puts
+    the matching launcher line into ``$PARSL_MPI_PREFIX``."""
     return prepared["command"]
 
 

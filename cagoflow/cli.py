@@ -397,20 +397,29 @@ def report(
 @app.command()
 @reports_errors
 def validate(
-    campaign: Path = typer.Argument(..., help="Campaign YAML."),
+    campaign: Optional[Path] = typer.Argument(None, help="Campaign YAML."),
     site: Optional[Path] = typer.Option(None, "--site", help="Site-config YAML."),
 ) -> None:
-    """Check a campaign (and a site-config) without running anything."""
+    """Check a campaign and/or a site-config without running or submitting anything."""
     from cagoflow.config import load_campaign, load_site
 
-    config = load_campaign(campaign)
-    console.print(
-        f"campaign [bold]{config.name}[/] is valid: {len(config.systems)} system(s), {config.iterations} iteration(s), "
-        f"{config.committee.size}-member {config.committee.backend} committee, δ = {1000 * config.cago.delta:.0f} meV/Å"
-    )
+    if campaign is None and site is None:
+        raise InputError("nothing to validate: give a campaign YAML, --site SITE.yaml, or both")
+    if campaign is not None:
+        config = load_campaign(campaign)
+        console.print(
+            f"campaign [bold]{config.name}[/] is valid: {len(config.systems)} system(s), {config.iterations} iteration(s), "
+            f"{config.committee.size}-member {config.committee.backend} committee, δ = {1000 * config.cago.delta:.0f} meV/Å"
+        )
     if site is not None:
         site_config = load_site(site)
         console.print(f"site [bold]{site_config.name}[/] is valid: executors {', '.join(site_config.executors)}")
+        for stage, label in site_config.stage_executors.items():
+            executor = site_config.executors[label]
+            partition = f", partition {executor.provider.partition}" if executor.provider and executor.provider.partition else ""
+            python = site_config.python_executor_for(stage)
+            extra = f" (its Python parts on '{python}')" if python != label else ""
+            console.print(f"  {stage:<10} → {label} ({executor.kind}{partition}){extra}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -81,6 +81,8 @@ Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 STAGES: tuple[str, ...] = (
     "train", "calibrate", "md", "sample", "cago", "prefilter", "reference", "postfilter", "merge"
 )  # fmt: skip
+#: Stages that may run on an executor of kind ``mpi``: those that start MPI programs (CP2K).
+MPI_STAGES: tuple[str, ...] = ("reference",)
 
 
 class _Model(BaseModel):
@@ -791,6 +793,13 @@ class Cp2kCommand(EngineCommand):
         "close", description="OMP_PROC_BIND (null: leave unset)"
     )
     cpu_bind: str | None = Field("cores", description="srun --cpu-bind value (null: leave unset)")
+    nodes: int = Field(1, ge=1, description="nodes per calculation (on an executor of kind 'mpi')")
+
+    @model_validator(mode="after")
+    def _ranks_fill_nodes(self) -> Cp2kCommand:
+        if self.ranks % self.nodes:
+            raise FieldError(f"ranks {self.ranks} do not divide evenly over nodes {self.nodes}", "ranks")
+        return self
 
 
 _DEFAULT_COMMANDS = {"cp2k": "cp2k.psmp", "lammps": "lmp", "deepmd": "dp", "nequip": "nequip-train"}
@@ -852,6 +861,16 @@ class SiteConfig(_Model):
             raise FieldError(
                 f"stages not mapped to an executor: {', '.join(missing)} (map them, or add 'default: LABEL')", "stages"
             )
+        for stage in STAGES:
+            label = self.executor_for(stage)
+            if self.executors[label].kind == "mpi" and stage not in MPI_STAGES:
+                raise FieldError(
+                    f"stage '{stage}' runs Python on executor '{label}' of kind 'mpi', whose tasks are MPI programs; "
+                    f"only {', '.join(MPI_STAGES)} may go there (map the others to a threads or htex executor)",
+                    "stages", stage if getattr(self.stages, stage) is not None else "default",
+                )  # fmt: skip
+        if all(executor.kind == "mpi" for executor in self.executors.values()):
+            raise FieldError("every executor is of kind 'mpi'; the Python stages need a threads or htex one", "executors")
         return self
 
     def executor_for(self, stage: str) -> str:
@@ -864,6 +883,22 @@ class SiteConfig(_Model):
     def stage_executors(self) -> dict[str, str]:
         """Mapping stage → executor label, every stage resolved."""
         return {stage: self.executor_for(stage) for stage in STAGES}
+
+    def python_executor_for(self, stage: str) -> str:
+        """Label of the executor for the Python parts of ``stage`` (preparing inputs, parsing
+        outputs, in-process engines): the stage's own executor, or — when that is of kind
+        ``mpi``, which runs MPI programs only — the default executor (else the first non-mpi one)."""
+        label = self.executor_for(stage)
+        if self.executors[label].kind != "mpi":
+            return label
+        default = self.stages.default
+        if default is not None and self.executors[default].kind != "mpi":
+            return default
+        return next(name for name, executor in self.executors.items() if executor.kind != "mpi")
+
+    def is_mpi(self, stage: str) -> bool:
+        """Whether ``stage``'s programs start through Parsl's MPIExecutor (``$PARSL_MPI_PREFIX``)."""
+        return self.executors[self.executor_for(stage)].kind == "mpi"
 
 
 def default_site() -> SiteConfig:

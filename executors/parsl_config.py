@@ -56,7 +56,7 @@ from parsl.utils import get_all_checkpoints
 
 from cagoflow.config import ExecutorConfig, SiteConfig, SlurmProviderConfig
 
-__all__ = ["BLOCK_FAILURE_WINDOW", "build_config", "fail_on_block_failures", "stage_executor_labels"]
+__all__ = ["BLOCK_FAILURE_WINDOW", "build_config", "fail_on_block_failures"]
 
 #: Consecutive failed blocks after which an executor gives up (also: every block so far failed).
 BLOCK_FAILURE_WINDOW = 3
@@ -87,11 +87,6 @@ def build_config(site: SiteConfig, run_dir: Path, *, checkpoint: bool = True) ->
     executors = [_executor(label, executor) for label, executor in site.executors.items()]
     return Config(executors=executors, memoizer=memoizer, retries=site.retries, run_dir=str(run_dir))
 
-
-def stage_executor_labels(site: SiteConfig) -> dict[str, str]:
-    """Executor label per workflow stage (every stage of :data:`cagoflow.config.STAGES`), for
-    ``@python_app(executors=[...])``; the labels are those of :func:`build_config`'s executors."""
-    return dict(site.stage_executors)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs cagoflow into ./.venv on a fresh machine: the system programs the engines and tests
-# use (CP2K, SLURM and munge, from apt, when run as root), the virtual environment, torch pinned
-# to 2.11.0 (the build deepmd-kit 3.2.0's compiled parts expect), and cagoflow (editable) with
+# use (CP2K, SLURM, munge and PMIx for srun-started MPI, from apt, when run as root), the
+# virtual environment, torch pinned to 2.11.0 (the build deepmd-kit 3.2.0's compiled parts
+# expect), and cagoflow (editable) with
 # every engine and the test tools. Idempotent: a second run with the same files does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
     missing=""
-    for package in cp2k slurm-wlm munge util-linux; do
+    for package in cp2k slurm-wlm munge libpmix-dev util-linux; do
         dpkg -s "$package" > /dev/null 2>&1 || missing="$missing $package"
     done
     if [ -n "$missing" ]; then

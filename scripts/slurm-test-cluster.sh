@@ -59,7 +59,7 @@ node_state() {
 }
 
 write_config() {  # the wanted slurm.conf on stdout
-    local cpus mem_mb def_mem oversubscribe
+    local cpus mem_mb def_mem oversubscribe mpi_default
     cpus=$(nproc)
     # RealMemory a little below MemTotal: a node that reports less than its configured
     # memory is drained as invalid.
@@ -68,6 +68,9 @@ write_config() {  # the wanted slurm.conf on stdout
     # Two single-core jobs (one per partition) must run at once: with 2+ cores they take a core
     # each; on a 1-core runner cores are shared by up to two jobs.
     if [ "$cpus" -ge 2 ]; then oversubscribe=NO; else oversubscribe=FORCE:2; fi
+    # srun starts MPI programs (CP2K built with OpenMPI) through PMIx; SLURM's pmix plugin
+    # needs the unversioned libpmix.so of libpmix-dev. Without it srun starts singletons.
+    if ldconfig -p 2>/dev/null | grep -q 'libpmix\.so '; then mpi_default=pmix; else mpi_default=none; fi
     cat <<EOF
 # Written by cagoflow scripts/slurm-test-cluster.sh: a one-node test cluster.
 ClusterName=cagoflow-test
@@ -76,7 +79,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-MpiDefault=none
+MpiDefault=$mpi_default
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres

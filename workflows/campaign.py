@@ -93,8 +93,11 @@ def reference(dag: Dag, iteration: int, system: str, task: str, structures, inde
     config, apps, workdir = dag.config, dag.apps, dag.workdir
     if config.reference.engine != "cp2k" or (iteration < 0 and config.systems[system].labelled):
         return dag.submit("reference", apps.reference, workdir, iteration, config, system, task, structures, index, gate, *members)
+    from cagoflow.apps.commands import resource_specification
+
     prepared = apps.prepare_reference(workdir, iteration, config, dag.site, system, task, structures, index, gate)
-    ran = apps.run_reference(prepared)
+    resources = resource_specification(dag.site, "reference", "cp2k.psmp")
+    ran = apps.run_reference(prepared, **({"parsl_resource_specification": resources} if resources else {}))
     return dag.submit(
         "reference", apps.collect_reference, workdir, iteration, config, system, task, structures, index, gate, prepared, ran,
         *members,
@@ -123,7 +126,7 @@ def run_campaign(config: CampaignConfig, site: SiteConfig, workdir: Path, hook: 
     atomic_write_json(workdir / "campaign.json", config.model_dump(mode="json"))
     parsl.load(build_config(site, workdir / "runinfo", checkpoint=False))  # resume comes from our records
     try:
-        dag = Dag(make_apps(site.stage_executors), config, site, str(workdir), hook)
+        dag = Dag(make_apps(site), config, site, str(workdir), hook)
         final = build(dag)
         try:
             final.result()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from cagoflow.apps.commands import (
     check_started,
     exit_status,
     program_line,
+    resource_specification,
     shell_command,
     time_limit,
 )
@@ -77,3 +79,43 @@ def test_time_limit_applies_and_a_short_job_starts_nothing(tmp_path):
     assert exit_status(tmp_path) == NOT_STARTED
     with pytest.raises(BlockEnding):
         check_started(tmp_path)
+
+
+def mpi_site(**cp2k) -> SiteConfig:
+    return SiteConfig.model_validate(
+        {
+            "executors": {
+                "cpu": {"kind": "threads"},
+                "cp2k": {"kind": "mpi", "provider": {"partition": "cpu", "walltime": "02:00:00", "nodes_per_block": 4}},
+            },
+            "stages": {"default": "cpu", "reference": "cp2k"},
+            "engines": {"cp2k": cp2k},
+        }
+    )
+
+
+def test_mpi_executor_gets_nodes_ranks_and_binding_per_calculation():
+    site = mpi_site(ranks=64, nodes=2, threads=2)
+    assert resource_specification(site, "reference", "cp2k.psmp") == {
+        "num_nodes": 2, "num_ranks": 64, "ranks_per_node": 32, "launcher_options": "--cpu-bind=cores",
+    }  # fmt: skip
+    command = shell_command(Path("/scratch/task"), [["cp2k.psmp", "-i", "in"]], site, "reference", "engine.log")
+    assert "env OMP_NUM_THREADS=2 OMP_PROC_BIND=close timeout --kill-after=30 \"$limit\" $PARSL_MPI_PREFIX cp2k.psmp -i in" in command
+    assert resource_specification(site, "train", "dp") is None  # threads take no specification
+    assert resource_specification(slurm_site(), "reference", "cp2k.psmp") is None
+
+
+def test_mpi_executor_runs_only_the_program_its_python_parts_go_to_the_default():
+    site = mpi_site()
+    assert site.executor_for("reference") == "cp2k"
+    assert site.python_executor_for("reference") == "cpu"
+    assert site.python_executor_for("train") == "cpu"
+
+
+def test_mpi_executor_refuses_python_stages_and_uneven_ranks():
+    with pytest.raises(ValueError, match="stage 'calibrate' runs Python on executor 'cp2k' of kind 'mpi'"):
+        SiteConfig.model_validate(
+            {"executors": {"cpu": {"kind": "threads"}, "cp2k": {"kind": "mpi"}}, "stages": {"default": "cp2k", "train": "cpu"}}
+        )
+    with pytest.raises(ValueError, match="ranks 10 do not divide evenly over nodes 3"):
+        mpi_site(ranks=10, nodes=3)

@@ -33,6 +33,7 @@ from typer.testing import CliRunner
 
 from cagoflow.calibration import CommitteeCalibration
 from cagoflow.cli import app
+from cagoflow.config import STAGES
 from cagoflow.committee import force_sigma_hat
 from cagoflow.demo import label
 from cagoflow.io import read_structures, write_structures
@@ -272,6 +273,7 @@ def jobs(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[J
     for command in DRIVER:
         jobs.submit(f"driver:{command}", command, jobs.folder / "campaign")
     jobs.submit("validate:example", "validate", EXAMPLE, "--site", LOCAL_SITE, cwd=ROOT)
+    jobs.submit("validate:site-only", "validate", "--site", ROOT / "site-configs" / "slurm-generic.yaml", cwd=ROOT)
     for case, broken in BROKEN_CAMPAIGNS.items():
         path = broken.make(jobs.folder_for(f"campaign:{case}"))
         jobs.submit(f"campaign:{case}", "validate", path, meta=path)
@@ -436,6 +438,15 @@ def test_validate_example_campaign_and_site(jobs: Jobs) -> None:
     assert "Traceback" not in result.stderr
     assert yaml.safe_load(EXAMPLE.read_text())["name"] in result.stdout
     assert "local-threads" in result.stdout
+
+
+def test_validate_site_alone_shows_where_each_stage_runs(jobs: Jobs) -> None:
+    _, result = jobs.result("validate:site-only")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if "→" in line}
+    assert set(lines) == set(STAGES)
+    assert "gpu (htex_slurm, partition gpu)" in lines["train"]
+    assert "reference (mpi, partition cpu) (its Python parts on 'cpu')" in lines["reference"]
 
 
 @pytest.mark.parametrize("case", list(BROKEN_CAMPAIGNS))

@@ -24,7 +24,7 @@ from parsl.launchers import SimpleLauncher, SingleNodeLauncher, SrunLauncher
 from parsl.providers import LocalProvider, SlurmProvider
 
 from cagoflow.config import STAGES, SiteConfig, default_site, load_site
-from cagoflow.executors.parsl_config import build_config, fail_on_block_failures, stage_executor_labels
+from cagoflow.executors.parsl_config import build_config, fail_on_block_failures
 
 REPO = Path(__file__).resolve().parents[2]
 SITES = REPO / "site-configs"
@@ -75,7 +75,7 @@ def test_every_shipped_site_validates_and_builds(path: Path, tmp_path: Path) -> 
             assert provider.walltime == executor.provider.walltime
             assert f"#SBATCH --partition={executor.provider.partition}" in provider.scheduler_options
             assert ("#SBATCH --exclusive" in provider.scheduler_options) is executor.provider.exclusive
-    assert set(stage_executor_labels(site).values()) <= set(executors)
+    assert set(site.stage_executors.values()) <= set(executors)
     assert config.run_dir == str((tmp_path / "runinfo").absolute())
     assert config.retries == site.retries
 
@@ -123,7 +123,7 @@ def test_ci_slurm_site() -> None:
         assert executor.max_workers_per_node == 1
     assert executors["gpu"].available_accelerators == ["0"]
     assert executors["cpu"].available_accelerators == []
-    labels = stage_executor_labels(_site("ci-slurm"))
+    labels = _site("ci-slurm").stage_executors
     assert {labels[stage] for stage in ("train", "md", "cago")} == {"gpu"}
     assert labels["reference"] == labels["merge"] == "cpu"
 
@@ -143,7 +143,7 @@ def test_slurm_generic_site() -> None:
     assert reference.max_workers_per_block == 4
     assert isinstance(reference.provider.launcher, SimpleLauncher)
     assert reference.provider.nodes_per_block == 4 and reference.provider.exclusive is True
-    labels = stage_executor_labels(site)
+    labels = site.stage_executors
     assert (labels["train"], labels["md"], labels["cago"]) == ("gpu", "gpu", "gpu")
     assert labels["reference"] == "reference" and labels["calibrate"] == "cpu"
 
@@ -199,8 +199,8 @@ def test_slurm_details_from_the_schema() -> None:
     assert local_mpi.max_workers_per_block == 2
 
 
-def test_stage_executor_labels_cover_every_stage() -> None:
-    assert stage_executor_labels(default_site()) == {stage: "local" for stage in STAGES}
+def test_stage_executors_cover_every_stage() -> None:
+    assert default_site().stage_executors == {stage: "local" for stage in STAGES}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,9 +352,10 @@ def test_slurm_cpu_and_gpu_partitions(slurm_cluster: None, tmp_path: Path) -> No
 def test_slurm_mpi_executor(slurm_cluster: None, tmp_path: Path) -> None:
     """MPIExecutor on SLURM: a bash app starts ranks with $PARSL_MPI_PREFIX (srun)."""
     ranks = min(2, len(os.sched_getaffinity(0)), os.cpu_count() or 1)
-    site = SiteConfig.model_validate({"executors": {"reference": {"kind": "mpi", "max_workers": 1, "provider": {
-        "partition": "cpu", "walltime": "00:05:00", "cores_per_node": ranks, "init_blocks": 0, "exclusive": False,
-        "launcher": "simple"}}}})  # fmt: skip
+    site = SiteConfig.model_validate({"executors": {"local": {"kind": "threads"}, "reference": {"kind": "mpi",
+        "max_workers": 1, "provider": {"partition": "cpu", "walltime": "00:05:00", "cores_per_node": ranks,
+        "init_blocks": 0, "exclusive": False, "launcher": "simple"}}},
+        "stages": {"default": "local", "reference": "reference"}})  # fmt: skip
 
     mpi_hello = _remote(
         """
