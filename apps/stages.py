@@ -20,7 +20,7 @@ from ase import Atoms
 from cagoflow.apps.commands import check_started, shell_command
 from cagoflow.apps.tasks import Outcome, StageFailed, TaskSpec, output, run_task
 from cagoflow.config import CampaignConfig, SiteConfig
-from cagoflow.records import TaskRecord
+from cagoflow.records import TaskRecord, finished
 
 DATASET = "dataset"
 
@@ -148,10 +148,11 @@ def _prepare_training(
 
     The command runs under ``flock`` on the task directory, so a trainer left running by a
     killed driver finishes (or dies) before a new one starts in the same place; a trainer that
-    finds a checkpoint there continues from it.
+    finds a checkpoint there continues from it. A member that failed in an earlier run (a crash,
+    a lost node, a NaN loss) is trained again: its failure may have been the site's, not the data's.
     """
     from cagoflow.backends import TrainingSettings, get_backend
-    from cagoflow.records import finished, task_key
+    from cagoflow.records import task_key
 
     root = Path(workdir)
     spec = training_spec(workdir, iteration, member)
@@ -171,11 +172,17 @@ def _prepare_training(
     key_settings = {"backend": config.committee.backend, **{k: str(v) for k, v in vars(settings).items()}}
     key = task_key(inputs, key_settings)
     backend = config.committee.backend
-    if finished(spec.directory, key, root) is not None:
+    if trained(spec.directory, key, root) is not None:
         return {"key": key, "command": "true", "backend": backend}
     spec.directory.mkdir(parents=True, exist_ok=True)
     commands = get_backend(backend).write_training_input(train_file, validation_file, spec.directory, settings)
     return {"key": key, "command": shell_command(spec.directory, commands, site, "train", "train.log"), "backend": backend}
+
+
+def trained(directory: Path, key: str, workdir: Path) -> TaskRecord | None:
+    """The record of a member trained successfully with this key (a failed one is not reused)."""
+    record = finished(directory, key, workdir)
+    return record if record is not None and record.status == "done" else None
 
 
 def _run_command(
@@ -191,11 +198,11 @@ def _run_command(
 def _collect_training(workdir: str, iteration: int, member: int, prepared: dict, ran: int) -> TaskRecord:
     """Read the trained model (or the failure, with the trainer's last lines) and record it."""
     from cagoflow.backends import get_backend, tail
-    from cagoflow.records import finished, write_record
+    from cagoflow.records import write_record
 
     root = Path(workdir)
     spec = training_spec(workdir, iteration, member)
-    done = finished(spec.directory, prepared["key"], root)
+    done = trained(spec.directory, prepared["key"], root)
     if done is not None:
         return done
     code = check_started(spec.directory)
@@ -535,7 +542,7 @@ def _prepare_reference(
 ) -> dict:  # fmt: skip
     """Write an external engine's input (CP2K); return the shell command (``true``: nothing to run)."""
     from cagoflow.engines import make_file_reference
-    from cagoflow.records import finished, task_key
+    from cagoflow.records import task_key
 
     plan = plan_reference(workdir, iteration, config, system, task, structures, index, gate)
     if plan.source is None or finished(plan.spec.directory, task_key(plan.inputs, plan.settings), Path(workdir)):

@@ -353,8 +353,12 @@ def status(workdir: Path = typer.Argument(..., help="Campaign work directory."))
     _print_status(workdir)
 
 
+#: Failed tasks listed under the status table (the first ones, in campaign order).
+FAILURES_SHOWN = 20
+
+
 def _print_status(workdir: Path) -> None:
-    from cagoflow.workflows.status import STAGE_ORDER, campaign_iterations, campaign_status, counts
+    from cagoflow.workflows.status import STAGE_ORDER, campaign_iterations, campaign_status, counts, failed_tasks
 
     iterations = campaign_status(workdir)
     stages = [name for name in STAGE_ORDER if any(name in it.stages for it in iterations)]
@@ -376,6 +380,15 @@ def _print_status(workdir: Path) -> None:
     wide = Console(width=max(console.width, 40 + 14 * len(stages)))
     wide.print(table)
     wide.print("stage cells: tasks done (+failed, +running); skipped tasks are not counted")
+    failures = failed_tasks(iterations)
+    if failures:
+        wide.print(f"[bold]failed tasks[/] ({len(failures)}; a failed training is retried by the next `cagoflow run`):")
+        for iteration, record in failures[:FAILURES_SHOWN]:
+            message = " ".join(str(record.summary.get("message") or record.summary.get("reason") or "").split())
+            where = "initial" if iteration < 0 else f"iteration {iteration}"
+            wide.print(f"  {where} {record.stage} {escape(record.task)}: {escape(message[:200]) or 'no message'}")
+        if len(failures) > FAILURES_SHOWN:
+            wide.print(f"  ... and {len(failures) - FAILURES_SHOWN} more (their record.json files say why)")
 
 
 @app.command()

@@ -655,6 +655,9 @@ class SlurmProviderConfig(_Model):
     )
     exclusive: bool = Field(True, description="request whole nodes (false on a shared or one-node test cluster)")
     cmd_timeout: int = Field(30, ge=1, description="timeout of sbatch/squeue/scancel calls, s")
+    cmd_retries: int = Field(
+        3, ge=0, description="retries of a scheduler call that timed out or could not reach the controller (backoff 2, 4, 8 s, ...)"
+    )
 
     @field_validator("walltime", mode="before")
     @classmethod

@@ -36,9 +36,12 @@ not finished (failed tasks are never checkpointed).
 
 from __future__ import annotations
 
+import logging
 import math
 import shlex
+import subprocess
 import sysconfig
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -56,7 +59,9 @@ from parsl.utils import get_all_checkpoints
 
 from cagoflow.config import ExecutorConfig, SiteConfig, SlurmProviderConfig
 
-__all__ = ["BLOCK_FAILURE_WINDOW", "build_config", "fail_on_block_failures"]
+__all__ = ["BLOCK_FAILURE_WINDOW", "RetryingSlurmProvider", "build_config", "fail_on_block_failures"]
+
+logger = logging.getLogger(__name__)
 
 #: Consecutive failed blocks after which an executor gives up (also: every block so far failed).
 BLOCK_FAILURE_WINDOW = 3
@@ -154,7 +159,7 @@ def _mpi(label: str, executor: ExecutorConfig) -> MPIExecutor:
     )
 
 
-def _provider(executor: ExecutorConfig) -> LocalProvider | SlurmProvider:
+def _provider(executor: ExecutorConfig) -> LocalProvider | RetryingSlurmProvider:
     if executor.provider is None:  # htex_local, or mpi on this machine
         launcher = SimpleLauncher() if executor.kind == "mpi" else SingleNodeLauncher()
         return LocalProvider(
@@ -163,7 +168,7 @@ def _provider(executor: ExecutorConfig) -> LocalProvider | SlurmProvider:
     return _slurm_provider(executor.provider, executor.launcher or "single_node")
 
 
-def _slurm_provider(provider: SlurmProviderConfig, launcher: str) -> SlurmProvider:
+def _slurm_provider(provider: SlurmProviderConfig, launcher: str) -> RetryingSlurmProvider:
     scheduler_options = [provider.scheduler_options.strip()] if provider.scheduler_options.strip() else []
     mem_gb: int | None = None
     if provider.mem_per_node is not None:
@@ -171,7 +176,8 @@ def _slurm_provider(provider: SlurmProviderConfig, launcher: str) -> SlurmProvid
             mem_gb = int(provider.mem_per_node)  # Parsl: '#SBATCH --mem=<N>g' and PARSL_MEMORY_GB
         else:  # '--mem=<N>g' takes whole GB only
             scheduler_options.append(f"#SBATCH --mem={math.ceil(provider.mem_per_node * 1024)}M")
-    return SlurmProvider(
+    return RetryingSlurmProvider(
+        attempts=provider.cmd_retries + 1,
         partition=provider.partition,
         account=provider.account,
         qos=provider.qos,
@@ -189,6 +195,48 @@ def _slurm_provider(provider: SlurmProviderConfig, launcher: str) -> SlurmProvid
         exclusive=provider.exclusive,
         cmd_timeout=provider.cmd_timeout,
     )
+
+
+#: Pieces of SLURM client messages that mean "the controller did not answer in time": worth a retry.
+TRANSIENT_SLURM_ERRORS = (
+    "socket timed out",
+    "unable to contact slurm controller",
+    "zero bytes were transmitted or received",
+    "resource temporarily unavailable",
+    "connection refused",
+    "slurm_receive_msg",
+)
+
+
+class RetryingSlurmProvider(SlurmProvider):
+    """Parsl's SlurmProvider whose scheduler calls (sbatch, squeue, scancel) survive a busy or
+    restarting controller: a call that times out (``cmd_timeout``) or fails with a transient
+    message (:data:`TRANSIENT_SLURM_ERRORS`) is retried after 2, 4, 8, ... s, ``attempts`` calls
+    in all; then its last result (or timeout) goes to Parsl as before. A retried ``sbatch``
+    whose first call did reach the controller leaves one extra job; its workers serve the same
+    executor until they idle out.
+    """
+
+    def __init__(self, *args, attempts: int = 4, first_delay: float = 2.0, **kwargs):
+        self.attempts = max(1, attempts)  # before Parsl's __init__, which already calls sacct
+        self.first_delay = first_delay
+        super().__init__(*args, **kwargs)
+
+    def execute_wait(self, cmd, timeout=None):
+        delay = self.first_delay
+        for attempt in range(1, self.attempts):
+            try:
+                retcode, stdout, stderr = super().execute_wait(cmd, timeout)
+            except subprocess.TimeoutExpired:
+                problem = "timed out"
+            else:
+                if retcode == 0 or not any(text in stderr.lower() for text in TRANSIENT_SLURM_ERRORS):
+                    return retcode, stdout, stderr
+                problem = " ".join(stderr.split())
+            logger.warning("SLURM call %r: %s (attempt %d of %d); retrying in %g s", cmd, problem, attempt, self.attempts, delay)
+            time.sleep(delay)
+            delay *= 2
+        return super().execute_wait(cmd, timeout)  # the last attempt: its result or timeout goes to Parsl
 
 
 def _scripts_dir() -> Path:

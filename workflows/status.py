@@ -114,6 +114,17 @@ def campaign_iterations(workdir: Path) -> int:
     return int(json.loads((workdir / "campaign.json").read_text())["iterations"])
 
 
+def failed_tasks(iterations: list[IterationStatus]) -> list[tuple[int, TaskRecord]]:
+    """(iteration, record) of every failed task, in the order the campaign runs them."""
+    return [
+        (it.iteration, record)
+        for it in iterations
+        for name in STAGE_ORDER
+        for record in it.stages.get(name, StageStatus()).records
+        if record.status != "done"
+    ]
+
+
 def counts(status: StageStatus) -> str:
     """"3", "3 +1✗", "2 +1…": done, failed, running tasks of a stage."""
     text = str(status.done) if status.done or not (status.failed or status.running) else ""

@@ -84,6 +84,18 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return merged
 
 
+def batch_atoms_for(device: str, defaults: Mapping[str, int], batch_atoms: int | None = None) -> int:
+    """Atoms per model call: ``batch_atoms``, or the backend's default for the device kind
+    (``defaults["cpu"]`` / ``defaults["cuda"]``). Small CPU batches are faster per structure than
+    large ones (cache), GPUs want many atoms per call."""
+    from cagoflow.errors import InputError
+
+    value = int(batch_atoms or defaults["cuda" if device.startswith("cuda") else "cpu"])
+    if value < 1:
+        raise InputError(f"batch_atoms must be at least 1, got {value}", field="batch_atoms")
+    return value
+
+
 def tail(path: Path, lines: int = 20) -> str:
     """The last lines of a log file ("" when missing)."""
     try:

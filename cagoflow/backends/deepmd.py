@@ -46,7 +46,7 @@ from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
 from pydantic import Field, ValidationInfo, field_validator
 
-from cagoflow.backends import deep_merge, TrainingResult, TrainingSettings, tail
+from cagoflow.backends import TrainingResult, TrainingSettings, batch_atoms_for, deep_merge, tail
 from cagoflow.committee import CommitteePrediction
 from cagoflow.config import _Model, _resolve_file
 from cagoflow.errors import InputError
@@ -512,10 +512,7 @@ class DeepmdCommittee:
             raise InputError("a DeePMD committee needs at least one model")
         self.members = tuple(members)
         self.device = device
-        kind = "cuda" if device.startswith("cuda") else "cpu"
-        self.batch_atoms = int(batch_atoms or DEFAULT_BATCH_ATOMS[kind])
-        if self.batch_atoms < 1:
-            raise InputError(f"batch_atoms must be at least 1, got {self.batch_atoms}", field="batch_atoms")
+        self.batch_atoms = batch_atoms_for(device, DEFAULT_BATCH_ATOMS, batch_atoms)
 
     @classmethod
     def from_files(

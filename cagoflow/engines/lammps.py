@@ -94,7 +94,7 @@ from ase import Atoms
 
 from cagoflow.config import MDStage
 from cagoflow.engines.ase_md import MDResult, _stability_check, initial_velocities
-from cagoflow.engines.reference_runner import kill_process_group
+from cagoflow.engines.process import run_logged
 from cagoflow.errors import InputError
 
 __all__ = [
@@ -693,28 +693,10 @@ def run_lammps(
         package_root = str(Path(__file__).resolve().parents[2])
         paths = [part for part in environment.get("PYTHONPATH", "").split(os.pathsep) if part]
         environment["PYTHONPATH"] = os.pathsep.join([package_root, *(p for p in paths if p != package_root)])
-    note = ""
-    with open(directory / SCREEN_FILE, "wb") as handle:
-        try:
-            process = subprocess.Popen(
-                argv,
-                cwd=directory,
-                stdin=subprocess.DEVNULL,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                env=environment,
-                start_new_session=True,  # its own process group: a timeout kills MPI ranks too
-            )
-        except OSError as exc:
-            return MDResult([], False, f"cannot start {argv[0]!r}: {exc}", 0, time.monotonic() - start)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill_process_group(process)
-            note = f"timed out after {timeout:g} s: "
-        finally:
-            if process.poll() is None:  # KeyboardInterrupt or another exception while waiting
-                kill_process_group(process)
+    run = run_logged(argv, directory, directory / SCREEN_FILE, environment, timeout)
+    if not run.started:
+        return MDResult([], False, run.problem, 0, time.monotonic() - start)
+    note = f"{run.problem}: " if run.problem else ""
     result = template.read_result(directory, atoms)
     if note and not result.stable:
         result = replace(result, reason=note + result.reason)

@@ -18,8 +18,6 @@ OpenMPI refuses to start as root otherwise. Nothing else is ever set globally.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Mapping, Sequence
 
 from ase import Atoms
 
+from cagoflow.engines.process import run_logged
 from cagoflow.engines.reference import FileReference, ReferenceResult, ReferenceStatus
 from cagoflow.filters import REFERENCE_STATUS_KEY
 
@@ -69,45 +68,15 @@ def run_file_reference(
         return _failed(engine, atoms, f"cannot write the input: {exc}", start)
     argv = [*command, *engine.arguments(directory)]
     log = directory / LOG_FILE
-    with open(log, "wb") as handle:
-        try:
-            process = subprocess.Popen(
-                argv,
-                cwd=directory,
-                stdin=subprocess.DEVNULL,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                env=runner_environment(command, env),
-                start_new_session=True,  # its own process group: a timeout kills MPI ranks too
-            )
-        except OSError as exc:
-            return _failed(engine, atoms, f"cannot start {argv[0]!r}: {exc}", start)
-        try:
-            returncode = process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill_process_group(process)
-            return _failed(engine, atoms, f"timed out after {timeout:g} s: {' '.join(argv)}{_tail(log)}", start)
-        finally:
-            if process.poll() is None:  # KeyboardInterrupt or another exception while waiting
-                kill_process_group(process)
-    result = engine.read_result(atoms, directory, returncode)
-    if result.status is ReferenceStatus.FAILED and returncode != 0:
+    run = run_logged(argv, directory, log, runner_environment(command, env), timeout)
+    if not run.started:
+        return _failed(engine, atoms, run.problem, start)
+    if run.returncode is None:
+        return _failed(engine, atoms, f"{run.problem}: {' '.join(argv)}{_tail(log)}", start)
+    result = engine.read_result(atoms, directory, run.returncode)
+    if result.status is ReferenceStatus.FAILED and run.returncode != 0:
         result = replace(result, message=result.message + _tail(log))
     return replace(result, wall_time=time.monotonic() - start)
-
-
-def kill_process_group(process: subprocess.Popen) -> None:
-    """SIGTERM to the command's process group, SIGKILL to what is left after 5 s."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=5.0)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # ranks that outlived their launcher
-    except ProcessLookupError:
-        pass
-    process.wait()
 
 
 def _tail(log: Path) -> str:

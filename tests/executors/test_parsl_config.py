@@ -410,3 +410,56 @@ def test_slurm_blocks_whose_workers_die_fail_tasks(slurm_cluster: None, tmp_path
     assert "failed to register" in message
     assert "unknown module Python/9" in message  # the end of the job's stderr
     assert str(tmp_path / "runinfo") in message  # where the job's output is
+
+
+# ---------------------------------------------------------------------------------------------
+# A controller that does not answer for a while
+# ---------------------------------------------------------------------------------------------
+
+
+def _stalled_controller(seconds: float):
+    """SIGSTOP the test cluster's slurmctld; SIGCONT it after ``seconds`` (a timer thread)."""
+    import signal
+    import threading
+
+    pid = int(Path("/run/slurm/slurmctld.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGSTOP)
+    timer = threading.Timer(seconds, os.kill, (pid, signal.SIGCONT))
+    timer.start()
+    return pid, timer
+
+
+def _retrying_provider(retries: int):
+    site = SiteConfig.model_validate({"executors": {"cpu": {"kind": "htex_slurm", "provider": {
+        "partition": "cpu", "walltime": "00:05:00", "init_blocks": 0, "exclusive": False, "cmd_timeout": 2,
+        "cmd_retries": retries}}}})  # fmt: skip
+    provider = _executors(build_config(site, Path("runinfo")))["cpu"].provider
+    provider.first_delay = 1.0
+    return provider
+
+
+def test_scheduler_calls_outlast_a_stalled_controller(slurm_cluster: None) -> None:
+    """slurmctld stopped for 6 s: squeue times out (2 s) twice or three times, then answers;
+    without retries the same call raises the timeout to Parsl."""
+    import signal
+
+    provider = _retrying_provider(retries=4)  # calls at ~0, 3, 7 s (2 s timeout, then 1, 2 s waits)
+    pid, timer = _stalled_controller(6.0)
+    try:
+        start = time.perf_counter()
+        retcode, _, stderr = provider.execute_wait("squeue -h -o %i")
+        elapsed = time.perf_counter() - start
+    finally:
+        timer.cancel()
+        os.kill(pid, signal.SIGCONT)
+    assert retcode == 0, stderr
+    assert elapsed > 5.0  # it did wait for the controller
+
+    impatient = _retrying_provider(retries=0)
+    pid, timer = _stalled_controller(4.0)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            impatient.execute_wait("squeue -h -o %i")
+    finally:
+        timer.cancel()
+        os.kill(pid, signal.SIGCONT)

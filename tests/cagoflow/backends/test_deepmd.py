@@ -28,28 +28,30 @@ from cagoflow.backends.deepmd import (
     DeepmdCommitteeSpec,
     read_lcurve,
 )
-from cagoflow.cago import CagoSettings, FiniteDifferenceGradient, Geometry, Objective, run_cago
-from cagoflow.calibration import PowerLaw
-from cagoflow.committee import Committee, CommitteePrediction, DifferentiableCommittee, force_sigma_hat
+from cagoflow.cago import CagoSettings, Geometry, Objective
+from cagoflow.committee import Committee, CommitteePrediction, DifferentiableCommittee
 from cagoflow.errors import InputError
 from cagoflow.structures import water_box
 from conftest import require_module
+
+from .committee_checks import (
+    LAW,
+    assert_cago_makes_progress,
+    assert_exact_gradient_matches_finite_differences,
+    assert_torch_energy_matches_predict,
+    assert_virial_is_strain_derivative,
+    sigma_rms,
+)
 
 TYPE_MAP = ("O", "H")
 #: Training steps of the committee members: enough for forces that follow the reference.
 STEPS = 300
 #: Same float64 model, same frames: batching changes nothing but summation order (eV, eV/Å).
 BATCH_ATOL = 1e-10
-LAW = PowerLaw(a=1.2, b=0.9)
 
 
 def settings(steps: int = STEPS, seed: int = 1, **kwargs) -> TrainingSettings:
     return TrainingSettings(steps=steps, seed=seed, type_map=TYPE_MAP, **kwargs)
-
-
-def sigma_rms(committee, atoms) -> float:
-    """RMS over atoms of the committee force spread σ̂_F_i, eV/Å."""
-    return float(np.sqrt(np.mean(force_sigma_hat(committee.predict([atoms]).forces) ** 2)))
 
 
 @pytest.fixture(scope="session")
@@ -363,39 +365,13 @@ def test_checkpoint_predicts_like_the_frozen_model(committee, trained, water_fra
 
 def test_virial_is_the_strain_derivative_of_the_energy(committee, water_frames):
     """W = −dE/dε (eV), central differences with ε = 1e-5 on a strained, rattled frame."""
-    atoms = water_frames.test[-1]
-    step = 1e-5
-    strained = []
-    for i in range(3):
-        for j in range(3):
-            for sign in (1, -1):
-                deformation = np.eye(3)
-                deformation[i, j] += sign * step
-                copy = atoms.copy()
-                copy.set_cell(atoms.cell @ deformation, scale_atoms=False)
-                copy.positions = atoms.positions @ deformation
-                strained.append(copy)
-    energies = committee.predict(strained).energies.reshape(2, 3, 3, 2)
-    finite_difference = -(energies[..., 0] - energies[..., 1]) / (2 * step)
-    virials = committee.predict([atoms]).virials[:, 0]
-    assert np.abs(virials).max() > 1.0
-    np.testing.assert_allclose(virials, finite_difference, rtol=0, atol=1e-6 * np.abs(virials).max() + 1e-6)
+    assert_virial_is_strain_derivative(committee, water_frames.test[-1], 1e-6, absolute=1e-6)
 
 
 def test_exact_cago_gradient_matches_finite_differences(committee, water_frames):
     """Autograd (double backprop through the model) vs forward differences, h = 1e-4 Å:
     correlation ≥ 0.999 over all 3N + 6 components (measured: ~0.99999)."""
-    atoms = water_frames.test[0]
-    cago = CagoSettings(delta=0.2, l_bias=0.05, pressure_weight=0.1)
-    geometry = Geometry(atoms, optimize_cell=True)
-    objective = Objective(LAW, cago, cago.delta)
-    z = geometry.initial()
-    exact = ExactGradient(committee, geometry, objective)(z)
-    fd = FiniteDifferenceGradient(committee, geometry, objective, step=1e-4)(z)
-    assert exact.value == pytest.approx(fd.value, rel=1e-10)
-    assert np.corrcoef(exact.gradient, fd.gradient)[0, 1] >= 0.999
-    assert np.abs(exact.gradient - fd.gradient).max() < 0.05 * np.abs(exact.gradient).max()
-    np.testing.assert_allclose(exact.sigma_cal, fd.sigma_cal, rtol=1e-8)
+    assert_exact_gradient_matches_finite_differences(committee, water_frames.test[0], 0.05)
 
 
 def test_exact_gradient_is_finite_without_spread(trained, water_frames):
@@ -410,22 +386,11 @@ def test_exact_gradient_is_finite_without_spread(trained, water_frames):
 
 
 def test_cago_with_the_exact_gradient_makes_progress(committee, water_frames):
-    atoms = water_frames.test[1]
-    start = LAW(sigma_rms(committee, atoms))
-    delta = 2.0 * start
-    result = run_cago(atoms, committee, LAW, CagoSettings(delta=delta, max_steps=8, min_distance=0.75))
-    assert result.gradient == "exact" and result.n_steps >= 1
-    assert abs(result.sigma_history[-1] - delta) < 0.7 * abs(result.sigma_history[0] - delta)
+    assert_cago_makes_progress(committee, water_frames.test[1])
 
 
 def test_torch_energy_matches_predict(committee, water_frames):
-    atoms = water_frames.test[2]
-    energy = committee.torch_energy(atoms)
-    positions = torch.tensor(np.stack([atoms.positions] * 2), dtype=torch.float64)
-    cells = torch.tensor(np.stack([np.asarray(atoms.cell)] * 2), dtype=torch.float64)
-    np.testing.assert_allclose(
-        energy(positions, cells).detach().numpy(), committee.predict([atoms]).energies[:, 0], rtol=0, atol=BATCH_ATOL
-    )
+    assert_torch_energy_matches_predict(committee, water_frames.test[2], BATCH_ATOL)
 
 
 # --- errors -------------------------------------------------------------------------------------------

