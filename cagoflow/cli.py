@@ -366,7 +366,7 @@ def _print_status(workdir: Path) -> None:
     table.add_column("iteration")
     for name in stages:
         table.add_column(name, justify="right")
-    for column in ("MD stable", "dataset", "added", "test force RMSE", "CAGO hit (true/δ)"):
+    for column in ("MD stable", "dataset", "added", "test force RMSE", "CAGO reached δ", "CAGO hit (true/δ)"):
         table.add_column(column, justify="right")
     for it in iterations:
         cells = [counts(it.stages[name]) if name in it.stages else "" for name in stages]
@@ -375,7 +375,7 @@ def _print_status(workdir: Path) -> None:
         added = "—" if it.added is None else str(it.added)
         table.add_row(
             "initial" if it.iteration < 0 else str(it.iteration), *cells, it.md_stable or "—",
-            str(it.dataset_size or "—"), added, rmse, hit,
+            str(it.dataset_size or "—"), added, rmse, it.cago_reached or "—", hit,
         )  # fmt: skip
     wide = Console(width=max(console.width, 40 + 14 * len(stages)))
     wide.print(table)

@@ -67,6 +67,15 @@ class IterationStatus:
         return self._summary("merge", "hit_ratio_mean")
 
     @property
+    def cago_reached(self) -> str | None:
+        """"k/n": CAGO structures of this iteration whose σ_cal reached δ, of those optimised."""
+        cago = self.stages.get("cago")
+        optimised = [r for r in cago.records if r.summary.get("reason") != "not optimised"] if cago else []
+        if not optimised:
+            return None
+        return f"{sum(r.summary.get('reason') == 'reached' for r in optimised)}/{len(optimised)}"
+
+    @property
     def members_trained(self) -> str | None:
         train = self.stages.get("train")
         return None if train is None else f"{train.done}/{train.done + train.failed + train.running}"

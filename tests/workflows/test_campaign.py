@@ -53,6 +53,10 @@ def test_campaign_grows_the_dataset_with_cago_structures(finished_campaign):
     assert status[1].dataset_size == len(dataset)
     assert status[0].test_force_rmse > 0
     assert status[1].md_stable is not None  # iteration 1 samples from MD
+    for iteration in (0, 1):  # every CAGO task of the iteration counted, reached or not
+        reached = [r for r in all_records(finished_campaign) if r.stage == "cago" and r.iteration == iteration]
+        wanted = sum(r.summary["reason"] == "reached" for r in reached)
+        assert status[iteration].cago_reached == f"{wanted}/{len(reached)}" and len(reached) == 2
 
 
 def test_finished_campaign_runs_nothing_again(finished_campaign):
