@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from cagoflow.io import remove_stale_temporaries
 from cagoflow.records import Status, TaskRecord, finished, task_key, write_record
 
 
@@ -52,8 +53,7 @@ def run_task(
     if done is not None:
         return done
     spec.directory.mkdir(parents=True, exist_ok=True)
-    for stale in spec.directory.glob(".*.tmp"):  # left by a writer killed mid-write: never a result
-        stale.unlink(missing_ok=True)
+    remove_stale_temporaries(spec.directory)
     start = time.perf_counter()
     outcome = body(spec.directory)
     record = TaskRecord(

@@ -1,7 +1,7 @@
 """Shared test helpers.
 
-Tests of real components (a trainer, LAMMPS, CP2K, SLURM) call :func:`require_module` or
-:func:`require_command`: outside CI a missing component skips the test; under CI (``CI=true``)
+Tests of real components (a trainer, LAMMPS, CP2K, SLURM) call ``real_components.require_module`` or
+``require_command``: outside CI a missing component skips the test; under CI (``CI=true``)
 it is a failure, never a silent skip. The ``slurm_cluster`` fixture starts the one-node test
 cluster of ``scripts/slurm-test-cluster.sh`` (the same rule applies).
 
@@ -13,7 +13,6 @@ and stress (eV/Å³), written as extxyz files with 20 training, 5 validation and
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -29,32 +28,11 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
 from cagoflow.structures import water_box
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from real_components import missing, require_command, require_module
 
 # The programs of the environment the tests run in (lmp, dp, nequip-train, cagoflow, Parsl's
 # worker pool) come first on PATH, as they do for a user who activated it.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-
-
-def _missing(what: str) -> None:
-    if IN_CI:
-        pytest.fail(f"{what} is missing under CI: the set-up must install it", pytrace=False)
-    pytest.skip(f"{what} is not installed")
-
-
-def require_module(name: str) -> None:
-    """Skip (fail under CI) when the Python module ``name`` cannot be imported."""
-    if importlib.util.find_spec(name) is None:
-        _missing(f"Python module {name}")
-
-
-def require_command(name: str) -> str:
-    """The path of the program ``name``; skip (fail under CI) when it is not on PATH."""
-    path = shutil.which(name)
-    if path is None:
-        _missing(f"program {name}")
-    return path
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +59,7 @@ def slurm_cluster() -> Iterator[None]:
     was_up = subprocess.run(_as_root([str(CLUSTER_SCRIPT), "status"]), capture_output=True, text=True)
     started = subprocess.run(_as_root([str(CLUSTER_SCRIPT), "start"]), capture_output=True, text=True, timeout=120)
     if started.returncode != 0:
-        _missing(f"a running SLURM test cluster ({started.stderr.strip()})")
+        missing(f"a running SLURM test cluster ({started.stderr.strip()})")
     yield
     if was_up.returncode != 0:
         subprocess.run(_as_root([str(CLUSTER_SCRIPT), "stop"]), capture_output=True, text=True, timeout=120)

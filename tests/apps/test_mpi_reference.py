@@ -8,7 +8,7 @@ import os
 import parsl
 import pytest
 from ase.build import molecule
-from conftest import require_command
+from real_components import require_command
 
 from cagoflow.apps import make_apps
 from cagoflow.apps.commands import exit_status, resource_specification, shell_command

@@ -32,7 +32,7 @@ from cagoflow.cago import CagoSettings, Geometry, Objective
 from cagoflow.committee import Committee, CommitteePrediction, DifferentiableCommittee
 from cagoflow.errors import InputError
 from cagoflow.structures import water_box
-from conftest import require_module
+from real_components import require_module
 
 from .committee_checks import (
     LAW,

@@ -39,7 +39,7 @@ from cagoflow.backends.nequip import (
 from cagoflow.committee import Committee, CommitteePrediction, DifferentiableCommittee
 from cagoflow.errors import InputError
 from cagoflow.structures import water_box
-from conftest import require_module
+from real_components import require_module
 
 from .committee_checks import (
     assert_cago_makes_progress,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from ase import Atoms, units
 from ase.build import molecule
-from conftest import require_command
+from real_components import require_command
 
 from cagoflow.engines.cp2k import (
     VALENCE,

@@ -50,7 +50,7 @@ from cagoflow.engines.lammps import (
 from cagoflow.errors import InputError
 from cagoflow.models import load_committee
 from cagoflow.structures import water_box
-from conftest import require_command, require_module
+from real_components import require_command, require_module
 
 #: Native vs fix external, same model, driver and seed: largest position difference, Å.
 SAME_MODEL_ATOL = 1e-8

@@ -9,7 +9,7 @@ import pytest
 from ase import Atoms
 from ase.build import molecule
 from ase.stress import voigt_6_to_full_3x3_stress
-from conftest import require_module
+from real_components import require_module
 
 from cagoflow.engines.reference import InProcessReference, ReferenceStatus
 from cagoflow.engines.tblite import TbliteReference
