@@ -18,9 +18,8 @@ import numpy as np
 from ase import Atoms
 
 from cagoflow.apps.commands import check_started, shell_command
-from cagoflow.apps.tasks import Outcome, StageFailed, TaskSpec, output, run_task
+from cagoflow.apps.tasks import Outcome, StageFailed, TaskSpec, output, prepare_directory, run_task
 from cagoflow.config import CampaignConfig, SiteConfig
-from cagoflow.io import remove_stale_temporaries
 from cagoflow.records import TaskRecord, finished
 
 DATASET = "dataset"
@@ -175,8 +174,7 @@ def _prepare_training(
     backend = config.committee.backend
     if trained(spec.directory, key, root) is not None:
         return {"key": key, "command": "true", "backend": backend}
-    spec.directory.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(spec.directory)
+    prepare_directory(spec.directory)
     commands = get_backend(backend).write_training_input(train_file, validation_file, spec.directory, settings)
     return {"key": key, "command": shell_command(spec.directory, commands, site, "train", "train.log"), "backend": backend}
 
@@ -550,8 +548,7 @@ def _prepare_reference(
     if plan.source is None or finished(plan.spec.directory, task_key(plan.inputs, plan.settings), Path(workdir)):
         return {"command": "true"}
     engine = make_file_reference(config.reference, config.systems[system])
-    plan.spec.directory.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(plan.spec.directory)
+    prepare_directory(plan.spec.directory)
     try:
         engine.write_input(read(plan.source)[index], plan.spec.directory)
     except ValueError as exc:  # a structure the engine cannot describe: a failed calculation, recorded

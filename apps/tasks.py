@@ -52,8 +52,7 @@ def run_task(
     done = finished(spec.directory, key, spec.workdir)
     if done is not None:
         return done
-    spec.directory.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(spec.directory)
+    prepare_directory(spec.directory)
     start = time.perf_counter()
     outcome = body(spec.directory)
     record = TaskRecord(
@@ -67,6 +66,14 @@ def run_task(
         seconds=time.perf_counter() - start,
     )
     return write_record(spec.directory, record, spec.workdir)
+
+
+def prepare_directory(directory: Path) -> Path:
+    """A task's directory, ready for the task to run (again): created, and without the temp
+    files a writer killed mid-write left there (never a result)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(directory)
+    return directory
 
 
 def output(record: TaskRecord, role: str, workdir: Path) -> Path:

@@ -14,19 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-__all__ = ["ProgramRun", "kill_process_group", "run_logged"]
+__all__ = ["ProgramRun", "run_logged"]
 
 
 @dataclass(frozen=True)
 class ProgramRun:
-    """How a program ended: its exit code, or why it has none (``problem``)."""
+    """How a program ended: whether it started, its exit code, or why it has none (``problem``)."""
 
-    returncode: int | None
+    started: bool
+    returncode: int | None = None
     problem: str = ""  # "cannot start 'lmp': ..." or "timed out after 60 s"
-
-    @property
-    def started(self) -> bool:
-        return not self.problem.startswith("cannot start")
 
 
 def run_logged(
@@ -49,12 +46,12 @@ def run_logged(
                 start_new_session=True,
             )
         except OSError as exc:
-            return ProgramRun(None, f"cannot start {argv[0]!r}: {exc}")
+            return ProgramRun(False, problem=f"cannot start {argv[0]!r}: {exc}")
         try:
-            return ProgramRun(process.wait(timeout=timeout))
+            return ProgramRun(True, process.wait(timeout=timeout))
         except subprocess.TimeoutExpired:
             kill_process_group(process)
-            return ProgramRun(None, f"timed out after {timeout:g} s")
+            return ProgramRun(True, problem=f"timed out after {timeout:g} s")
         finally:
             if process.poll() is None:  # KeyboardInterrupt or another exception while waiting
                 kill_process_group(process)

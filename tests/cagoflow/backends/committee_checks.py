@@ -1,9 +1,9 @@
 """Checks every differentiable MLIP committee must pass, shared by the backend tests.
 
-Each function asserts one property of a trained committee on one labelled structure:
-virials are the strain derivative of the energy, the exact CAGO gradient agrees with finite
-differences, the torch energy function agrees with ``predict``, and CAGO with the exact
-gradient moves σ toward δ.
+Each function asserts one property of a trained committee: the spread grows away from the
+training data, batched prediction equals one structure at a time, virials are the strain
+derivative of the energy, the exact CAGO gradient agrees with finite differences, the torch
+energy function agrees with ``predict``, and CAGO with the exact gradient moves σ toward δ.
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
+from ase.build import molecule
 
 from cagoflow.autograd import ExactGradient
 from cagoflow.cago import CagoSettings, FiniteDifferenceGradient, Geometry, Objective, run_cago
 from cagoflow.calibration import PowerLaw
-from cagoflow.committee import force_sigma_hat
+from cagoflow.committee import CommitteePrediction, force_sigma_hat
+from cagoflow.structures import water_box
 
 #: The calibration of the checks (a, b as a trained committee gives them: σ_cal = 1.2 σ̂^0.9).
 LAW = PowerLaw(a=1.2, b=0.9)
@@ -25,6 +27,35 @@ LAW = PowerLaw(a=1.2, b=0.9)
 def sigma_rms(committee, atoms: Atoms) -> float:
     """RMS over atoms of the committee force spread σ̂_F_i, eV/Å."""
     return float(np.sqrt(np.mean(force_sigma_hat(committee.predict([atoms]).forces) ** 2)))
+
+
+def assert_spread_grows_away_from_training(committee, training: Atoms) -> None:
+    """σ̂ (RMS over atoms) of a 15 %-compressed and of a 0.25 Å-rattled copy of a training
+    structure exceeds 1.5× its value at the structure."""
+    compressed = training.copy()
+    compressed.set_cell(training.cell * 0.85, scale_atoms=True)
+    rattled = training.copy()
+    rattled.rattle(stdev=0.25, seed=4)
+    at_training = sigma_rms(committee, training)
+    assert sigma_rms(committee, compressed) > 1.5 * at_training
+    assert sigma_rms(committee, rattled) > 1.5 * at_training
+
+
+def assert_batched_equals_one_at_a_time(committee, split, frames: list[Atoms], atol: float) -> None:
+    """One batch of ``frames`` (24-atom boxes) plus other sizes, their atoms permuted, a molecule
+    without cell and a tiny box equals one call per structure and ``split`` (the same members
+    with small batches), to ``atol`` (eV, eV/Å); virials NaN exactly for the molecule."""
+    permuted = frames[0][np.random.default_rng(0).permutation(len(frames[0]))]
+    structures = [*frames, water_box(4, seed=3), permuted, molecule("H2O"), water_box(2, seed=1)]
+    batched = committee.predict(structures)
+    single = CommitteePrediction.concatenate([committee.predict([atoms]) for atoms in structures])
+    for other in (single, split.predict(structures)):
+        np.testing.assert_allclose(batched.energies, other.energies, rtol=0, atol=atol)
+        np.testing.assert_allclose(batched.forces, other.forces, rtol=0, atol=atol)
+        np.testing.assert_allclose(batched.virials, other.virials, rtol=0, atol=atol, equal_nan=True)
+    assert np.isnan(batched.virials[:, -2]).all() and np.isfinite(batched.virials[:, :-2]).all()
+    # a permutation of the atoms permutes the forces and leaves the energy
+    assert batched.energies[:, len(frames) + 1] == pytest.approx(batched.energies[:, 0], abs=1e-9)
 
 
 def assert_virial_is_strain_derivative(committee, atoms: Atoms, relative: float, absolute: float = 0.0) -> None:

@@ -36,17 +36,18 @@ from cagoflow.backends.nequip import (
     NequipCommitteeSpec,
     deep_merge,
 )
-from cagoflow.committee import Committee, CommitteePrediction, DifferentiableCommittee
+from cagoflow.committee import Committee, DifferentiableCommittee
 from cagoflow.errors import InputError
 from cagoflow.structures import water_box
 from real_components import require_module
 
 from .committee_checks import (
+    assert_batched_equals_one_at_a_time,
     assert_cago_makes_progress,
     assert_exact_gradient_matches_finite_differences,
+    assert_spread_grows_away_from_training,
     assert_torch_energy_matches_predict,
     assert_virial_is_strain_derivative,
-    sigma_rms,
 )
 
 FAMILIES = ("nequip", "allegro")
@@ -372,31 +373,14 @@ def test_committee_protocols_and_shapes(committee, water_frames):
 
 
 def test_spread_grows_away_from_the_training_data(committee, water_frames):
-    training = water_frames.train[0]
-    compressed = training.copy()
-    compressed.set_cell(training.cell * 0.85, scale_atoms=True)
-    rattled = training.copy()
-    rattled.rattle(stdev=0.25, seed=4)
-    at_training = sigma_rms(committee, training)
-    assert sigma_rms(committee, compressed) > 1.5 * at_training
-    assert sigma_rms(committee, rattled) > 1.5 * at_training
+    assert_spread_grows_away_from_training(committee, water_frames.train[0])
 
 
 def test_batched_equals_one_at_a_time(committee, water_frames):
     """Several sizes in one batch, a molecule without cell, lone structures (compiled: padded),
     batches split by atom count."""
-    permuted = water_frames.test[0][np.random.default_rng(0).permutation(24)]
-    structures = [*water_frames.test, water_box(4, seed=3), permuted, molecule("H2O"), water_box(2, seed=1)]
-    batched = committee.predict(structures)
-    single = CommitteePrediction.concatenate([committee.predict([atoms]) for atoms in structures])
-    split = NequipCommittee(committee._members, committee.family, "cpu", batch_atoms=30).predict(structures)
-    for other in (single, split):
-        np.testing.assert_allclose(batched.energies, other.energies, rtol=0, atol=BATCH_ATOL)
-        np.testing.assert_allclose(batched.forces, other.forces, rtol=0, atol=BATCH_ATOL)
-        np.testing.assert_allclose(batched.virials, other.virials, rtol=0, atol=BATCH_ATOL, equal_nan=True)
-    assert np.isnan(batched.virials[:, -2]).all() and np.isfinite(batched.virials[:, :-2]).all()
-    # a permutation of the atoms permutes the forces and leaves the energy
-    assert batched.energies[:, len(water_frames.test) + 1] == pytest.approx(batched.energies[:, 0], abs=1e-9)
+    split = NequipCommittee(committee._members, committee.family, "cpu", batch_atoms=30)
+    assert_batched_equals_one_at_a_time(committee, split, water_frames.test, BATCH_ATOL)
 
 
 def test_compiled_file_predicts_like_its_checkpoint(committee, trained, water_frames):

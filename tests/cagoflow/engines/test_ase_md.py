@@ -15,7 +15,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
 from ase.build import molecule
 
@@ -34,13 +33,8 @@ TEMPERATURE_RTOL = 0.15
 NVE_ENERGY_ATOL = 0.02
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The machine is shared: one thread is 3× faster here than two for 24 atoms."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: The machine is shared: one torch thread is 3× faster here than two for 24 atoms.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

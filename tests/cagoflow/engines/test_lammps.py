@@ -60,15 +60,8 @@ CROSS_ENGINE_ATOL = 1e-6
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "DP_INTRA_OP_PARALLELISM_THREADS": "1", "DP_INTER_OP_PARALLELISM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The machine is shared: the in-process ASE reference runs with one torch thread."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: The machine is shared: the in-process ASE reference runs with one torch thread.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def stage(**kwargs) -> MDStage:
