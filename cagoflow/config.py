@@ -21,7 +21,7 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union
 
@@ -39,7 +39,9 @@ from pydantic import (
     model_validator,
 )
 
+from cagoflow.engines.md_settings import MDStage
 from cagoflow.errors import InputError
+from cagoflow.inputs import FieldError, InputModel, ScheduleEntry, check_schedule, resolve_file, schedule_at, schedule_input
 
 __all__ = [
     "STAGES",
@@ -85,100 +87,12 @@ STAGES: tuple[str, ...] = (
 MPI_STAGES: tuple[str, ...] = ("reference",)
 
 
-class _Model(BaseModel):
-    """Base of all config models: unknown keys are errors, instances are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FieldError(ValueError):
-    """A validation failure that belongs to a field below the object being validated.
-
-    ``loc`` (field names and list indices) is appended to pydantic's location, so a check
-    made on a whole model can still point at ``committee.min_trained``.
-    """
-
-    def __init__(self, message: str, *loc: str | int):
-        super().__init__(message)
-        self.loc = loc
-
-
-# ---------------------------------------------------------------------------------------------
-# Schedules
-# ---------------------------------------------------------------------------------------------
-
-
-class ScheduleEntry(_Model):
-    """One entry of a per-iteration schedule."""
-
-    from_iteration: int = Field(0, ge=0, description="first iteration (counted from 0) this entry applies to")
-
-
-EntryT = TypeVar("EntryT", bound=ScheduleEntry)
-
-
-def schedule_at(entries: Sequence[EntryT], iteration: int) -> EntryT:
-    """The entry in force at ``iteration``: the last one with ``from_iteration <= iteration``."""
-    if iteration < 0:
-        raise ValueError(f"iterations count from 0, got {iteration}")
-    in_force = [entry for entry in entries if entry.from_iteration <= iteration]
-    if not in_force:
-        raise ValueError(f"no schedule entry applies to iteration {iteration}")
-    return max(in_force, key=lambda entry: entry.from_iteration)
-
-
-def _schedule_input(scalar_key: str | None) -> Callable[[Any], Any]:
-    """Before-validator: a single mapping (or a plain value stored under ``scalar_key``) → one entry."""
-
-    def normalise(value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return [value]
-        if scalar_key is not None and isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            return [{scalar_key: value}]
-        return value
-
-    return normalise
-
-
-def _check_schedule(entries: tuple[EntryT, ...]) -> tuple[EntryT, ...]:
-    """After-validator: at least one entry, the first from iteration 0, strictly increasing."""
-    if not entries:
-        raise ValueError("a schedule needs at least one entry (from_iteration: 0)")
-    if entries[0].from_iteration != 0:
-        raise FieldError(
-            f"the first schedule entry must start at from_iteration 0, found {entries[0].from_iteration}",
-            0,
-            "from_iteration",
-        )
-    for index in range(1, len(entries)):
-        previous, current = entries[index - 1].from_iteration, entries[index].from_iteration
-        if current <= previous:
-            raise FieldError(
-                f"schedule entries must be in strictly increasing from_iteration order; entry {index} "
-                f"starts at {current} after an entry that starts at {previous}",
-                index,
-                "from_iteration",
-            )
-    return entries
-
-
 # ---------------------------------------------------------------------------------------------
 # Campaign: systems and committee
 # ---------------------------------------------------------------------------------------------
 
 
-def _resolve_file(value: Path, info: ValidationInfo, what: str) -> Path:
-    """Absolute path of ``value`` (relative to the context's ``base_dir``, else the cwd); must be a file."""
-    base = Path((info.context or {}).get("base_dir", Path.cwd()))
-    path = (base / value.expanduser()).resolve()
-    if not path.exists():
-        raise ValueError(f"{what} {path} does not exist (relative paths start at {base})")
-    if not path.is_file():
-        raise ValueError(f"expected a {what}, found a directory: {path}")
-    return path
-
-
-class SystemConfig(_Model):
+class SystemConfig(InputModel):
     """One chemical system: its starting structures and electronic state."""
 
     structures: Path = Field(
@@ -201,7 +115,7 @@ class SystemConfig(_Model):
     @field_validator("structures")
     @classmethod
     def _structure_file(cls, value: Path, info: ValidationInfo) -> Path:
-        return _resolve_file(value, info, "structure file")
+        return resolve_file(value, info, "structure file")
 
 
 class TrainingStage(ScheduleEntry):
@@ -211,7 +125,7 @@ class TrainingStage(ScheduleEntry):
 
 
 TrainingSchedule = Annotated[
-    tuple[TrainingStage, ...], BeforeValidator(_schedule_input("steps")), AfterValidator(_check_schedule)
+    tuple[TrainingStage, ...], BeforeValidator(schedule_input("steps")), AfterValidator(check_schedule)
 ]
 
 #: Training steps per preset when ``training_steps`` is not given. ``paper``: 50k steps in the
@@ -226,7 +140,7 @@ PRESET_TRAINING_STEPS: dict[str, list[dict[str, int]]] = {
 }
 
 
-class CommitteeConfig(_Model):
+class CommitteeConfig(InputModel):
     """The committee of MLIPs trained each iteration."""
 
     backend: Literal["analytic", "deepmd", "nequip", "allegro"] = Field(
@@ -265,7 +179,7 @@ class CommitteeConfig(_Model):
         return schedule_at(self.training_steps, iteration).steps
 
 
-class CalibrationConfig(_Model):
+class CalibrationConfig(InputModel):
     """Power-law calibration σ_cal = a·σ̂^b of the committee spread, fitted on the test set."""
 
     subset_calibration: bool = Field(
@@ -293,50 +207,10 @@ class CalibrationConfig(_Model):
 # ---------------------------------------------------------------------------------------------
 
 
-class MDStage(ScheduleEntry):
-    """MD settings from ``from_iteration`` on (Nosé–Hoover chains for NVT and NPT)."""
-
-    ensemble: Literal["nve", "nvt", "npt"] = Field("nvt", description="statistical ensemble")
-    temperature: float = Field(300.0, gt=0, description="thermostat (NVE: initial velocity) temperature, K")
-    pressure: float | None = Field(None, description="barostat pressure, bar (NPT only, required there)")
-    steps: int = Field(1000, ge=1, description="MD steps per replica")
-    timestep: float = Field(0.5, gt=0, le=10, description="time step, fs")
-    dump_interval: int = Field(10, ge=1, description="steps between saved frames (the frames sampling draws from)")
-    thermostat_chain: int = Field(3, ge=1, description="Nosé–Hoover thermostat chain length")
-    thermostat_damping: float = Field(100.0, gt=0, description="thermostat damping time, fs (the paper: 500)")
-    barostat_chain: int = Field(3, ge=1, description="barostat chain length (NPT)")
-    barostat_damping: float = Field(1000.0, gt=0, description="barostat damping time, fs (the paper: 1000)")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> MDStage:
-        if self.ensemble == "npt" and self.pressure is None:
-            raise FieldError("ensemble 'npt' needs a pressure (bar)", "pressure")
-        if self.ensemble != "npt" and self.pressure is not None:
-            raise FieldError(
-                f"a pressure applies to ensemble 'npt' only, found ensemble '{self.ensemble}'", "pressure"
-            )
-        if self.dump_interval > self.steps:
-            raise FieldError(
-                f"dump_interval ({self.dump_interval}) exceeds the number of steps ({self.steps}): "
-                "no frame would be saved",
-                "dump_interval",
-            )
-        for name in ("thermostat_damping", "barostat_damping"):
-            damping = getattr(self, name)
-            if damping < self.timestep:
-                raise FieldError(f"{name} ({damping} fs) is shorter than the time step ({self.timestep} fs)", name)
-        return self
-
-    @property
-    def frames(self) -> int:
-        """Frames saved per replica."""
-        return self.steps // self.dump_interval
+MDSchedule = Annotated[tuple[MDStage, ...], BeforeValidator(schedule_input(None)), AfterValidator(check_schedule)]
 
 
-MDSchedule = Annotated[tuple[MDStage, ...], BeforeValidator(_schedule_input(None)), AfterValidator(_check_schedule)]
-
-
-class MDConfig(_Model):
+class MDConfig(InputModel):
     """Committee-driven MD that explores configurations to sample from."""
 
     engine: Literal["ase", "lammps"] = Field("ase", description="MD engine")
@@ -381,11 +255,11 @@ class CagoSource(ScheduleEntry):
 
 
 CagoSchedule = Annotated[
-    tuple[CagoSource, ...], BeforeValidator(_schedule_input("source")), AfterValidator(_check_schedule)
+    tuple[CagoSource, ...], BeforeValidator(schedule_input("source")), AfterValidator(check_schedule)
 ]
 
 
-class SamplingConfig(_Model):
+class SamplingConfig(InputModel):
     """How many structures each iteration adds and how they are picked."""
 
     per_iteration: int = Field(4, ge=1, description="structures per system and iteration (the paper: 20)")
@@ -395,7 +269,7 @@ class SamplingConfig(_Model):
     cago_from: CagoSchedule = Field((CagoSource(),), description="source of CAGO's starting structures per iteration")
 
 
-class BiasConfig(_Model):
+class BiasConfig(InputModel):
     """Extra bias term l·(ȳ − y_bias)² of the CAGO objective."""
 
     kind: Literal["none", "force", "pressure"] = Field(
@@ -421,7 +295,7 @@ class BiasConfig(_Model):
         return self
 
 
-class CagoConfig(_Model):
+class CagoConfig(InputModel):
     """Calibrated adversarial geometry optimisation: min Σ_i (σ_cal,F_i − δ)² + l_bias |F̄_i|² (+ bias)."""
 
     delta: float = Field(0.1, gt=0, description="target calibrated force error δ per atom, eV/Å (the paper: 0.1–0.2)")
@@ -457,21 +331,21 @@ class CagoConfig(_Model):
         return self.bias.weight if self.bias.kind == "force" else self.l_bias
 
 
-class PreFilterConfig(_Model):
+class PreFilterConfig(InputModel):
     """Drop CAGO structures before the reference calculation (null disables a criterion)."""
 
     max_mean_force: float | None = Field(40.0, gt=0, description="largest committee-mean atomic force, eV/Å")
     min_distance: float | None = Field(0.75, gt=0, description="smallest interatomic distance, Å")
 
 
-class PostFilterConfig(_Model):
+class PostFilterConfig(InputModel):
     """Drop structures after the reference calculation (null disables a criterion)."""
 
     max_reference_force: float | None = Field(30.0, gt=0, description="largest reference atomic force, eV/Å")
     require_converged: bool = Field(True, description="drop references whose SCF did not converge")
 
 
-class FilterConfig(_Model):
+class FilterConfig(InputModel):
     """Filters before and after the reference calculation."""
 
     pre: PreFilterConfig = Field(PreFilterConfig(), description="after CAGO, before the reference")
@@ -486,7 +360,7 @@ TBLITE_METHODS = ("GFN1-xTB", "GFN2-xTB", "IPEA1-xTB")
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
-class ReferenceConfig(_Model):
+class ReferenceConfig(InputModel):
     """The reference method that labels new structures (energies eV, forces eV/Å, stress)."""
 
     engine: Literal["tblite", "cp2k", "ase"] = Field("tblite", description="reference engine")
@@ -501,7 +375,7 @@ class ReferenceConfig(_Model):
     @field_validator("template")
     @classmethod
     def _template_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return None if value is None else _resolve_file(value, info, "template file")
+        return None if value is None else resolve_file(value, info, "template file")
 
     @model_validator(mode="after")
     def _engine_fields(self) -> ReferenceConfig:
@@ -528,7 +402,7 @@ class ReferenceConfig(_Model):
         return self.method or ("GFN1-xTB" if self.engine == "tblite" else None)
 
 
-class DatasetConfig(_Model):
+class DatasetConfig(InputModel):
     """Split of the dataset (see :func:`cagoflow.dataset.make_splits_for_hashes`).
 
     A test set of ``test_fraction`` of all structures (also used for calibration); per member a
@@ -551,7 +425,7 @@ class DatasetConfig(_Model):
         return self
 
 
-class CampaignConfig(_Model):
+class CampaignConfig(InputModel):
     """A whole active-learning campaign (the top level of a campaign YAML file)."""
 
     name: Name = Field("campaign", description="campaign name (letters, digits, '_', '-', '.')")
@@ -634,7 +508,7 @@ class CampaignConfig(_Model):
 _WALLTIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
 
 
-class SlurmProviderConfig(_Model):
+class SlurmProviderConfig(InputModel):
     """A SLURM partition that blocks of workers are submitted to."""
 
     partition: str | None = Field(None, description="SLURM partition (default: the cluster's default)")
@@ -684,7 +558,7 @@ class SlurmProviderConfig(_Model):
         return 3600 * hours + 60 * minutes + seconds
 
 
-class ExecutorConfig(_Model):
+class ExecutorConfig(InputModel):
     """One Parsl executor: a pool of workers on this machine or on a SLURM partition."""
 
     kind: Literal["threads", "htex_local", "htex_slurm", "mpi"] = Field(
@@ -761,7 +635,7 @@ class ExecutorConfig(_Model):
         return self.provider.launcher or ("simple" if self.kind == "mpi" else "single_node")
 
 
-class StageMap(_Model):
+class StageMap(InputModel):
     """Executor label per workflow stage; ``default`` covers stages not named."""
 
     default: str | None = Field(None, description="executor of every stage not named here")
@@ -776,7 +650,7 @@ class StageMap(_Model):
     merge: str | None = Field(None, description="appending to the dataset")
 
 
-class EngineCommand(_Model):
+class EngineCommand(InputModel):
     """How this site starts an external program (the engine's input comes from cagoflow's template)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
@@ -808,7 +682,7 @@ class Cp2kCommand(EngineCommand):
 _DEFAULT_COMMANDS = {"cp2k": "cp2k.psmp", "lammps": "lmp", "deepmd": "dp", "nequip": "nequip-train"}
 
 
-class EnginesConfig(_Model):
+class EnginesConfig(InputModel):
     """Commands of the external engines on this site (defaults: the programs on PATH)."""
 
     cp2k: Cp2kCommand = Field(Cp2kCommand(), description="CP2K (reference)")
@@ -829,7 +703,7 @@ class EnginesConfig(_Model):
         return filled
 
 
-class SiteConfig(_Model):
+class SiteConfig(InputModel):
     """Where a campaign runs: executors, the stage → executor map, engine commands."""
 
     name: Name = Field("site", description="site name")

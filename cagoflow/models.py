@@ -22,11 +22,12 @@ from typing import Literal
 from pydantic import Field
 
 from cagoflow.committee import Committee
-from cagoflow.config import _Model, _read_yaml_mapping, _validate
+from cagoflow.config import _read_yaml_mapping, _validate
+from cagoflow.inputs import InputModel
 from cagoflow.errors import InputError
 
 
-class AnalyticCommitteeSpec(_Model):
+class AnalyticCommitteeSpec(InputModel):
     """Morse pair potentials with member-wise perturbed parameters (:mod:`cagoflow.analytic`)."""
 
     backend: Literal["analytic"] = "analytic"
@@ -52,7 +53,7 @@ class AnalyticCommitteeSpec(_Model):
 
 
 #: Committee file models by backend name ("module:Class" for those imported on first use).
-BACKENDS: dict[str, type[_Model] | str] = {
+BACKENDS: dict[str, type[InputModel] | str] = {
     "analytic": AnalyticCommitteeSpec,
     "analytic-trained": "cagoflow.backends.analytic:AnalyticModelsSpec",
     "deepmd": "cagoflow.backends.deepmd:DeepmdCommitteeSpec",
@@ -61,7 +62,7 @@ BACKENDS: dict[str, type[_Model] | str] = {
 }
 
 
-def _spec_class(backend: str) -> type[_Model]:
+def _spec_class(backend: str) -> type[InputModel]:
     import importlib
 
     spec = BACKENDS[backend]
@@ -71,7 +72,7 @@ def _spec_class(backend: str) -> type[_Model]:
     return spec
 
 
-def load_committee_spec(path: str | Path) -> _Model:
+def load_committee_spec(path: str | Path) -> InputModel:
     """Read and validate a committee file (errors name the file and field)."""
     path = Path(path)
     data, text = _read_yaml_mapping(path, "committee", "name its backend", "backend")

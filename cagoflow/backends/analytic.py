@@ -40,7 +40,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from cagoflow.analytic import MorseCommittee, MorseModel
 from cagoflow.backends import TrainingResult, TrainingSettings, tail
 from cagoflow.committee import CommitteePrediction
-from cagoflow.config import _Model, _resolve_file
+from cagoflow.inputs import InputModel, resolve_file
 from cagoflow.errors import InputError
 from cagoflow.io import atomic_write_json, read_json
 
@@ -326,7 +326,7 @@ def _is_finite(value: Any) -> bool:
 # --- committee file ------------------------------------------------------------------------
 
 
-class AnalyticModelsSpec(_Model):
+class AnalyticModelsSpec(InputModel):
     """A committee of trained analytic members (``model.json`` files of :class:`AnalyticBackend`)."""
 
     backend: Literal["analytic-trained"] = "analytic-trained"
@@ -337,7 +337,7 @@ class AnalyticModelsSpec(_Model):
     @field_validator("models")
     @classmethod
     def _model_files(cls, value: tuple[Path, ...], info: ValidationInfo) -> tuple[Path, ...]:
-        return tuple(_resolve_file(path, info, "model file") for path in value)
+        return tuple(resolve_file(path, info, "model file") for path in value)
 
     def build(self) -> ReferencedMorseCommittee:
         return AnalyticBackend().load(self.models)

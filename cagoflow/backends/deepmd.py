@@ -48,7 +48,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from cagoflow.backends import TrainingResult, TrainingSettings, batch_atoms_for, deep_merge, tail
 from cagoflow.committee import CommitteePrediction
-from cagoflow.config import _Model, _resolve_file
+from cagoflow.inputs import InputModel, resolve_file
 from cagoflow.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -607,7 +607,7 @@ class DeepmdCommittee:
 # --- committee file --------------------------------------------------------------------------------
 
 
-class DeepmdCommitteeSpec(_Model):
+class DeepmdCommitteeSpec(InputModel):
     """DeePMD-kit models (frozen .pth or checkpoints .pt), e.g.::
 
         backend: deepmd
@@ -624,7 +624,7 @@ class DeepmdCommitteeSpec(_Model):
     @field_validator("models")
     @classmethod
     def _model_files(cls, value: tuple[Path, ...], info: ValidationInfo) -> tuple[Path, ...]:
-        return tuple(_resolve_file(path, info, "model file") for path in value)
+        return tuple(resolve_file(path, info, "model file") for path in value)
 
     def build(self) -> DeepmdCommittee:
         return DeepmdCommittee.from_files(self.models, device=None if self.device == "auto" else self.device)

@@ -55,7 +55,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from cagoflow.backends import TrainingResult, TrainingSettings, batch_atoms_for, deep_merge
 from cagoflow.committee import CommitteePrediction
-from cagoflow.config import _Model, _resolve_file
+from cagoflow.inputs import InputModel, resolve_file
 from cagoflow.errors import InputError
 
 ModelFamily = Literal["nequip", "allegro"]
@@ -846,7 +846,7 @@ def _energy_module(model):
 # --- committee files ------------------------------------------------------------------------
 
 
-class _NequipFamilySpec(_Model):
+class _NequipFamilySpec(InputModel):
     models: tuple[Path, ...] = Field(
         ...,
         min_length=2,
@@ -857,7 +857,7 @@ class _NequipFamilySpec(_Model):
     @field_validator("models")
     @classmethod
     def _model_files(cls, value: tuple[Path, ...], info: ValidationInfo) -> tuple[Path, ...]:
-        return tuple(_resolve_file(path, info, "model file") for path in value)
+        return tuple(resolve_file(path, info, "model file") for path in value)
 
     def build(self) -> NequipCommittee:
         backend = NequipBackend(name=self.backend)  # type: ignore[attr-defined]

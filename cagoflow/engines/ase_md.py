@@ -42,7 +42,7 @@ from ase.md import velocitydistribution
 from ase.md.velocitydistribution import Stationary, ZeroRotation
 
 from cagoflow.committee import Committee
-from cagoflow.config import MDStage
+from cagoflow.engines.md_settings import MDStage
 from cagoflow.engines.committee_calculator import CommitteeCalculator
 from cagoflow.geometry import min_interatomic_distance
 

@@ -92,7 +92,7 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 from ase import Atoms
 
-from cagoflow.config import MDStage
+from cagoflow.engines.md_settings import MDStage
 from cagoflow.engines.ase_md import MDResult, _stability_check, initial_velocities
 from cagoflow.engines.process import run_logged
 from cagoflow.errors import InputError
