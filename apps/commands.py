@@ -6,6 +6,9 @@ An engine (a trainer, CP2K, LAMMPS) names its program by its usual name (``dp``,
 its task directory under ``flock`` (a program left running by a killed driver finishes before
 a new one starts there), under a time limit derived from the block's walltime, with its output
 in a log file and its exit status in ``exit-status`` — a failure is read back as data.
+Every program gets the threads of its worker's share of cores
+(:meth:`~cagoflow.config.SiteConfig.program_threads`) through :func:`thread_environment`, so
+trainers started side by side do not each spin on every core.
 """
 
 from __future__ import annotations
@@ -39,11 +42,28 @@ fi
 """
 
 
+#: Environment variables that set a program's threads: OpenMP, MKL and OpenBLAS, and DeePMD-kit's
+#: torch intra-op threads (its inter-op threads are 1: DeePMD asks intra × inter ≤ cores).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "DP_INTRA_OP_PARALLELISM_THREADS")
+#: Most DataLoader worker processes of a DeePMD-kit trainer (``NUM_WORKERS``, read by
+#: deepmd.pt.utils.env; its own default is min(4, cores of the machine), and its trainer wants at least 1).
+DEEPMD_MAX_LOADERS = 4
+
+
+def thread_environment(threads: int, program: str = "") -> dict[str, str]:
+    """Environment variables that run ``program`` (or in-process engines) on ``threads`` threads."""
+    environment = {name: str(threads) for name in THREAD_VARIABLES}
+    environment["DP_INTER_OP_PARALLELISM_THREADS"] = "1"
+    if Path(program).name == "dp":
+        environment["NUM_WORKERS"] = str(min(DEEPMD_MAX_LOADERS, threads))
+    return environment
+
+
 def site_engine(site: SiteConfig, program: str) -> EngineCommand | None:
-    """The site's settings for a program, by the program's usual name."""
+    """The site's settings for a program, by the program's usual name (or a path to it)."""
     engines = site.engines
     return {"dp": engines.deepmd, "nequip-train": engines.nequip, "cp2k.psmp": engines.cp2k, "lmp": engines.lammps}.get(
-        program
+        Path(program).name
     )
 
 
@@ -73,37 +93,39 @@ def resource_specification(site: SiteConfig, stage: str, program: str) -> dict[s
     return specification
 
 
-def program_line(argv: Sequence[str], site: SiteConfig, limited: bool, mpi: bool = False) -> str:
-    """One program as the site starts it, with its environment and, when ``limited``, the time
-    limit of the shell variable ``$limit``. With ``mpi`` (a task of Parsl's MPIExecutor) the
-    program starts behind ``$PARSL_MPI_PREFIX`` unless the site's command already names it."""
+def program_line(argv: Sequence[str], site: SiteConfig, stage: str, limited: bool) -> str:
+    """One program of ``stage`` as the site starts it: its command, setup and environment (the
+    thread variables of :func:`thread_environment` for the stage's share, then the site's
+    ``env``, which wins), and, when ``limited``, the time limit of the shell variable ``$limit``.
+    On an executor of kind ``mpi`` the program starts behind ``$PARSL_MPI_PREFIX`` unless the
+    site's command already names it."""
     engine = site_engine(site, argv[0])
     line = shlex.join(argv)
-    environment: dict[str, str] = {}
+    environment = thread_environment(site.program_threads(stage, engine), argv[0])
     setup = ""
     if engine is not None:  # the site's command line is shell text: $PARSL_MPI_PREFIX and the like expand
         launcher = engine.command.strip()
-        if mpi and "PARSL_MPI_PREFIX" not in launcher:
+        if launcher == Path(argv[0]).name:  # the default command: keep the program as found (a path)
+            launcher = shlex.quote(argv[0])
+        if site.is_mpi(stage) and "PARSL_MPI_PREFIX" not in launcher:
             launcher = f"$PARSL_MPI_PREFIX {launcher}"
         elif launcher.startswith("srun ") and getattr(engine, "cpu_bind", None):
             launcher = f"srun --cpu-bind={engine.cpu_bind} {launcher[5:]}"
         line = f"{launcher} {shlex.join(argv[1:])}".strip()
-        environment = {"OMP_NUM_THREADS": str(engine.threads), **engine.env}
         if getattr(engine, "omp_proc_bind", None):
             environment["OMP_PROC_BIND"] = engine.omp_proc_bind
+        environment.update(engine.env)
         setup = engine.setup.strip()
     if limited:
         line = f'timeout --kill-after=30 "$limit" {line}'
-    if environment:
-        line = "env " + " ".join(f"{key}={shlex.quote(value)}" for key, value in environment.items()) + " " + line
+    line = "env " + " ".join(f"{key}={shlex.quote(value)}" for key, value in environment.items()) + " " + line
     return f"{setup}\n{line}" if setup else line
 
 
 def shell_command(directory: Path, commands: Sequence[Sequence[str]], site: SiteConfig, stage: str, log: str) -> str:
     """The whole shell of a task: cd, the time check, lock, the programs in order, log, exit status."""
     limit = time_limit(site, stage)
-    mpi = site.is_mpi(stage)
-    script = " && ".join(f"{{ {program_line(argv, site, limit is not None, mpi)}; }}" for argv in commands)
+    script = " && ".join(f"{{ {program_line(argv, site, stage, limit is not None)}; }}" for argv in commands)
     prelude = ""
     if limit is not None:
         prelude = _LIMIT_PRELUDE.format(static=limit, minimum=MIN_TIME_LEFT, not_started=NOT_STARTED, margin=WALLTIME_MARGIN)

@@ -10,6 +10,7 @@ and upstream records — never arrays or lists of structures.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -18,7 +19,7 @@ import numpy as np
 from ase import Atoms
 
 from cagoflow.apps.commands import check_started, shell_command
-from cagoflow.apps.tasks import Outcome, StageFailed, TaskSpec, output, prepare_directory, run_task
+from cagoflow.apps.tasks import Outcome, StageFailed, TaskSpec, output, prepare_directory, record_outcome, run_task
 from cagoflow.config import CampaignConfig, SiteConfig
 from cagoflow.records import TaskRecord, finished
 
@@ -123,6 +124,7 @@ def _split(workdir: str, iteration: int, config: CampaignConfig, merged: TaskRec
             test_fraction=config.dataset.test_fraction,
             train_fraction=config.dataset.train_fraction,
             validation_fraction=config.dataset.validation_fraction,
+            min_test=config.dataset.min_test,
         )
         outputs = {"test": write(directory / "test.extxyz", [structures[i] for i in splits.test])}
         for m, member in enumerate(splits.members):
@@ -165,7 +167,7 @@ def _prepare_training(
         seed=seed_for(config, "train", iteration, member) % 2**31,
         type_map=tuple(sorted({s for atoms in read(train_file) for s in atoms.get_chemical_symbols()})),
         preset=config.committee.preset,
-        hyperparameters=config.committee.hyperparameters,
+        hyperparameters=config.committee.hyperparameters_at(iteration),
         init_model=init_model,
     )
     inputs = [train_file, validation_file] + ([init_model] if init_model else [])
@@ -251,14 +253,16 @@ def _calibrate(workdir: str, iteration: int, config: CampaignConfig, split: Task
             f"committee.min_trained = {config.committee.min_trained} ({reasons})"
         )
     test_file = output(split, "test", root)
+    training_files = [output(split, f"train-{m}", root) for m in range(config.committee.size)]
     subset_size = min(config.cago_subset(iteration), len(models))
     settings = {"subset": subset_size, "seed": config.seed, "n_bins": config.calibration.n_bins}
 
     def body(directory: Path) -> Outcome:
         committee = load_committee(config, members, root)
         references = read(test_file)
+        training = [atoms for path in training_files for atoms in read(path)]
         prediction = committee.predict(references)
-        full = calibrate_committee(prediction, references)
+        full = calibrate_committee(prediction, references, training=training)
         outputs = {"calibration": full.save(directory / "calibration.json")}
         tasks = {}
         subsets: list[tuple[int, ...]] = []
@@ -269,7 +273,7 @@ def _calibrate(workdir: str, iteration: int, config: CampaignConfig, split: Task
                 subsets.append(subset)
             tasks[f"{system}/{k}"] = subsets.index(subset)
         for index, subset in enumerate(subsets):
-            calibration = calibrate_committee(prediction, references, members=subset)
+            calibration = calibrate_committee(prediction, references, members=subset, training=training)
             outputs[f"subset-{index}"] = calibration.save(directory / f"calibration-subset-{index}.json")
         from cagoflow.io import atomic_write_json
 
@@ -284,10 +288,12 @@ def _calibrate(workdir: str, iteration: int, config: CampaignConfig, split: Task
             "validity_limit": full.force_validity_limit,
             "test_force_rmse": float(np.sqrt(np.mean((mean_forces - reference_forces) ** 2))),
             "test_structures": len(references),
+            "calibration_points": full.n_atoms,
+            "contact_distances": full.contact_distances,
         }
         return Outcome(outputs=outputs, summary=summary)
 
-    return run_task(spec, [test_file, *models], settings, body)
+    return run_task(spec, [test_file, *training_files, *models], settings, body)
 
 
 # --- MD and sampling ------------------------------------------------------------------------------
@@ -375,67 +381,98 @@ def _sample(
             return Outcome(status="failed", summary={"message": f"no {source.source} structures of system {system}"})
         return Outcome(outputs={"starts": write(directory / "starts.extxyz", starts)}, summary={"count": len(starts)})
 
-    return run_task(spec, inputs, settings, body)
+    return run_task(spec, [], settings, body)
 
 
 # --- CAGO and the filters ----------------------------------------------------------------------
 
 
+def cago_groups(config: CampaignConfig, iteration: int) -> list[tuple[int, int]]:
+    """(first index, count) of the structures each CAGO task of a system optimises together."""
+    total, size = config.n_samples(iteration), config.cago.structures_per_task
+    return [(first, min(size, total - first)) for first in range(0, total, size)]
+
+
 def _cago(
-    workdir: str, iteration: int, config: CampaignConfig, system: str, index: int, sample: TaskRecord,
+    workdir: str, iteration: int, config: CampaignConfig, system: str, first: int, count: int, sample: TaskRecord,
     calibration: TaskRecord, *members: TaskRecord,
-) -> TaskRecord:  # fmt: skip
-    """Push one sampled structure to δ with its member subset and that subset's calibration."""
-    from cagoflow.cago import CagoSettings, run_cago
+) -> list[TaskRecord]:  # fmt: skip
+    """Push sampled structures ``first .. first+count-1`` to δ, those of one member subset
+    together (one committee call per round), each with its subset's calibration.
+
+    Every structure keeps its own directory and record, keyed by its own inputs, so a resumed
+    campaign redoes only the structures that had not finished.
+    """
+    from cagoflow.cago import run_cago_batch
     from cagoflow.calibration import CommitteeCalibration
+    from cagoflow.records import task_key
 
     root = Path(workdir)
-    spec = TaskSpec(root, "cago", iteration, f"{system}-{index:03d}")
-    if sample.status != "done" or index >= sample.summary.get("count", 0):
-        return run_task(spec, [], {"skipped": True}, lambda directory: Outcome(summary={"skipped": True}))
-    subsets = json.loads(output(calibration, "subsets", root).read_text())
-    subset_index = subsets["tasks"][f"{system}/{index}"]
-    subset = tuple(subsets["subsets"][subset_index])
-    law_file = output(calibration, f"subset-{subset_index}", root)
-    starts = output(sample, "starts", root)
-    source = config.cago_source(iteration)
-    cago = config.cago
-    settings = {"index": index, "subset": subset, "cago": cago.model_dump(mode="json"), "optimize": source.optimize}
+    specs = [TaskSpec(root, "cago", iteration, f"{system}-{k:03d}") for k in range(first, first + count)]
+    available = sample.summary.get("count", 0) if sample.status == "done" else 0
+    records: dict[int, TaskRecord] = {}
+    pending: dict[int, list[tuple[int, TaskSpec, str]]] = {}
+    if available > first:
+        subsets = json.loads(output(calibration, "subsets", root).read_text())
+        starts = output(sample, "starts", root)
+        models = successful_models(members, root)
+        source = config.cago_source(iteration)
+    for k, spec in zip(range(first, first + count), specs):
+        if k >= available:
+            records[k] = run_task(spec, [], {"skipped": True}, lambda directory: Outcome(summary={"skipped": True}))
+            continue
+        subset_index = subsets["tasks"][f"{system}/{k}"]
+        settings = {"index": k, "subset": subsets["subsets"][subset_index], "optimize": source.optimize,
+                    "cago": config.cago.model_dump(mode="json", exclude={"structures_per_task"})}  # fmt: skip
+        key = task_key([starts, output(calibration, f"subset-{subset_index}", root), *models], settings)
+        done = finished(spec.directory, key, root)
+        if done is not None:
+            records[k] = done
+        else:
+            prepare_directory(spec.directory)
+            pending.setdefault(subset_index, []).append((k, spec, key))
+    for subset_index, tasks in pending.items():
+        subset = tuple(subsets["subsets"][subset_index])
+        structures = read(starts)
+        chosen = [structures[k] for k, _, _ in tasks]
+        begin = time.perf_counter()
+        if source.optimize:
+            law = CommitteeCalibration.load(output(calibration, f"subset-{subset_index}", root)).for_cago()
+            committee = load_committee(config, members, root).subset(subset)
+            results = run_cago_batch(chosen, committee, law, config.cago)
+            finals = [result.atoms for result in results]
+            summaries = [result.summary() for result in results]
+        else:  # baselines: the sampled frames go to the reference as they are (a δ only when absolute)
+            finals = [atoms.copy() for atoms in chosen]
+            if isinstance(config.cago.delta, float):
+                for atoms in finals:
+                    atoms.info.update(cago_delta=config.cago.delta)
+            summaries = [{"reason": "not optimised"} for _ in chosen]
+        seconds = (time.perf_counter() - begin) / len(tasks)
+        for (k, spec, key), atoms, start, summary in zip(tasks, finals, chosen, summaries):
+            atoms.info.update({name: value for name, value in start.info.items() if name not in atoms.info})
+            atoms.info.update(subset=list(subset))
+            written = write(spec.directory / "structure.extxyz", [atoms])
+            records[k] = record_outcome(spec, key, Outcome(outputs={"structure": written}, summary=summary), seconds)
+    return [records[k] for k in range(first, first + count)]
 
-    def body(directory: Path) -> Outcome:
-        start = read(starts)[index]
-        info = dict(start.info)
-        if not source.optimize:  # baselines: the sampled frame goes to the reference as it is
-            start.info.update(subset=list(subset), cago_delta=cago.delta)
-            return Outcome(outputs={"structure": write(directory / "structure.extxyz", [start])}, summary={"reason": "not optimised"})
-        calibration_file = CommitteeCalibration.load(law_file)
-        committee = load_committee(config, members, root).subset(subset)
-        settings_ = CagoSettings(
-            delta=cago.delta, tolerance=cago.tolerance, l_bias=cago.force_bias_weight,
-            pressure_weight=cago.bias.weight if cago.bias.kind == "pressure" else 0.0,
-            target_pressure=cago.bias.target_pressure or 1.0, max_steps=cago.max_steps,
-            optimize_cell=cago.optimize_cell and bool(start.pbc.all()), min_distance=cago.min_distance,
-            contact_weight=cago.contact_weight, fd_step=cago.fd_step, gradient=cago.gradient,
-            batch_size=cago.batch_size, above_validity=cago.above_validity,
-        )  # fmt: skip
-        result = run_cago(start, committee, calibration_file.forces.law, settings_, validity_limit=calibration_file.force_validity_limit)
-        atoms = result.atoms
-        atoms.info.update(info, subset=list(subset))
-        summary = {"reason": result.reason, "steps": result.n_steps, "sigma_cal_rms": result.sigma_cal_rms,
-                   "delta": result.delta, "warnings": list(result.warnings)}  # fmt: skip
-        return Outcome(outputs={"structure": write(directory / "structure.extxyz", [atoms])}, summary=summary)
 
-    return run_task(spec, [starts, law_file, *successful_models(members, root)], settings, body)
+def flatten(records: Sequence[TaskRecord | Sequence[TaskRecord]]) -> list[TaskRecord]:
+    """Records and lists of records (a CAGO task's), as one list."""
+    return [r for item in records for r in (item if isinstance(item, (list, tuple)) else [item])]
 
 
-def _prefilter(workdir: str, iteration: int, config: CampaignConfig, system: str, *cago_and_members: TaskRecord) -> TaskRecord:
+def _prefilter(
+    workdir: str, iteration: int, config: CampaignConfig, system: str, *cago_and_members: TaskRecord | list[TaskRecord]
+) -> TaskRecord:
     """Drop CAGO structures with huge committee-mean forces or atoms too close (reasons recorded)."""
-    from cagoflow.filters import PreFilterSettings, pre_filter
+    from cagoflow.filters import pre_filter
 
     root = Path(workdir)
     spec = TaskSpec(root, "prefilter", iteration, system)
-    cagos = [r for r in cago_and_members if r.stage == "cago" and "structure" in r.outputs]
-    members = [r for r in cago_and_members if r.stage == "train"]
+    records = flatten(cago_and_members)
+    cagos = [r for r in records if r.stage == "cago" and "structure" in r.outputs]
+    members = [r for r in records if r.stage == "train"]
     files = [output(r, "structure", root) for r in cagos]
     settings = config.filters.pre.model_dump(mode="json")
 
@@ -445,9 +482,7 @@ def _prefilter(workdir: str, iteration: int, config: CampaignConfig, system: str
             return Outcome(summary={"kept": [], "rejected": {}})
         prediction = load_committee(config, members, root).predict(structures)
         mean_forces = [prediction.structure_forces(k).mean(0) for k in range(len(structures))]
-        pre = config.filters.pre
-        result = pre_filter(structures, mean_forces, PreFilterSettings(
-            max_mean_force=pre.max_mean_force or float("inf"), min_distance=pre.min_distance or 0.0))  # fmt: skip
+        result = pre_filter(structures, mean_forces, config.filters.pre)
         kept = [cagos[k].task for k in result.kept]
         rejected = {cagos[r.index].task: r.reason for r in result.rejected}
         return Outcome(summary={"kept": kept, "rejected": rejected})
@@ -476,8 +511,14 @@ def plan_reference(
     workdir: str, iteration: int, config: CampaignConfig, system: str, task: str, structures: TaskRecord, index: int,
     gate: TaskRecord | None,
 ) -> ReferencePlan:  # fmt: skip
-    """The structure a reference task labels: skipped when CAGO made none or the pre-filter dropped it."""
+    """The structure a reference task labels: skipped when CAGO made none or the pre-filter dropped it.
+
+    ``structures`` is one record (its ``structures`` file holds many, ``index`` picks one) or
+    a CAGO task's records (``index`` picks the record, whose file holds one structure).
+    """
     root = Path(workdir)
+    if isinstance(structures, (list, tuple)):
+        structures, index = structures[index], 0
     spec = TaskSpec(root, "reference", iteration, task)
     role = "structure" if "structure" in structures.outputs else "structures"
     kept = gate is None or structures.task in gate.summary.get("kept", [])
@@ -492,7 +533,7 @@ def finish_reference(
     result, atoms: Atoms, directory: Path, config: CampaignConfig, members: Sequence[TaskRecord], root: Path
 ) -> Outcome:
     """Write the labelled structure; for a CAGO structure, measure the hit (true error / δ)."""
-    from cagoflow.cago import cago_hit
+    from cagoflow.cago import cago_hit, true_force_error
 
     labelled = result.labelled()
     labelled.info.update({k: v for k, v in atoms.info.items() if k not in labelled.info})
@@ -500,9 +541,13 @@ def finish_reference(
     if result.ok and "subset" in atoms.info and members:
         subset = [int(m) for m in np.atleast_1d(atoms.info["subset"])]
         committee = load_committee(config, members, root).subset(subset)
-        hit = cago_hit(committee.predict([labelled]).forces, labelled.get_forces(), float(atoms.info["cago_delta"]))
-        labelled.info.update(hit.provenance())
-        summary.update(hit.provenance())
+        forces = committee.predict([labelled]).forces
+        if "cago_delta" in atoms.info:
+            figures = cago_hit(forces, labelled.get_forces(), float(atoms.info["cago_delta"])).provenance()
+        else:  # a baseline frame under a relative δ: its error, no target
+            figures = {"true_error": true_force_error(forces, labelled.get_forces())}
+        labelled.info.update(figures)
+        summary.update(figures)
     return Outcome(outputs={"labelled": write(directory / "labelled.extxyz", [labelled])}, summary=summary)
 
 
@@ -526,7 +571,7 @@ def _reference(
         return run_task(plan.spec, [], plan.settings, _skipped)
 
     def body(directory: Path) -> Outcome:
-        atoms = read(plan.source)[index]
+        atoms = read(plan.source)[plan.index]
         if iteration < 0 and config.systems[system].labelled:  # labels given with the starting structures
             result = ReferenceResult(atoms, ReferenceStatus.CONVERGED, "given")
         else:
@@ -550,7 +595,7 @@ def _prepare_reference(
     engine = make_file_reference(config.reference, config.systems[system])
     prepare_directory(plan.spec.directory)
     try:
-        engine.write_input(read(plan.source)[index], plan.spec.directory)
+        engine.write_input(read(plan.source)[plan.index], plan.spec.directory)
     except ValueError as exc:  # a structure the engine cannot describe: a failed calculation, recorded
         (plan.spec.directory / "engine.log").write_text(f"no input written: {exc}\n")
         (plan.spec.directory / "exit-status").write_text("1\n")
@@ -571,7 +616,7 @@ def _collect_reference(
         return run_task(plan.spec, [], plan.settings, _skipped)
 
     def body(directory: Path) -> Outcome:
-        atoms = read(plan.source)[index]
+        atoms = read(plan.source)[plan.index]
         engine = make_file_reference(config.reference, config.systems[system])
         result = engine.read_result(atoms, directory, check_started(directory))
         return finish_reference(result, atoms, directory, config, members, Path(workdir))
@@ -582,7 +627,7 @@ def _collect_reference(
 def _postfilter(workdir: str, iteration: int, config: CampaignConfig, system: str, *references: TaskRecord) -> TaskRecord:
     """Drop labelled structures whose reference failed or has huge forces (reasons recorded);
     measure the iteration's CAGO hit over every converged reference."""
-    from cagoflow.filters import PostFilterSettings, post_filter
+    from cagoflow.filters import post_filter
 
     root = Path(workdir)
     spec = TaskSpec(root, "postfilter", iteration, system)
@@ -592,17 +637,16 @@ def _postfilter(workdir: str, iteration: int, config: CampaignConfig, system: st
 
     def body(directory: Path) -> Outcome:
         structures = [read(path)[0] for path in files]
-        post = config.filters.post
-        result = post_filter(structures, PostFilterSettings(
-            max_reference_force=post.max_reference_force or float("inf"), require_converged=post.require_converged))  # fmt: skip
+        result = post_filter(structures, config.filters.post)
         kept = result.select(structures)
         hits = [r.summary for r in labelled if "hit_ratio" in r.summary]
+        errors = [r.summary["true_error"] for r in labelled if "true_error" in r.summary]
         summary = {
             "attempted": sum(not r.summary.get("skipped") for r in references),
             "kept": len(kept),
             "rejected": {labelled[r.index].task: r.reason for r in result.rejected},
             "hit_ratios": [h["hit_ratio"] for h in hits],
-            "true_errors": [h["true_error"] for h in hits],
+            "true_errors": errors,
         }
         return Outcome(outputs={"kept": write(directory / "kept.extxyz", kept)} if kept else {}, summary=summary)
 
@@ -660,3 +704,148 @@ def _merge(
         return Outcome(outputs={"snapshot": snapshot}, summary=summary)
 
     return run_task(spec, kept_files + before, {"engine": engine}, body)
+
+
+# --- evaluation: held-out errors, production MD per member, properties ------------------------------
+
+
+def _benchmark(workdir: str, config: CampaignConfig, system: str) -> TaskRecord:
+    """The held-out benchmark set of a system, made once: the campaign's labelled file
+    (``benchmark``), or frames of an MD run driven by an ASE calculator (``structures``, to be
+    labelled by the reference; see :func:`_benchmark_labels`). It never enters the dataset."""
+    from cagoflow.evaluation import benchmark_frames, load_benchmark
+
+    root = Path(workdir)
+    spec = TaskSpec(root, "evaluate", -1, f"benchmark-{system}")
+    settings = config.evaluation.benchmark
+    if settings.file is not None:
+
+        def copy(directory: Path) -> Outcome:
+            structures = load_benchmark(settings.file)
+            for atoms in structures:
+                atoms.info.update(system=system)
+            return Outcome(outputs={"benchmark": write(directory / "benchmark.extxyz", structures)}, summary={"count": len(structures)})
+
+        return run_task(spec, [settings.file], {"file": str(settings.file)}, copy)
+    generate = settings.generate
+    start_file = config.systems[system].structures
+    key_settings = {"generate": generate.model_dump(mode="json"), "reference": config.reference.model_dump(mode="json")}
+
+    def frames(directory: Path) -> Outcome:
+        from cagoflow.engines import make_reference
+        from cagoflow.engines.ase_reference import AseCalculatorReference
+
+        start = read(start_file)[0]
+        start.info.update(system=system)
+        if generate.calculator is None:
+            calculator = make_reference(config.reference, config.systems[system]).calculator()
+        else:
+            calculator = AseCalculatorReference(generate.calculator, generate.settings).calculator()
+        found = benchmark_frames(start, calculator, generate, seed_for(config, "benchmark", system) % 2**31)
+        return Outcome(outputs={"structures": write(directory / "frames.extxyz", found)}, summary={"count": len(found)})
+
+    return run_task(spec, [start_file], key_settings, frames)
+
+
+def benchmark_count(config: CampaignConfig) -> int:
+    """Frames the benchmark MD of each system gives (0 when the set comes from a file)."""
+    generate = config.evaluation.benchmark.generate
+    return 0 if generate is None else generate.frames
+
+
+def _benchmark_labels(workdir: str, config: CampaignConfig, system: str, *references: TaskRecord) -> TaskRecord:
+    """The labelled benchmark set of a system: its MD frames whose reference converged."""
+    root = Path(workdir)
+    spec = TaskSpec(root, "evaluate", -1, f"benchmark-{system}-labelled")
+    labelled = [r for r in references if "labelled" in r.outputs]
+    files = [output(r, "labelled", root) for r in labelled]
+
+    def body(directory: Path) -> Outcome:
+        from cagoflow.filters import post_filter
+
+        structures = [read(path)[0] for path in files]
+        kept = post_filter(structures, config.filters.post).select(structures)
+        if not kept:
+            return Outcome(status="failed", summary={"message": f"no benchmark frame of system {system} got reference labels"})
+        return Outcome(outputs={"benchmark": write(directory / "benchmark.extxyz", kept)}, summary={"count": len(kept)})
+
+    return run_task(spec, files, config.filters.post.model_dump(mode="json"), body)
+
+
+def _check_benchmark(benchmark: TaskRecord) -> None:
+    if "benchmark" not in benchmark.outputs:
+        raise StageFailed(f"evaluation: {benchmark.summary.get('message', 'no benchmark set')}")
+
+
+def _evaluate_errors(
+    workdir: str, iteration: int, config: CampaignConfig, system: str, benchmark: TaskRecord, *members: TaskRecord
+) -> TaskRecord:
+    """Force, energy and virial RMSE of the committee mean and of every member on the benchmark set."""
+    from dataclasses import asdict
+
+    from cagoflow.committee import predict_in_batches
+    from cagoflow.evaluation import heldout_errors
+
+    _check_benchmark(benchmark)
+    root = Path(workdir)
+    spec = TaskSpec(root, "evaluate", iteration, f"errors-{system}")
+    references = output(benchmark, "benchmark", root)
+    models = successful_models(members, root)
+
+    def body(directory: Path) -> Outcome:
+        structures = read(references)
+        prediction = predict_in_batches(load_committee(config, members, root), structures, None)
+        return Outcome(summary=asdict(heldout_errors(prediction, structures)))
+
+    return run_task(spec, [references, *models], {"system": system}, body)
+
+
+def _evaluate_md(
+    workdir: str, iteration: int, config: CampaignConfig, system: str, member: int, *members: TaskRecord
+) -> TaskRecord:
+    """Production MD of one member from the system's starting structure: stability over the
+    replicas, density, self-diffusion and coordination."""
+    from dataclasses import asdict
+
+    from cagoflow.evaluation import production_md
+
+    root = Path(workdir)
+    spec = TaskSpec(root, "evaluate", iteration, f"md-{system}-member-{member:02d}")
+    record = members[member]
+    if record.status != "done":
+        return run_task(spec, [], {"skipped": True}, _skipped)
+    model = output(record, "model", root)
+    production = config.evaluation.production
+    settings = {"production": production.model_dump(mode="json"), "seed": config.seed}
+    start_file = config.systems[system].structures
+
+    def body(directory: Path) -> Outcome:
+        from cagoflow.backends import get_backend
+
+        committee = get_backend(config.committee.backend).load([model])
+        seed = seed_for(config, "production", iteration, system, member) % 2**31
+        result = production_md(committee, read(start_file)[0], production, seed)
+        return Outcome(summary={"member": member, **asdict(result)})
+
+    return run_task(spec, [model, start_file], settings, body)
+
+
+def _evaluate_summary(
+    workdir: str, iteration: int, config: CampaignConfig, system: str, errors: TaskRecord, *productions: TaskRecord
+) -> TaskRecord:
+    """The iteration's figures of a system: held-out errors, stable members, properties over the stable ones."""
+    from dataclasses import asdict
+
+    from cagoflow.evaluation import HeldOutErrors, MemberProduction, summarize
+
+    root = Path(workdir)
+    spec = TaskSpec(root, "evaluate", iteration, f"summary-{system}")
+    ran = [record for record in productions if not record.summary.get("skipped")]
+    settings = {"errors": errors.key, "productions": [record.key for record in ran]}  # keyed by what it summarises
+
+    def body(directory: Path) -> Outcome:
+        figures = HeldOutErrors.from_dict(errors.summary)
+        members = [MemberProduction.from_dict({k: v for k, v in r.summary.items() if k != "member"}) for r in ran]
+        return Outcome(summary=asdict(summarize(figures, members)))
+
+    return run_task(spec, [], settings, body)

@@ -55,6 +55,12 @@ def run_task(
     prepare_directory(spec.directory)
     start = time.perf_counter()
     outcome = body(spec.directory)
+    return record_outcome(spec, key, outcome, time.perf_counter() - start)
+
+
+def record_outcome(spec: TaskSpec, key: str, outcome: Outcome, seconds: float) -> TaskRecord:
+    """Write the record of a task whose outputs are written (for tasks that share one run,
+    such as the CAGO structures optimised together, each keeps its own record)."""
     record = TaskRecord(
         stage=spec.stage,
         task=spec.task,
@@ -63,7 +69,7 @@ def run_task(
         status=outcome.status,
         outputs={role: str(path.relative_to(spec.workdir)) for role, path in outcome.outputs.items()},
         summary=dict(outcome.summary),
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
     )
     return write_record(spec.directory, record, spec.workdir)
 

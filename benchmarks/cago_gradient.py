@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,47 +24,11 @@ from rich.console import Console
 from rich.table import Table
 
 from cagoflow.analytic import MorseCommittee, MorseModel
-from cagoflow.autograd import ExactGradient
-from cagoflow.backends import TrainingSettings, get_backend, train
-from cagoflow.cago import CagoSettings, FiniteDifferenceGradient, Geometry, Objective
+from cagoflow.cago_gradients import ExactGradient, FiniteDifferenceGradient
+from cagoflow.cago_objective import Geometry, Objective, Problem
 from cagoflow.calibration import PowerLaw
-from cagoflow.io import write_structures
 from cagoflow.structures import water_box
-
-
-def best_time(function, repeat: int) -> float:
-    """Smallest wall time of ``repeat`` calls, s."""
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def labelled_frames(folder: Path, count: int = 24) -> tuple[Path, Path]:
-    """Rattled 8-water boxes labelled with GFN1-xTB, as train and validation files."""
-    from cagoflow.engines.tblite import TbliteReference
-
-    reference = TbliteReference(method="GFN1-xTB")
-    frames = []
-    for k in range(count):
-        atoms = water_box(8, seed=k % 3)
-        atoms.rattle(stdev=0.03, seed=k)
-        frames.append(reference.compute(atoms).labelled())
-    return write_structures(folder / "train.extxyz", frames[:-4]), write_structures(folder / "validation.extxyz", frames[-4:])
-
-
-def committee(backend_name: str, folder: Path, files: tuple[Path, Path], members: int, steps: int):
-    backend = get_backend(backend_name)
-    models = []
-    for m in range(members):
-        settings = TrainingSettings(steps=steps, seed=m + 1, type_map=("O", "H"))
-        result = train(backend, files[0], files[1], folder / backend_name / f"member-{m}", settings)
-        if result.status != "success":
-            raise SystemExit(f"{backend_name} member {m} did not train: {result.message}")
-        models.append(result.model)
-    return backend.load(models)
+from common import best_time, labelled_frames, trained_committee
 
 
 def backend_table(args) -> Table:
@@ -84,16 +47,14 @@ def backend_table(args) -> Table:
             atoms.rattle(stdev=0.02, seed=k)
             copies.append(atoms)
         for backend_name in args.backends:
-            model = committee(backend_name, folder, files, args.members, args.steps)
+            model = trained_committee(backend_name, folder, files, args.members, args.steps)
             model.predict(copies[:2])  # warm up
             single = best_time(lambda: [model.predict([atoms]) for atoms in copies], 1)
             batched = best_time(lambda: model.predict(copies), 2)
-            geometry = Geometry(box, optimize_cell=True)
-            settings = CagoSettings(delta=0.2)
-            objective = Objective(PowerLaw(1.0, 1.0), settings, settings.delta)
-            z = geometry.initial()
-            fd = best_time(lambda: FiniteDifferenceGradient(model, geometry, objective, 1e-4)(z), 1)
-            exact = best_time(lambda: ExactGradient(model, geometry, objective)(z), 2)
+            problem = Problem(Geometry(box, optimize_cell=True), Objective(PowerLaw(1.0, 1.0), 0.2))
+            z = problem.geometry.initial()
+            fd = best_time(lambda: FiniteDifferenceGradient(model, 1e-4)([problem], [z]), 1)
+            exact = best_time(lambda: ExactGradient(model)([problem], [z]), 2)
             table.add_row(
                 backend_name, f"{64 / single:.1f}", f"{64 / batched:.1f}", f"{single / batched:.2f}×",
                 f"{fd:.2f}", f"{exact:.3f}", f"{fd / exact:.0f}×",
@@ -112,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
 
     committee = MorseCommittee(MorseModel.for_symbols(["O", "H"], n_members=args.members, spread=0.05, seed=1))
-    settings = CagoSettings(delta=0.2, l_bias=0.1, min_distance=0.8)
+    step = 1e-3
     table = Table(title=f"one CAGO gradient, committee of {args.members}, {torch.get_num_threads()} torch threads")
     for column in ("H2O", "atoms", "structures / FD gradient", "FD one at a time (s)", "FD batched (s)",
                    "batched speed-up", "autograd (s)", "autograd vs batched FD"):  # fmt: skip
@@ -120,15 +81,15 @@ def main() -> None:
     for n in args.sizes:
         atoms = water_box(n, seed=0)
         geometry = Geometry(atoms, optimize_cell=True)
-        objective = Objective(PowerLaw(1.0, 1.0), settings, settings.delta)
+        problem = Problem(geometry, Objective(PowerLaw(1.0, 1.0), 0.2, force_bias=0.1))
         z = geometry.initial()
-        single = FiniteDifferenceGradient(committee, geometry, objective, settings.fd_step, batch_size=1)
-        batched = FiniteDifferenceGradient(committee, geometry, objective, settings.fd_step, batch_size=None)
-        exact = ExactGradient(committee, geometry, objective)
-        t_single = best_time(lambda: single(z), 1 if n > 32 else args.repeat)
-        t_batched = best_time(lambda: batched(z), args.repeat)
-        t_exact = best_time(lambda: exact(z), args.repeat)
-        assert np.allclose(single(z).gradient, batched(z).gradient, rtol=0, atol=1e-10)
+        single = FiniteDifferenceGradient(committee, step, batch_size=1)
+        batched = FiniteDifferenceGradient(committee, step, batch_size=None)
+        exact = ExactGradient(committee)
+        t_single = best_time(lambda: single([problem], [z]), 1 if n > 32 else args.repeat)
+        t_batched = best_time(lambda: batched([problem], [z]), args.repeat)
+        t_exact = best_time(lambda: exact([problem], [z]), args.repeat)
+        assert np.allclose(single([problem], [z])[0].gradient, batched([problem], [z])[0].gradient, rtol=0, atol=1e-10)
         table.add_row(
             str(n), str(len(atoms)), str(geometry.n_variables + 1), f"{t_single:.3f}", f"{t_batched:.3f}",
             f"{t_single / t_batched:.1f}×", f"{t_exact:.4f}", f"{t_batched / t_exact:.0f}×",

@@ -244,12 +244,12 @@ class MorseCommittee:
             virials=virials,
         )
 
-    def torch_energy(self, atoms: Atoms):
-        """``fn(positions (M, N, 3), cells (M, 3, 3)) -> energies (M,)`` near ``atoms`` (torch)."""
-        pairs = build_pairs([atoms], self.model)
+    def torch_energy(self, structures: Sequence[Atoms]):
+        """``fn(positions (M, A, 3), cells (M, S, 3, 3)) -> energies (M, S)`` near ``structures`` (torch)."""
+        pairs = build_pairs(list(structures), self.model)
 
         def energy(positions, cells):
-            return pair_energies(self.model, pairs, positions, cells[:, None])[:, 0]
+            return pair_energies(self.model, pairs, positions, cells)
 
         return energy
 

@@ -1,113 +1,222 @@
 """CAGO: calibrated adversarial geometry optimisation (Cezar et al. 2025, eq. 8).
 
-A structure is pushed by L-BFGS until the calibrated per-atom force uncertainty of the
-committee reaches the user's target error δ:
+Structures are pushed until the calibrated per-atom force uncertainty of the committee reaches
+the user's target error δ (the objective and its variables: :mod:`cagoflow.cago_objective`).
 
-    L(x) = 1/(N δ²) Σ_i [ (σ_cal,F_i(x) − δ)² + l_bias |F̄_i(x)|² ]
-           + w_P ((P̄(x) − P_target) / 1 GPa)²  +  w_c Σ_pairs max(0, 1 − d/d_min)²
+The optimiser is ASE's L-BFGS (:class:`ase.optimize.LBFGS`), one per structure, each with its
+own history, driven in lock-step: every round, ONE committee call evaluates the objective and
+its gradient for all structures still running (:mod:`cagoflow.cago_gradients`), then each
+takes its step. A GPU is idle with one 192-atom structure; it is not with sixty-four.
 
-σ_cal,F_i = a·σ̂_F_i^b (the power law of :mod:`cagoflow.calibration`), F̄ the committee-mean
-force, P̄ the committee-mean pressure. Dividing by N δ² makes L dimensionless and of order one,
-so stopping tolerances do not depend on units or system size. The last term is the optional
-close-contact guard: small committees are easily fooled by atoms pushed together.
+Safeguards against being fooled (small committees, large δ):
 
-Variables: ``u`` (N×3, Å), the positions expressed in the initial cell (scaled coordinates
-times the initial cell), and, when the cell is optimised, a symmetric strain ε (6 Voigt
-components, multiplied by the cube root of the volume so they are in Å like ``u``). The
-structure at a point is ``positions = u (I + ε)``, ``cell = cell₀ (I + ε)``.
+- a step limit: no atom moves more than ``max_step`` Å per iteration (ASE's ``maxstep``,
+  measured on the real displacement including the cell's strain), so CAGO walks to δ instead
+  of jumping past the data; the first step is exactly ``max_step`` long;
+- a close-contact guard learned from the data: for every species pair, the limit is
+  ``contact_guard.fraction`` of the shortest distance of that pair in the training set (stored
+  with the calibration; the starting structures' where unknown). A step that would bring a pair
+  closer is halved until it does not (after 6 halvings the structure stops, reason
+  ``contact``): no structure CAGO returns lies inside the guard;
+- δ is clamped to (or refused above) the calibration's validity limit;
+- every result records the largest displacement from its start, its closest contact against the
+  guard and the steps taken; structures that reached δ in at most ``fast_steps`` steps or
+  touched the guard are flagged (``fast``, ``contact``), so status tables and filters can act.
 
-The gradient comes either from two-point finite differences — the centre plus one displaced
-structure per variable, 3N + 6 + 1 structures, evaluated in ONE batched committee call — or
-from an exact gradient hook (autograd through a differentiable committee, see
-:mod:`cagoflow.autograd`), chosen automatically.
-
-The structure's achieved uncertainty is the RMS over atoms of σ_cal,F_i, the same average that
-judges its true error once reference labels exist (:func:`true_force_error`). CAGO stops when it
-lies within ``tolerance·δ`` of δ.
+CAGO stops a structure when the RMS over atoms of σ_cal,F_i lies within ``tolerance·δ`` of δ
+(``reached``), after ``max_steps`` iterations, when its objective is not finite, when its
+gradient vanishes (``stalled``), or at the guard (``contact``).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 from ase import Atoms
-from ase.units import GPa
-from scipy.optimize import minimize
+from ase.optimize import LBFGS
+from ase.utils.abc import Optimizable
+from pydantic import Field, PositiveFloat, field_validator, model_validator
 
+from cagoflow.cago_gradients import GradientKind, make_gradient
+from cagoflow.cago_objective import Evaluation, Geometry, Objective, Problem
 from cagoflow.calibration import PowerLaw, per_atom_force_error
-from cagoflow.committee import Committee, DifferentiableCommittee, force_sigma_hat, predict_in_batches
+from cagoflow.committee import Committee, force_sigma_hat
 from cagoflow.errors import InputError
-from cagoflow.geometry import close_pairs
+from cagoflow.geometry import closest_contact, shortest_pair_distances
+from cagoflow.inputs import FieldError, InputModel
 
 log = logging.getLogger(__name__)
 
-GradientKind = Literal["auto", "finite_difference", "exact"]
+#: Halvings of a step that would cross the close-contact guard before the structure stops.
+GUARD_HALVINGS = 6
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+
+class RelativeDelta(InputModel):
+    """δ relative to the committee's own error estimate of each starting structure."""
+
+    relative: PositiveFloat = Field(
+        ..., description="δ = this factor × the RMS over atoms of σ_cal,F_i of the starting structure (clamped to the validity limit)"
+    )
+
+
+class BiasSettings(InputModel):
+    """Extra bias term of the CAGO objective."""
+
+    kind: Literal["none", "force", "pressure"] = Field(
+        "none", description="'force': weight·Σ_i |F̄_i|²; 'pressure': weight·((P̄ − target_pressure)/1 GPa)²"
+    )
+    weight: float = Field(0.0, ge=0, description="weight of the bias term (dimensionless)")
+    target_pressure: float | None = Field(None, description="target pressure, bar (kind 'pressure' only)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "BiasSettings":
+        if self.kind == "none" and self.weight != 0:
+            raise FieldError("a bias weight needs kind 'force' or 'pressure', found kind 'none'", "weight")
+        if self.kind != "none" and self.weight <= 0:
+            raise FieldError(f"bias kind '{self.kind}' needs a weight > 0, found {self.weight}", "weight")
+        if self.kind == "pressure" and self.target_pressure is None:
+            raise FieldError("bias kind 'pressure' needs target_pressure (bar)", "target_pressure")
+        if self.kind != "pressure" and self.target_pressure is not None:
+            raise FieldError(
+                f"target_pressure applies to kind 'pressure' only, found kind '{self.kind}'", "target_pressure"
+            )
+        return self
+
+
+class ContactGuard(InputModel):
+    """The close-contact guard, learned from the training set."""
+
+    fraction: float = Field(
+        0.85, gt=0, le=1, description="no pair comes closer than this fraction of the shortest distance of its species in the training set"
+    )
+
+
+class CagoSettings(InputModel):
+    """Calibrated adversarial geometry optimisation: push structures until σ_cal,F = δ.
+
+    One model for the command line and campaigns, so their defaults cannot differ.
+    """
+
+    delta: PositiveFloat | RelativeDelta = Field(
+        0.1, description="target calibrated force error δ per atom, eV/Å (the paper: 0.1–0.2), or {relative: factor}"
+    )
+    tolerance: float = Field(0.05, gt=0, lt=1, description="reached when |σ_cal − δ| ≤ tolerance·δ (relative)")
+    l_bias: float = Field(0.0, ge=0, description="weight of the committee-mean force term |F̄_i|² (dimensionless)")
+    bias: BiasSettings = Field(BiasSettings(), description="optional extra bias term")
+    max_steps: int = Field(200, ge=1, description="L-BFGS iterations per structure at most")
+    max_step: float = Field(0.1, gt=0, le=1, description="largest distance any atom moves in one iteration, Å")
+    optimize_cell: bool = Field(True, description="optimise the cell too (periodic structures only)")
+    contact_guard: ContactGuard | None = Field(ContactGuard(), description="close-contact guard (null: none)")
+    gradient: GradientKind = Field(
+        "auto", description="objective gradient: exact (autograd) where the backend offers it, else finite differences"
+    )
+    fd_step: float = Field(1.0e-3, gt=0, le=0.1, description="finite-difference displacement, Å")
+    batch_size: int | None = Field(
+        None, ge=1, description="structures per committee call for finite differences (null: all at once)"
+    )
+    above_validity: Literal["clamp", "refuse"] = Field(
+        "clamp", description="δ above the calibration's validity limit: use the limit (clamp) or stop (refuse)"
+    )
+    fast_steps: int = Field(2, ge=0, description="flag structures that reached δ in at most this many steps ('fast')")
+
+    @field_validator("delta", mode="before")
+    @classmethod
+    def _delta(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):  # checked here, so that an error speaks of one arm of the union, not both
+            factor = value.get("relative")
+            if set(value) != {"relative"} or isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
+                raise ValueError(f"expected a relative δ as {{relative: positive factor}}, found {dict(value)!r}")
+            return RelativeDelta(relative=factor)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not value > 0:
+            raise ValueError(f"the target error δ must be a positive number of eV/Å (or {{relative: factor}}), found {value}")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "min_distance" in data:
+            raise FieldError(
+                "a fixed close-contact distance is no longer used: the guard learns the shortest distance of "
+                "every species pair from the training set; set contact_guard: {fraction: 0.85} (or null for none)",
+                "min_distance",
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _one_force_bias(self) -> "CagoSettings":
+        if self.l_bias > 0 and self.bias.kind == "force":
+            raise FieldError("give the force-bias weight once: either l_bias or bias {kind: force, weight}", "l_bias")
+        return self
+
+    @property
+    def delta_text(self) -> str:
+        """δ in words: "δ = 100 meV/Å" or "δ = 1.5 × each start's σ_cal"."""
+        if isinstance(self.delta, RelativeDelta):
+            return f"δ = {self.delta.relative:g} × each start's σ_cal"
+        return f"δ = {1000 * self.delta:.0f} meV/Å"
+
+    @property
+    def force_bias_weight(self) -> float:
+        """Weight of Σ_i |F̄_i|² in the objective (from ``l_bias`` or a ``force`` bias)."""
+        return self.bias.weight if self.bias.kind == "force" else self.l_bias
+
+
+# --- what CAGO needs from a calibration ------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class CagoSettings:
-    """Settings of one CAGO run.
+class CagoCalibration:
+    """The parts of a calibration CAGO uses (see :meth:`cagoflow.calibration.CommitteeCalibration.for_cago`).
 
     Attributes:
-        delta: target calibrated force uncertainty δ, eV/Å.
-        tolerance: relative tolerance on reaching δ (stop when |σ_cal − δ| ≤ tolerance·δ).
-        l_bias: weight of the committee-mean force term |F̄_i|² (dimensionless; 0 disables).
-        pressure_weight: weight of ((P̄ − target_pressure)/1 GPa)² (0 disables).
-        target_pressure: target pressure of the pressure bias, bar.
-        max_steps: L-BFGS iterations at most.
-        optimize_cell: optimise the cell too (periodic structures only).
-        min_distance: close-contact guard distance d_min, Å (None disables).
-        contact_weight: weight w_c of the close-contact penalty.
-        fd_step: finite-difference step, Å (strain steps in units of the cube root of the volume).
-        gradient: "auto" (exact when the committee is differentiable), "finite_difference", "exact".
-        batch_size: structures per committee call for finite differences (None: all 3N+7 at once).
-        above_validity: what to do with a δ above the calibration's validity limit:
-            "clamp" (use the limit, warn) or "refuse" (raise :class:`InputError`).
+        law: force power law of exactly the members CAGO uses.
+        validity_limit: largest σ_cal (eV/Å) up to which the calibration holds; None: unknown.
+        contact_distances: shortest distance of each species pair in the training set, Å
+            (None: unknown, the guard uses the starting structures').
+        test_sigma_cal: σ_cal (eV/Å) of the calibration's test points, to count those above δ.
     """
 
-    delta: float
-    tolerance: float = 0.05
-    l_bias: float = 0.0
-    pressure_weight: float = 0.0
-    target_pressure: float = 1.0
-    max_steps: int = 200
-    optimize_cell: bool = True
-    min_distance: float | None = None
-    contact_weight: float = 10.0
-    fd_step: float = 1e-3
-    gradient: GradientKind = "auto"
-    batch_size: int | None = None
-    above_validity: Literal["clamp", "refuse"] = "clamp"
+    law: PowerLaw
+    validity_limit: float | None = None
+    contact_distances: Mapping[str, float] | None = None
+    test_sigma_cal: np.ndarray | None = field(default=None, repr=False)
 
-    def __post_init__(self) -> None:
-        if not self.delta > 0:
-            raise InputError(f"the target error must be positive, got {self.delta} eV/Å", field="cago.delta")
-        if not 0 < self.tolerance < 1:
-            raise InputError(f"expected a relative tolerance in (0, 1), got {self.tolerance}", field="cago.tolerance")
-        if self.max_steps < 1:
-            raise InputError(f"expected at least one step, got {self.max_steps}", field="cago.max_steps")
-        if not self.fd_step > 0:
-            raise InputError(f"the finite-difference step must be positive, got {self.fd_step}", field="cago.fd_step")
+    def points_above(self, delta: float) -> int | None:
+        """Test points whose σ_cal exceeds ``delta`` (None when not recorded)."""
+        return None if self.test_sigma_cal is None else int(np.count_nonzero(np.asarray(self.test_sigma_cal) > delta))
+
+
+# --- results -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class CagoResult:
-    """Outcome of one CAGO run.
+    """Outcome of one structure's CAGO run.
 
     Attributes:
         atoms: the final structure (its ``info`` carries ``cago_*`` provenance).
-        trajectory: the structure after every L-BFGS iteration, starting with the input.
-        sigma_history: RMS over atoms of σ_cal,F_i for every structure of the trajectory, eV/Å.
+        trajectory: the structure at every accepted point, starting with the input.
+        sigma_history: RMS over atoms of σ_cal,F_i along the trajectory, eV/Å.
         sigma_cal: (N,) calibrated per-atom force uncertainty of the final structure, eV/Å.
-        delta: the δ used (eV/Å), after clamping to the validity limit if that happened.
-        requested_delta: the δ asked for, eV/Å.
-        reason: "reached", "max_steps", "stalled" (L-BFGS converged elsewhere) or "not_finite".
-        n_steps: L-BFGS iterations done.
-        n_structure_evaluations: structures the committee evaluated in all.
+        delta: the δ used (eV/Å), after a relative δ was resolved and clamping.
+        requested_delta: the δ asked for (absolute), eV/Å.
+        reason: "reached", "max_steps", "stalled", "not_finite" or "contact".
+        n_steps: optimiser iterations done.
+        n_structure_evaluations: structures the committee evaluated for this one (FD: 3N + 7 per round).
         gradient: "finite_difference" or "exact".
+        max_displacement: largest distance of an atom from its start, Å, measured in the starting
+            cell (a pure change of the cell counts as no displacement).
+        closest_contact: smallest distance / (shortest distance of that species pair in the
+            training set) of the final structure (inf: no guarded pair near), and that pair.
+        guard: the limits used per species pair, Å (empty: no guard).
+        flags: "fast" (reached δ in 1 to ``fast_steps`` steps), "contact" (touched the guard).
+        points_above_delta: calibration test points with σ_cal > δ (None: not recorded).
         warnings: what the user should know (a clamped δ, for instance).
     """
 
@@ -121,6 +230,11 @@ class CagoResult:
     n_steps: int
     n_structure_evaluations: int
     gradient: str
+    max_displacement: float = 0.0
+    closest_contact: tuple[float, str | None] = (float("inf"), None)
+    guard: Mapping[str, float] = field(default_factory=dict)
+    flags: tuple[str, ...] = ()
+    points_above_delta: int | None = None
     warnings: tuple[str, ...] = ()
 
     @property
@@ -137,312 +251,267 @@ class CagoResult:
     def reached(self) -> bool:
         return self.reason == "reached"
 
-
-# --- the variables and the structure they describe -----------------------------------------------
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Maps optimisation variables to structures (see the module docstring)."""
-
-    reference: Atoms
-    optimize_cell: bool
-
-    @property
-    def n_atoms(self) -> int:
-        return len(self.reference)
-
-    @property
-    def n_variables(self) -> int:
-        return 3 * self.n_atoms + (6 if self.optimize_cell else 0)
-
-    @property
-    def strain_scale(self) -> float:
-        """Length (Å) that turns a strain into a variable of the size of a displacement."""
-        return float(self.reference.get_volume() ** (1 / 3)) if self.optimize_cell else 1.0
-
-    def initial(self) -> np.ndarray:
-        return np.concatenate([self.reference.positions.ravel(), np.zeros(6 if self.optimize_cell else 0)])
-
-    def split(self, z: Any) -> tuple[Any, Any]:
-        """Positions in the reference cell (N, 3) and the deformation gradient I + ε (3, 3).
-
-        Written for NumPy arrays and torch tensors alike.
-        """
-        n = 3 * self.n_atoms
-        u = z[:n].reshape(self.n_atoms, 3)
-        if not self.optimize_cell:
-            return u, None
-        e = z[n:] / self.strain_scale
-        rows = [[e[0], e[5], e[4]], [e[5], e[1], e[3]], [e[4], e[3], e[2]]]
-        if isinstance(z, np.ndarray):
-            return u, np.eye(3) + np.array(rows)
-        import torch
-
-        return u, torch.eye(3, dtype=z.dtype) + torch.stack([torch.stack(row) for row in rows])
-
-    def positions_and_cell(self, z: Any) -> tuple[Any, Any]:
-        """Positions (N, 3) and cell (3, 3), Å, at variables ``z`` (NumPy or torch)."""
-        u, deformation = self.split(z)
-        cell = np.asarray(self.reference.cell)
-        if not isinstance(z, np.ndarray):
-            import torch
-
-            cell = torch.as_tensor(cell, dtype=z.dtype)
-        if deformation is None:
-            return u, cell
-        return u @ deformation, cell @ deformation
-
-    def atoms(self, z: np.ndarray) -> Atoms:
-        positions, cell = self.positions_and_cell(z)
-        return Atoms(self.reference.numbers, positions=positions, cell=cell, pbc=self.reference.pbc)
+    def summary(self) -> dict:
+        """The figures a status table shows (JSON-ready; distances Å, σ and δ eV/Å)."""
+        ratio, pair = self.closest_contact
+        return {
+            "reason": self.reason, "steps": self.n_steps, "sigma_cal_rms": self.sigma_cal_rms, "delta": self.delta,
+            "requested_delta": self.requested_delta, "max_displacement": self.max_displacement,
+            "closest_pair_ratio": ratio if np.isfinite(ratio) else None, "closest_pair": pair,
+            "flags": list(self.flags), "points_above_delta": self.points_above_delta, "warnings": list(self.warnings),
+        }  # fmt: skip
 
 
-# --- the objective, shared by finite differences (NumPy) and autograd (torch) --------------------
+# --- δ -------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Objective:
-    """The CAGO objective for one calibration and one set of settings."""
-
-    law: PowerLaw
-    settings: CagoSettings
-    delta: float
-
-    def __call__(self, forces: Any, pressures: Any = None, distances: Any = None) -> Any:
-        """L for one structure from per-member forces (M, N, 3) eV/Å, pressures (M,) eV/Å³ and
-        the distances (Å) of the guarded pairs. NumPy or torch, differentiable."""
-        n_atoms = forces.shape[1]
-        sigma_cal = self.law(force_sigma_hat(forces))
-        value = ((sigma_cal - self.delta) ** 2).sum()
-        if self.settings.l_bias:
-            value = value + self.settings.l_bias * (forces.mean(0) ** 2).sum()
-        value = value / (n_atoms * self.delta**2)
-        if self.settings.pressure_weight and pressures is not None:
-            target = self.settings.target_pressure * 1e-4 * GPa  # bar → eV/Å³
-            value = value + self.settings.pressure_weight * ((pressures.mean() - target) / GPa) ** 2
-        if self.settings.min_distance is not None and distances is not None and len(distances):
-            gap = 1.0 - distances / self.settings.min_distance
-            value = value + self.settings.contact_weight * (((abs(gap) + gap) / 2) ** 2).sum()
-        return value
-
-    def sigma_cal(self, forces: np.ndarray) -> np.ndarray:
-        return self.law(force_sigma_hat(forces))
-
-
-def pair_distances(positions: Any, cell: Any, i: np.ndarray, j: np.ndarray, shifts: np.ndarray) -> Any:
-    """Distances (Å) of the pairs (i, j, cell shift) for NumPy or torch positions and cell."""
-    if isinstance(positions, np.ndarray):
-        vectors = positions[j] - positions[i] + shifts @ cell
-        return np.sqrt((vectors**2).sum(-1))
-    import torch
-
-    vectors = positions[j] - positions[i] + torch.as_tensor(shifts, dtype=positions.dtype) @ cell
-    return torch.sqrt((vectors**2).sum(-1))
-
-
-@dataclass
-class Evaluation:
-    """The objective at one point, with the centre's per-atom σ_cal (eV/Å)."""
-
-    value: float
-    gradient: np.ndarray
-    sigma_cal: np.ndarray
-
-
-#: ``gradient_fn(z) -> Evaluation``: objective, gradient and σ_cal at variables ``z``.
-GradientFunction = Callable[[np.ndarray], Evaluation]
-
-
-@dataclass
-class FiniteDifferenceGradient:
-    """Two-point finite differences: the centre and 3N(+6) displaced structures, batched.
-
-    ``batch_size`` None evaluates all 3N + 6 + 1 structures in ONE committee call;
-    ``batch_size=1`` evaluates them one at a time (same numbers, for comparison).
-    """
-
-    committee: Committee
-    geometry: Geometry
-    objective: Objective
-    step: float
-    batch_size: int | None = None
-    n_structure_evaluations: int = field(default=0, init=False)
-
-    def __call__(self, z: np.ndarray) -> Evaluation:
-        displaced = [z] + [z + self.step * unit for unit in np.eye(z.size)]
-        structures = [self.geometry.atoms(point) for point in displaced]
-        prediction = predict_in_batches(self.committee, structures, self.batch_size)
-        self.n_structure_evaluations += len(structures)
-        forces = prediction.uniform_forces()  # (M, S, N, 3)
-        pressures = _pressures(prediction.virials, structures)
-        pairs = _guarded_pairs(structures[0], self.objective.settings)
-        values = np.array(
-            [
-                self.objective(
-                    forces[:, k],
-                    None if pressures is None else pressures[:, k],
-                    None if pairs is None else pair_distances(s.positions, np.asarray(s.cell), *pairs),
-                )
-                for k, s in enumerate(structures)
-            ]
-        )
-        return Evaluation(
-            value=float(values[0]),
-            gradient=(values[1:] - values[0]) / self.step,
-            sigma_cal=self.objective.sigma_cal(forces[:, 0]),
-        )
-
-
-def _pressures(virials: np.ndarray | None, structures: Sequence[Atoms]) -> np.ndarray | None:
-    """(M, S) pressures, eV/Å³, from virials (M, S, 3, 3) eV; None without virials."""
-    if virials is None or not all(s.pbc.all() for s in structures):
-        return None
-    volumes = np.array([s.get_volume() for s in structures])
-    return np.trace(virials, axis1=-2, axis2=-1) / (3 * volumes)
-
-
-def _guarded_pairs(atoms: Atoms, settings: CagoSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Pairs that the close-contact guard watches: those within d_min + 0.5 Å of the centre."""
-    if settings.min_distance is None:
-        return None
-    return close_pairs(atoms, settings.min_distance + 0.5)
-
-
-def choose_gradient(committee: Committee, settings: CagoSettings) -> str:
-    """The gradient method CAGO uses: exact where the committee is differentiable (auto)."""
-    differentiable = isinstance(committee, DifferentiableCommittee)
-    if settings.gradient == "exact" and not differentiable:
-        raise InputError("this committee offers no exact gradient; use finite_difference or auto", field="cago.gradient")
-    if settings.gradient == "auto":
-        return "exact" if differentiable else "finite_difference"
-    return settings.gradient
-
-
-def effective_delta(settings: CagoSettings, validity_limit: float | None) -> tuple[float, tuple[str, ...]]:
+def effective_delta(
+    delta: float, validity_limit: float | None, above_validity: str
+) -> tuple[float, tuple[str, ...]]:
     """δ to use and warnings, given the calibration's validity limit (eV/Å, None: unknown)."""
-    if validity_limit is None or settings.delta <= validity_limit:
-        return settings.delta, ()
+    if validity_limit is None:
+        return delta, (
+            f"the calibration has no validity limit (too few test points to judge it); δ = {1000 * delta:.0f} "
+            "meV/Å is not checked against one",
+        )
+    if delta <= validity_limit:
+        return delta, ()
     message = (
-        f"the target error δ = {settings.delta * 1000:.0f} meV/Å lies above the validity limit of the "
+        f"the target error δ = {delta * 1000:.0f} meV/Å lies above the validity limit of the "
         f"calibration ({validity_limit * 1000:.0f} meV/Å): above it the calibrated uncertainty no longer "
         "tracks the true error and CAGO overshoots"
     )
-    if settings.above_validity == "refuse":
+    if above_validity == "refuse":
         raise InputError(message + "; lower δ or recalibrate on data that reach higher errors", field="cago.delta")
     log.warning("%s; using %.0f meV/Å instead", message, validity_limit * 1000)
     return validity_limit, (message + f"; δ clamped to {validity_limit * 1000:.0f} meV/Å",)
 
 
+def _rms(values: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.asarray(values) ** 2)))
+
+
+# --- one structure's optimisation state ---------------------------------------------------------
+
+
+class _Variables(Optimizable):
+    """The variables of one structure as ASE's optimisers see them; the objective and its
+    gradient are set from outside (the batched round) before every step."""
+
+    def __init__(self, geometry: Geometry, x: np.ndarray):
+        self.geometry = geometry
+        self.x = x.copy()
+        self.evaluation: Evaluation | None = None
+
+    def ndofs(self) -> int:
+        return self.x.size
+
+    def get_x(self) -> np.ndarray:
+        return self.x.copy()
+
+    def set_x(self, x: np.ndarray) -> None:
+        self.x = np.array(x, dtype=float)
+
+    def get_gradient(self) -> np.ndarray:
+        return self.evaluation.gradient.copy()
+
+    def get_value(self) -> float:
+        return self.evaluation.value
+
+    def iterimages(self):
+        yield self.geometry.atoms(self.x)
+
+    def gradient_norm(self, vector: np.ndarray) -> float:
+        """The largest distance (Å) an atom moves along ``vector`` from here, to first order
+        (ASE's step limit scales the step by it)."""
+        return float(self.geometry.linear_displacements(self.x, vector).max())
+
+
+class _SafeLBFGS(LBFGS):
+    """ASE's L-BFGS whose memory restarts when a pair of steps shows no positive curvature
+    (the objective is not convex), so every step stays a descent direction."""
+
+    def update(self, pos, forces, r0, f0):
+        if self.state.iteration > 0 and np.dot(pos - r0, f0 - forces) <= 0:
+            self.state.s, self.state.y, self.state.rho, self.state.iteration = [], [], [], 0
+            return
+        super().update(pos, forces, r0, f0)
+
+
+@dataclass
+class _Run:
+    """One structure on its way to δ."""
+
+    problem: Problem
+    limits: Mapping[str, float]
+    shortest: Mapping[str, float]
+    variables: _Variables
+    trajectory: list[Atoms]
+    history: list[float] = field(default_factory=list)
+    sigma: np.ndarray | None = None
+    optimizer: _SafeLBFGS | None = None
+    previous_x: np.ndarray | None = None
+    steps: int = 0
+    reason: str | None = None
+    touched_guard: bool = False
+
+    def accept(self, evaluation: Evaluation) -> None:
+        self.variables.evaluation = evaluation
+        self.sigma = evaluation.sigma_cal
+        self.history.append(_rms(evaluation.sigma_cal))
+
+    def step(self, max_step: float) -> None:
+        """One L-BFGS step; a step that would cross the guard is halved until it does not."""
+        if self.optimizer is None:  # the first step is exactly max_step long
+            gradient = self.variables.get_gradient()
+            alpha = self.variables.gradient_norm(gradient) / max_step
+            self.optimizer = _SafeLBFGS(self.variables, logfile=None, maxstep=max_step, alpha=alpha)
+        start = self.previous_x = self.variables.get_x()
+        self.optimizer.step()
+        for _ in range(3):  # the step limit on the real displacement (the cell's strain adds a second-order part)
+            longest = self.problem.geometry.displacements(start, self.variables.x - start).max()
+            if longest <= max_step:
+                break
+            self.variables.set_x(start + (self.variables.x - start) * max_step / longest * (1 - 1e-9))
+        for _ in range(GUARD_HALVINGS):
+            if closest_contact(self.problem.geometry.atoms(self.variables.x), self.limits)[0] >= 1.0:
+                break
+            self.touched_guard = True
+            self.variables.set_x(start + 0.5 * (self.variables.x - start))
+        else:
+            if closest_contact(self.problem.geometry.atoms(self.variables.x), self.limits)[0] < 1.0:
+                self.variables.set_x(start)
+                self.reason = "contact"
+                return
+        self.steps += 1
+        self.trajectory.append(self.problem.geometry.atoms(self.variables.x))
+
+
+# --- the driver ----------------------------------------------------------------------------------
+
+#: ``progress(structure_index, step, sigma_cal_rms)`` after every round, eV/Å.
+Progress = Callable[[int, int, float], None]
+
+
 def run_cago(
-    atoms: Atoms,
+    atoms: Atoms, committee: Committee, calibration: CagoCalibration, settings: CagoSettings, **options
+) -> CagoResult:
+    """Push one structure until the committee's calibrated force uncertainty reaches δ
+    (:func:`run_cago_batch` with one structure)."""
+    progress = options.pop("progress", None)
+    report = None if progress is None else (lambda index, step, sigma: progress(step, sigma))
+    return run_cago_batch([atoms], committee, calibration, settings, progress=report, **options)[0]
+
+
+def run_cago_batch(
+    structures: Sequence[Atoms],
     committee: Committee,
-    law: PowerLaw,
+    calibration: CagoCalibration,
     settings: CagoSettings,
     *,
-    validity_limit: float | None = None,
-    gradient_fn: GradientFunction | None = None,
-    progress: Callable[[int, float], None] | None = None,
-) -> CagoResult:
-    """Push ``atoms`` until the committee's calibrated force uncertainty reaches δ.
+    gradient=None,
+    progress: Progress | None = None,
+) -> list[CagoResult]:
+    """Push every structure until the committee's calibrated force uncertainty reaches δ.
 
-    ``law`` must be the force calibration of exactly the members of ``committee`` (a subset
-    calibration when CAGO runs on a subset). ``gradient_fn`` overrides the gradient (a hook for
-    other differentiable models); ``progress(step, sigma_cal_rms)`` is called after every step.
+    All structures advance together: each round evaluates every structure still running in
+    one committee call. ``calibration.law`` must be the force calibration of exactly the
+    members of ``committee`` (a subset calibration when CAGO runs on a subset). ``gradient``
+    overrides the evaluator (:mod:`cagoflow.cago_gradients`); by default it follows
+    ``settings.gradient``.
     """
-    delta, warnings = effective_delta(settings, validity_limit)
-    geometry = Geometry(atoms.copy(), optimize_cell=settings.optimize_cell and bool(atoms.pbc.all()))
-    objective = Objective(law, settings, delta)
-    kind = "custom"
-    if gradient_fn is None:
-        kind = choose_gradient(committee, settings)
-        if kind == "exact":
-            from cagoflow.autograd import ExactGradient
+    if not structures:
+        return []
+    evaluator = gradient or make_gradient(committee, settings.gradient, settings.fd_step, settings.batch_size)
+    shortest = calibration.contact_distances or shortest_pair_distances(structures)
+    fraction = settings.contact_guard.fraction if settings.contact_guard is not None else None
+    limits = {} if fraction is None else {name: fraction * value for name, value in shortest.items()}
+    start = committee.predict(structures)
+    starting_sigma = [_rms(calibration.law(force_sigma_hat(start.structure_forces(k)))) for k in range(len(structures))]
+    runs, deltas = [], []
+    for atoms, sigma in zip(structures, starting_sigma):
+        requested = settings.delta.relative * sigma if isinstance(settings.delta, RelativeDelta) else settings.delta
+        delta, warnings = effective_delta(requested, calibration.validity_limit, settings.above_validity)
+        deltas.append((requested, delta, warnings))
+        geometry = Geometry(atoms.copy(), optimize_cell=settings.optimize_cell and bool(atoms.pbc.all()))
+        objective = Objective(
+            calibration.law, delta, force_bias=settings.force_bias_weight,
+            pressure_weight=settings.bias.weight if settings.bias.kind == "pressure" else 0.0,
+            target_pressure=settings.bias.target_pressure or 1.0,
+        )  # fmt: skip
+        x0 = geometry.initial()
+        runs.append(_Run(Problem(geometry, objective), limits, shortest, _Variables(geometry, x0), [geometry.atoms(x0)]))
+    rounds = np.zeros(len(runs), dtype=int)
+    for _ in range(settings.max_steps + 1):
+        active = [k for k, run in enumerate(runs) if run.reason is None]
+        if not active:
+            break
+        evaluations = evaluator([runs[k].problem for k in active], [runs[k].variables.x for k in active])
+        rounds[active] += 1
+        for k, evaluation in zip(active, evaluations):
+            _advance(runs[k], evaluation, settings)
+            if progress is not None:
+                progress(k, runs[k].steps, runs[k].history[-1])
+    return [_result(run, *deltas[k], evaluator.kind, int(rounds[k]), settings, calibration) for k, run in enumerate(runs)]
 
-            gradient_fn = ExactGradient(committee, geometry, objective)
-        else:
-            gradient_fn = FiniteDifferenceGradient(committee, geometry, objective, settings.fd_step, settings.batch_size)
-    return _optimise(geometry, objective, gradient_fn, settings, kind, warnings, progress)
 
-
-def _optimise(geometry, objective, gradient_fn, settings, kind, warnings, progress) -> CagoResult:
-    cache: dict[bytes, Evaluation] = {}
-    evaluations = 0
-
-    def evaluate(z: np.ndarray) -> Evaluation:
-        nonlocal evaluations
-        key = z.tobytes()
-        if key not in cache:
-            cache.clear()  # L-BFGS only asks for the latest point again
-            cache[key] = gradient_fn(z)
-            evaluations += 1
-        return cache[key]
-
-    def fun(z: np.ndarray) -> tuple[float, np.ndarray]:
-        evaluation = evaluate(z)
-        return evaluation.value, evaluation.gradient
-
-    def rms(sigma: np.ndarray) -> float:
-        return float(np.sqrt(np.mean(sigma**2)))
-
-    z0 = geometry.initial()
-    trajectory = [geometry.atoms(z0)]
-    state = {"z": z0, "sigma": evaluate(z0).sigma_cal, "steps": 0, "reason": "max_steps"}
-    history = [rms(state["sigma"])]
-
-    def reached(sigma: np.ndarray) -> bool:
-        return abs(rms(sigma) - objective.delta) <= settings.tolerance * objective.delta
-
-    def callback(intermediate_result) -> None:
-        z = np.array(intermediate_result.x)
-        evaluation = evaluate(z)
-        state.update(z=z, sigma=evaluation.sigma_cal, steps=state["steps"] + 1)
-        trajectory.append(geometry.atoms(z))
-        history.append(rms(evaluation.sigma_cal))
-        if progress is not None:
-            progress(state["steps"], rms(evaluation.sigma_cal))
-        if not np.isfinite(evaluation.value):
-            state["reason"] = "not_finite"
-            raise StopIteration
-        if reached(evaluation.sigma_cal):
-            state["reason"] = "reached"
-            raise StopIteration
-
-    if reached(state["sigma"]):
-        state["reason"] = "reached"
+def _advance(run: _Run, evaluation: Evaluation, settings: CagoSettings) -> None:
+    """Take the evaluation of the run's current point; stop it or take its next step."""
+    if not (np.isfinite(evaluation.value) and np.isfinite(evaluation.gradient).all()):
+        run.reason = "not_finite"
+        if run.sigma is None:  # the start itself
+            run.accept(evaluation)
+        else:  # back to the last finite point
+            run.variables.set_x(run.previous_x)
+            run.trajectory.pop()
+            run.steps -= 1
+        return
+    run.accept(evaluation)
+    delta = run.problem.objective.delta
+    if abs(run.history[-1] - delta) <= settings.tolerance * delta:
+        run.reason = "reached"
+    elif run.steps >= settings.max_steps:
+        run.reason = "max_steps"
+    elif not np.any(evaluation.gradient):
+        run.reason = "stalled"
     else:
-        result = minimize(
-            fun,
-            z0,
-            jac=True,
-            method="L-BFGS-B",
-            callback=callback,
-            options={"maxiter": settings.max_steps, "maxfun": 20 * settings.max_steps, "ftol": 1e-12, "gtol": 1e-9},
-        )
-        if state["reason"] == "max_steps" and state["steps"] < settings.max_steps and result.status != 1:
-            state["reason"] = "stalled"
+        run.step(settings.max_step)
 
-    final = geometry.atoms(state["z"])
-    sigma = np.asarray(state["sigma"])
+
+def _result(
+    run: _Run, requested: float, delta: float, warnings: tuple[str, ...], kind: str, rounds: int,
+    settings: CagoSettings, calibration: CagoCalibration,
+) -> CagoResult:  # fmt: skip
+    geometry = run.problem.geometry
+    per_round = geometry.n_variables + 1 if kind == "finite_difference" else 1
+    final = run.trajectory[-1]
+    contact = closest_contact(final, run.shortest)
+    flags = []
+    if run.reason == "reached" and 1 <= run.steps <= settings.fast_steps:
+        flags.append("fast")
+    if run.touched_guard or run.reason == "contact":
+        flags.append("contact")
+    sigma = np.asarray(run.sigma)
     final.info.update(
-        cago_delta=objective.delta,
-        cago_sigma_cal_rms=rms(sigma),
-        cago_sigma_cal_mean=float(sigma.mean()),
-        cago_reason=state["reason"],
-        cago_steps=state["steps"],
-    )
-    n_structures = getattr(gradient_fn, "n_structure_evaluations", evaluations)
+        cago_delta=delta, cago_sigma_cal_rms=_rms(sigma), cago_sigma_cal_mean=float(sigma.mean()),
+        cago_reason=run.reason, cago_steps=run.steps, cago_flags=" ".join(flags) or "none",
+    )  # fmt: skip
     return CagoResult(
         atoms=final,
-        trajectory=tuple(trajectory),
-        sigma_history=tuple(history),
+        trajectory=tuple(run.trajectory),
+        sigma_history=tuple(run.history[: len(run.trajectory)]),
         sigma_cal=sigma,
-        delta=objective.delta,
-        requested_delta=settings.delta,
-        reason=state["reason"],
-        n_steps=state["steps"],
-        n_structure_evaluations=int(n_structures),
+        delta=delta,
+        requested_delta=requested,
+        reason=run.reason,
+        n_steps=run.steps,
+        n_structure_evaluations=rounds * per_round,
         gradient=kind,
+        max_displacement=float(geometry.internal_displacements(run.variables.x).max()),
+        closest_contact=contact,
+        guard=dict(run.limits),
+        flags=tuple(flags),
+        points_above_delta=calibration.points_above(delta),
         warnings=warnings,
     )
 

@@ -19,7 +19,7 @@ energies and virials). The dimensionless ratio r/σ is called z below.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,6 +36,10 @@ from cagoflow.io import atomic_write_json, read_json, structure_labels
 SIGMA_FLOOR = 1e-12
 #: Fewest samples a power-law fit accepts.
 MIN_SAMPLES = 10
+#: Fewest distinct structures a bin needs before the validity limit judges it.
+MIN_BIN_STRUCTURES = 3
+#: Bootstrap resamples (of structures) behind each bin's uncertainty.
+BOOTSTRAP_RESAMPLES = 200
 #: Search interval of the exponent b.
 B_BOUNDS = (0.05, 4.0)
 #: Number of grid points of the coarse search over b.
@@ -164,6 +168,10 @@ class CalibrationBin:
         sigma_cal_rms: RMS of σ_cal over the bin.
         rmse: RMS of the residuals over the bin.
         count: number of samples in the bin.
+        ratio_low, ratio_high: the 68 % interval (16th to 84th percentile) of rmse/σ_cal over
+            bootstrap resamples of the STRUCTURES the samples belong to (atoms of one structure
+            are not independent); None where not computed.
+        structures: distinct structures with samples in the bin (None: not recorded).
     """
 
     sigma_cal_low: float
@@ -171,6 +179,9 @@ class CalibrationBin:
     sigma_cal_rms: float
     rmse: float
     count: int
+    ratio_low: float | None = None
+    ratio_high: float | None = None
+    structures: int | None = None
 
     @property
     def ratio(self) -> float:
@@ -236,11 +247,21 @@ def miscalibration_area(z: np.ndarray, n_levels: int = _AREA_GRID_POINTS) -> flo
     return float(np.mean(np.abs(observed - levels)))
 
 
-def binned_errors(sigma_cal: Any, residuals: Any, n_bins: int = 10, min_count: int = 20) -> list[CalibrationBin]:
+def binned_errors(
+    sigma_cal: Any,
+    residuals: Any,
+    n_bins: int = 10,
+    min_count: int = 20,
+    groups: Any = None,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+) -> list[CalibrationBin]:
     """Sort samples by σ_cal and split them into bins of equal count (quantiles of σ_cal).
 
     The number of bins is lowered so that each bin holds at least ``min_count`` samples
     where possible (always at least one bin). Bins are ordered from small to large σ_cal.
+    ``groups`` names the structure of each sample (None: every sample its own); each bin
+    gets the 68 % interval of its rmse/σ_cal over ``n_resamples`` bootstrap resamples of
+    the groups (seeded: the same data give the same interval).
     """
     sigma = np.asarray(sigma_cal, dtype=float).ravel()
     resid = np.asarray(residuals, dtype=float).ravel()
@@ -251,10 +272,13 @@ def binned_errors(sigma_cal: Any, residuals: Any, n_bins: int = 10, min_count: i
         )
     if n_bins < 1:
         raise InputError(f"n_bins must be at least 1, got {n_bins}", field="n_bins")
+    owner = np.arange(sigma.size) if groups is None else np.unique(np.asarray(groups).ravel(), return_inverse=True)[1]
     n_bins = max(1, min(n_bins, sigma.size // max(min_count, 1)))
     order = np.argsort(sigma, kind="stable")
+    chunks = np.array_split(order, n_bins)
+    intervals = _ratio_intervals(sigma, resid, owner, chunks, n_resamples)
     bins = []
-    for chunk in np.array_split(order, n_bins):
+    for chunk, (low, high) in zip(chunks, intervals):
         s, r = sigma[chunk], resid[chunk]
         bins.append(
             CalibrationBin(
@@ -263,26 +287,65 @@ def binned_errors(sigma_cal: Any, residuals: Any, n_bins: int = 10, min_count: i
                 sigma_cal_rms=float(np.sqrt(np.mean(s**2))),
                 rmse=float(np.sqrt(np.mean(r**2))),
                 count=int(chunk.size),
+                ratio_low=low,
+                ratio_high=high,
+                structures=int(np.unique(owner[chunk]).size),
             )
         )
     return bins
 
 
+def _ratio_intervals(
+    sigma: np.ndarray, resid: np.ndarray, owner: np.ndarray, chunks: Sequence[np.ndarray], n_resamples: int
+) -> list[tuple[float | None, float | None]]:
+    """Per bin, the 16th and 84th percentile of rmse/σ_cal_rms over bootstrap resamples of the
+    groups (a resample that leaves a bin empty does not count for it)."""
+    if n_resamples < 1:
+        return [(None, None)] * len(chunks)
+    rng = np.random.default_rng(0)
+    n_groups = int(owner.max()) + 1
+    weights = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_resamples).astype(float)
+    intervals = []
+    for chunk in chunks:
+        w = weights[:, owner[chunk]]  # (resamples, samples of the bin)
+        total = w.sum(1)
+        used = total > 0
+        if not used.any():
+            intervals.append((None, None))
+            continue
+        rmse = np.sqrt((w[used] * resid[chunk] ** 2).sum(1) / total[used])
+        spread = np.sqrt((w[used] * sigma[chunk] ** 2).sum(1) / total[used])
+        ratios = rmse / np.maximum(spread, SIGMA_FLOOR)
+        intervals.append((float(np.percentile(ratios, 16)), float(np.percentile(ratios, 84))))
+    return intervals
+
+
 def validity_limit(
-    bins: Sequence[CalibrationBin], low: float = 0.8, high: float = 1.25, min_count: int = 20
+    bins: Sequence[CalibrationBin],
+    low: float = 0.8,
+    high: float = 1.25,
+    min_count: int = 20,
+    min_structures: int = MIN_BIN_STRUCTURES,
 ) -> float | None:
     """Largest σ_cal up to which the calibration holds (unit of the quantity), or None.
 
-    Walk the bins from small to large σ_cal. Bins with fewer than ``min_count`` samples are
-    too noisy to judge and are skipped. Every other bin must have rmse/σ_cal_rms within
-    [``low``, ``high``]; the result is the upper edge of the last bin of the leading run of
-    such valid bins. None when the first judged bin already fails or no bin can be judged.
+    Walk the bins from small to large σ_cal. Bins with fewer than ``min_count`` samples or
+    from fewer than ``min_structures`` structures are too thin to judge and are skipped. Every
+    other bin must have its rmse/σ_cal inside [``low``, ``high``] WITH its uncertainty: the
+    whole 68 % bootstrap interval inside (the ratio itself for bins without an interval). The
+    result is the upper edge of the last bin of the leading run of such valid bins; None when
+    the first judged bin already fails or no bin can be judged. A limit reached with a handful
+    of points is no limit.
     """
     limit = None
     for current in sorted(bins, key=lambda item: item.sigma_cal_low):
-        if current.count < min_count:
+        if current.count < min_count or (current.structures is not None and current.structures < min_structures):
             continue
-        if not (low <= current.ratio <= high):
+        if current.ratio_low is not None and current.ratio_high is not None:
+            inside = low <= current.ratio_low and current.ratio_high <= high
+        else:
+            inside = low <= current.ratio <= high
+        if not inside:
             break
         limit = current.sigma_cal_high
     return limit
@@ -302,12 +365,13 @@ def summarize_data(sigma_hat: np.ndarray, residuals: np.ndarray) -> DataSummary:
 
 
 def diagnose(
-    law: PowerLaw, sigma_hat: Any, residuals: Any, n_bins: int = 10, *, quantity: str | None = None
+    law: PowerLaw, sigma_hat: Any, residuals: Any, n_bins: int = 10, *, quantity: str | None = None, groups: Any = None
 ) -> CalibrationDiagnostics:
-    """Calibration quality of ``law`` on (σ̂, residual) pairs, before and after calibration."""
+    """Calibration quality of ``law`` on (σ̂, residual) pairs, before and after calibration
+    (``groups``: the structure of each sample, for the bins' uncertainty)."""
     sigma, resid = validated_samples(sigma_hat, residuals, quantity)
     sigma_cal = law(sigma)
-    bins = binned_errors(sigma_cal, resid, n_bins=n_bins)
+    bins = binned_errors(sigma_cal, resid, n_bins=n_bins, groups=groups)
     return CalibrationDiagnostics(
         n_samples=int(sigma.size),
         std_r_before=rms_z(sigma, resid),
@@ -333,10 +397,13 @@ class QuantityCalibration:
     unit: str
 
 
-def calibrate_quantity(quantity: str, sigma_hat: Any, residuals: Any, n_bins: int = 10) -> QuantityCalibration:
-    """Fit and diagnose the power law of one quantity (unit from :data:`UNITS`)."""
+def calibrate_quantity(
+    quantity: str, sigma_hat: Any, residuals: Any, n_bins: int = 10, groups: Any = None
+) -> QuantityCalibration:
+    """Fit and diagnose the power law of one quantity (unit from :data:`UNITS`; ``groups``:
+    the structure of each sample)."""
     law = fit_power_law(sigma_hat, residuals, quantity=quantity)
-    diagnostics = diagnose(law, sigma_hat, residuals, n_bins, quantity=quantity)
+    diagnostics = diagnose(law, sigma_hat, residuals, n_bins, quantity=quantity, groups=groups)
     return QuantityCalibration(quantity, law, diagnostics, UNITS[quantity])
 
 
@@ -351,6 +418,10 @@ class CommitteeCalibration:
         members: indices of the committee members the calibration holds for.
         n_structures: number of reference structures.
         n_atoms: number of atoms over all reference structures.
+        contact_distances: shortest distance (Å) of each species pair (``"H-O"``) in the
+            training set the committee was trained on: CAGO's close-contact guard (None: not given).
+        force_test_sigma_cal: σ_cal (eV/Å) of every test atom, ascending, to count the test
+            points above a δ (None: not recorded).
     """
 
     forces: QuantityCalibration
@@ -359,11 +430,21 @@ class CommitteeCalibration:
     members: tuple[int, ...]
     n_structures: int
     n_atoms: int
+    contact_distances: dict[str, float] | None = None
+    force_test_sigma_cal: tuple[float, ...] | None = field(default=None, repr=False)
 
     @property
     def force_validity_limit(self) -> float | None:
         """Largest calibrated force uncertainty σ_cal,F (eV/Å) up to which the calibration holds."""
         return self.forces.diagnostics.validity_limit
+
+    def for_cago(self):
+        """What CAGO needs of this calibration (:class:`cagoflow.cago.CagoCalibration`)."""
+        from cagoflow.cago import CagoCalibration
+
+        return CagoCalibration(
+            self.forces.law, self.force_validity_limit, self.contact_distances, self.force_test_sigma_cal
+        )
 
     def save(self, path: str | Path) -> Path:
         """Write the calibration as indented JSON, atomically."""
@@ -392,13 +473,18 @@ def per_atom_force_error(member_forces: Any, reference_forces: Any) -> np.ndarra
 
 
 def calibrate_committee(
-    prediction: CommitteePrediction, references: Sequence[Atoms], members: Sequence[int] | None = None
+    prediction: CommitteePrediction,
+    references: Sequence[Atoms],
+    members: Sequence[int] | None = None,
+    training: Sequence[Atoms] | None = None,
 ) -> CommitteeCalibration:
     """Calibrate forces, energies and virials of a committee against labelled structures.
 
     ``references[k]`` carries the reference labels of structure k of ``prediction`` in
     ``atoms.calc.results`` (``energy`` eV, ``forces`` eV/Å, optional ``stress`` eV/Å³).
-    With ``members``, only those committee members are used (and recorded).
+    With ``members``, only those committee members are used (and recorded). With
+    ``training`` (the structures the committee was trained on), the shortest distance of every
+    species pair in them is stored for CAGO's close-contact guard.
 
     - forces (required): per atom, σ̂ = σ̂_F_i (eq. 9), residual = :func:`per_atom_force_error`.
     - energies: per structure, σ̂ = committee std of the TOTAL energy, residual = committee
@@ -416,6 +502,8 @@ def calibrate_committee(
     _check_references(prediction, references)
     labels = [structure_labels(atoms) for atoms in references]
     forces = _force_calibration(prediction, labels)
+    from cagoflow.geometry import shortest_pair_distances
+
     return CommitteeCalibration(
         forces=forces,
         energies=_energy_calibration(prediction, labels),
@@ -423,6 +511,8 @@ def calibrate_committee(
         members=member_list,
         n_structures=prediction.n_structures,
         n_atoms=int(np.sum(prediction.natoms)),
+        contact_distances=None if training is None else shortest_pair_distances(training),
+        force_test_sigma_cal=tuple(float(f"{value:.5g}") for value in np.sort(forces.law(force_sigma_hat(prediction.forces)))),
     )
 
 
@@ -452,7 +542,8 @@ def _check_references(prediction: CommitteePrediction, references: Sequence[Atom
 def _force_calibration(prediction: CommitteePrediction, labels: list[dict[str, Any]]) -> QuantityCalibration:
     reference = np.concatenate([np.asarray(label["forces"], dtype=float).reshape(-1, 3) for label in labels])
     sigma = force_sigma_hat(prediction.forces)
-    return calibrate_quantity("forces", sigma, per_atom_force_error(prediction.forces, reference))
+    groups = np.repeat(np.arange(prediction.n_structures), prediction.natoms)
+    return calibrate_quantity("forces", sigma, per_atom_force_error(prediction.forces, reference), groups=groups)
 
 
 def _energy_calibration(
@@ -463,7 +554,7 @@ def _energy_calibration(
         return None
     reference = np.array([float(labels[k]["energy"]) for k in keep])
     energies = prediction.energies[:, keep]
-    return calibrate_quantity("energies", member_std(energies), energies.mean(0) - reference)
+    return calibrate_quantity("energies", member_std(energies), energies.mean(0) - reference, groups=np.array(keep))
 
 
 def _virial_calibration(
@@ -472,7 +563,7 @@ def _virial_calibration(
     if prediction.virials is None:
         return None
     rows, cols = np.array(_VOIGT_PAIRS).T
-    sigmas, residuals = [], []
+    sigmas, residuals, groups = [], [], []
     for k, (atoms, label) in enumerate(zip(references, labels)):
         predicted = prediction.virials[:, k][:, rows, cols]  # (M, 6)
         if "stress" not in label or atoms.cell.rank != 3 or not np.all(np.isfinite(predicted)):
@@ -480,9 +571,10 @@ def _virial_calibration(
         reference = virial_from_stress(np.asarray(label["stress"], dtype=float), atoms.get_volume())[rows, cols]
         sigmas.append(member_std(predicted))
         residuals.append(predicted.mean(0) - reference)
+        groups.append(np.full(len(rows), k))
     if sum(len(s) for s in sigmas) < MIN_SAMPLES:
         return None
-    return calibrate_quantity("virials", np.concatenate(sigmas), np.concatenate(residuals))
+    return calibrate_quantity("virials", np.concatenate(sigmas), np.concatenate(residuals), groups=np.concatenate(groups))
 
 
 # --- JSON ------------------------------------------------------------------------------------
@@ -513,6 +605,10 @@ def _calibration_to_dict(calibration: CommitteeCalibration) -> dict[str, Any]:
         "forces": _quantity_to_dict(calibration.forces),
         "energies": _quantity_to_dict(calibration.energies),
         "virials": _quantity_to_dict(calibration.virials),
+        "training_shortest_distances_A": calibration.contact_distances,
+        "force_test_sigma_cal_eV_per_A": None
+        if calibration.force_test_sigma_cal is None
+        else list(calibration.force_test_sigma_cal),
     }
 
 
@@ -566,7 +662,12 @@ class _Reader:
     def bin(self, data: Any, prefix: str) -> CalibrationBin:
         names = ("sigma_cal_low", "sigma_cal_high", "sigma_cal_rms", "rmse")
         values = (self.number(data, name, prefix) for name in names)
-        return CalibrationBin(*values, count=self.integer(data, "count", prefix))
+        optional = {  # written since the bins carry their uncertainty; older files have none
+            name: (self.optional_number(data, name, prefix) if name in data else None)
+            for name in ("ratio_low", "ratio_high")
+        }
+        structures = self.integer(data, "structures", prefix) if data.get("structures") is not None else None
+        return CalibrationBin(*values, count=self.integer(data, "count", prefix), structures=structures, **optional)
 
     def summary(self, data: Any, prefix: str) -> DataSummary | None:
         if data is None:
@@ -615,4 +716,25 @@ class _Reader:
             members=tuple(members),
             n_structures=self.integer(data, "n_structures"),
             n_atoms=self.integer(data, "n_atoms"),
+            contact_distances=self.distances(data.get("training_shortest_distances_A")),
+            force_test_sigma_cal=self.values(data.get("force_test_sigma_cal_eV_per_A"), "force_test_sigma_cal_eV_per_A"),
         )
+
+    def distances(self, value: Any) -> dict[str, float] | None:
+        """Shortest distance per species pair (optional: older files have none)."""
+        if value is None:
+            return None
+        key = "training_shortest_distances_A"
+        if not isinstance(value, dict):
+            raise self._fail(key, "expected a JSON object of species pair → distance (Å)")
+        return {str(name): self.number(value, name, key) for name in value}
+
+    def values(self, value: Any, key: str) -> tuple[float, ...] | None:
+        """A list of finite numbers (optional: older files have none)."""
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+        ):
+            raise self._fail(key, "expected a JSON list of finite numbers")
+        return tuple(float(v) for v in value)

@@ -11,6 +11,7 @@ import functools
 import logging
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
@@ -112,6 +113,9 @@ def calibrate(
     structures: Path = typer.Option(..., "--structures", "-s", help="Labelled structures (extxyz, ...): the test set."),
     output: Path = typer.Option(Path("calibration"), "--output", "-o", help="Folder for the calibration and plots."),
     subset: Optional[str] = typer.Option(None, help="Also calibrate this member subset, e.g. 0,1,2 (the members CAGO uses)."),
+    training: Optional[Path] = typer.Option(
+        None, help="The committee's training structures: their shortest pair distances go into the calibration for CAGO's close-contact guard."
+    ),
 ) -> None:
     """Fit σ_cal = a·σ̂^b for forces, energies and virials; write JSON, plots and the validity range."""
     from cagoflow.calibration import calibrate_committee, per_atom_force_error
@@ -124,6 +128,7 @@ def calibrate(
     model = spec.build()
     references = read_structures(structures, require_labels=True)
     _check_species(spec, references, structures)
+    trained_on = None if training is None else read_structures(training)
     members = _members(subset, "--subset")
     if members is not None:
         _check_members(members, model.n_members, "--subset")
@@ -133,7 +138,7 @@ def calibrate(
     reference_forces = np.concatenate([atoms.get_forces() for atoms in references])
     for chosen in [None] + ([members] if members is not None else []):
         name = "calibration" if chosen is None else "calibration-subset"
-        calibration = calibrate_committee(prediction, references, members=chosen)
+        calibration = calibrate_committee(prediction, references, members=chosen, training=trained_on)
         path = calibration.save(output / f"{name}.json")
         forces = prediction.forces if chosen is None else prediction.members(chosen).forces
         plots = plot_calibration(
@@ -143,7 +148,8 @@ def calibrate(
 
 
 def _print_calibration(calibration, path: Path, plots) -> None:
-    table = Table(title=f"calibration of members {', '.join(map(str, calibration.members))} → {escape(str(path))}")
+    title = f"calibration of members {', '.join(map(str, calibration.members))} on {calibration.n_structures} structures"
+    table = Table(title=f"{title} ({calibration.n_atoms} atoms) → {escape(str(path))}")
     for column in ("quantity", "a", "b", "RMS z before", "RMS z after", "miscal. area", "valid up to"):
         table.add_column(column)
     for quantity in (calibration.forces, calibration.energies, calibration.virials):
@@ -172,42 +178,64 @@ def cago(
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="Calibration JSON of exactly the members used."),
     structures: Optional[Path] = typer.Option(None, "--structures", "-s", help="Starting structures."),
     output: Path = typer.Option(Path("cago"), "--output", "-o", help="Output folder (cago.extxyz, plots)."),
-    delta: float = typer.Option(0.1, help="Target calibrated force error δ, eV/Å."),
+    settings_file: Optional[Path] = typer.Option(
+        None, "--settings", help="YAML of CAGO settings (the keys of a campaign's cago block); options below override it."
+    ),
+    delta: Optional[float] = typer.Option(None, help="Target calibrated force error δ, eV/Å [default: 0.1]."),
+    delta_relative: Optional[float] = typer.Option(
+        None, help="δ as this factor × each structure's own calibrated error (instead of --delta)."
+    ),
     members: Optional[str] = typer.Option(None, help="Run on this member subset, e.g. 0,1,2."),
-    max_steps: int = typer.Option(200, help="L-BFGS iterations at most."),
-    tolerance: float = typer.Option(0.05, help="Relative tolerance on δ."),
-    l_bias: float = typer.Option(0.0, help="Weight of the committee-mean force term |F̄_i|²."),
-    min_distance: Optional[float] = typer.Option(None, help="Close-contact guard, Å."),
+    max_steps: Optional[int] = typer.Option(None, help="L-BFGS iterations at most [default: 200]."),
+    max_step: Optional[float] = typer.Option(None, help="Largest move of any atom per iteration, Å [default: 0.1]."),
+    tolerance: Optional[float] = typer.Option(None, help="Relative tolerance on δ [default: 0.05]."),
+    l_bias: Optional[float] = typer.Option(None, help="Weight of the committee-mean force term |F̄_i|² [default: 0]."),
+    guard_fraction: Optional[float] = typer.Option(
+        None, help="Close-contact guard: no pair closer than this fraction of its species' shortest training distance [default: 0.85]."
+    ),
+    no_guard: bool = typer.Option(False, "--no-guard", help="Switch the close-contact guard off."),
+    training: Optional[Path] = typer.Option(
+        None, help="Training structures, for the guard's distances when the calibration holds none."
+    ),
     fixed_cell: bool = typer.Option(False, "--fixed-cell", help="Keep the cell fixed."),
-    gradient: str = typer.Option("auto", help="auto | finite_difference | exact."),
+    gradient: Optional[str] = typer.Option(None, help="auto | finite_difference | exact [default: auto]."),
     refuse_above_validity: bool = typer.Option(False, help="Refuse a δ above the calibration's validity limit (default: clamp)."),
     demo: bool = typer.Option(False, "--demo", help="Run the self-contained demonstration on embedded defaults."),
 ) -> None:
-    """Push structures until the calibrated force uncertainty reaches δ (with progress)."""
+    """Push structures until the calibrated force uncertainty reaches δ, all of them together (with progress)."""
     if demo:
         _run_demo(_output_folder(output))
         return
-    from cagoflow.cago import CagoSettings, run_cago
+    from cagoflow.cago import CagoSettings, run_cago_batch
     from cagoflow.cago_plots import plot_cago_progress
     from cagoflow.calibration import CommitteeCalibration
+    from cagoflow.config import load_settings
+    from cagoflow.geometry import shortest_pair_distances
     from cagoflow.io import check_structures, read_structures, write_structures
     from cagoflow.models import load_committee_spec
 
     for value, option in ((committee, "--committee"), (calibration, "--calibration"), (structures, "--structures")):
         if value is None:
             raise InputError(f"missing option {option} (or use --demo)", field=option)
-    if gradient not in ("auto", "finite_difference", "exact"):
-        raise InputError(f"expected auto, finite_difference or exact, got {gradient!r}", field="--gradient")
-    settings = CagoSettings(
-        delta=delta,
-        tolerance=tolerance,
-        l_bias=l_bias,
-        max_steps=max_steps,
-        optimize_cell=not fixed_cell,
-        min_distance=min_distance,
-        gradient=gradient,  # type: ignore[arg-type]
-        above_validity="refuse" if refuse_above_validity else "clamp",
-    )
+    if delta is not None and delta_relative is not None:
+        raise InputError("give either --delta or --delta-relative", field="--delta-relative")
+    overrides = {
+        "delta": {"relative": delta_relative} if delta_relative is not None else delta,
+        "max_steps": max_steps, "max_step": max_step, "tolerance": tolerance, "l_bias": l_bias, "gradient": gradient,
+        "optimize_cell": False if fixed_cell else None, "above_validity": "refuse" if refuse_above_validity else None,
+        "contact_guard": {"fraction": guard_fraction} if guard_fraction is not None else None,
+    }  # fmt: skip
+    try:
+        settings = load_settings(CagoSettings, settings_file, overrides)
+    except InputError as exc:  # name the option a bad value came from
+        field = (exc.field or "").split(".")[0]
+        if overrides.get(field) is None:
+            raise
+        option = "--delta-relative" if field == "delta" and delta_relative is not None else f"--{field.replace('_', '-')}"
+        option = "--guard-fraction" if field == "contact_guard" else option
+        raise InputError(exc.detail.split(": ", 1)[-1] if exc.detail.startswith("line") else exc.detail, field=option) from None
+    if no_guard:
+        settings = settings.model_copy(update={"contact_guard": None})
     spec = load_committee_spec(committee)
     model = spec.build()
     law_file = CommitteeCalibration.load(calibration)
@@ -223,22 +251,35 @@ def cago(
     starts = read_structures(structures)
     check_structures(starts, file=structures)
     _check_species(spec, starts, structures)
+    law = law_file.for_cago()
+    if training is not None:
+        law = replace(law, contact_distances=shortest_pair_distances(read_structures(training)))
+    elif law.contact_distances is None and settings.contact_guard is not None:
+        errors.print(
+            "[yellow]warning:[/] the calibration holds no training-set distances (calibrate with --training); "
+            "the close-contact guard uses the starting structures' shortest pairs",
+            highlight=False,
+        )
     _output_folder(output)
     engine = model if len(chosen) == model.n_members else model.subset(chosen)
-    results = []
     with _progress() as progress:
-        for index, atoms in enumerate(starts):
-            task = progress.add_task(f"structure {index}", total=settings.max_steps, sigma="")
-            report = functools.partial(_advance, progress, task)
-            results.append(
-                run_cago(atoms, engine, law_file.forces.law, settings, validity_limit=law_file.force_validity_limit, progress=report)
-            )
-            progress.update(task, completed=settings.max_steps, sigma=f"{results[-1].reason}")
+        tasks = [progress.add_task(f"structure {k}", total=settings.max_steps, sigma="") for k in range(len(starts))]
+        results = run_cago_batch(
+            starts, engine, law, settings, progress=lambda k, step, sigma: _advance(progress, tasks[k], step, sigma)
+        )
+        for task, result in zip(tasks, results):
+            progress.update(task, completed=settings.max_steps, sigma=result.reason)
     for warning in sorted({w for result in results for w in result.warnings}):
         errors.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     written = write_structures(output / "cago.extxyz", [result.atoms for result in results])
     plot = plot_cago_progress(results, output / "cago-progress.png")
     _print_results(results, None)
+    flagged = sum(bool(result.flags) for result in results)
+    if flagged:
+        console.print(
+            f"{flagged} structure(s) flagged: 'fast' reached δ in ≤ {settings.fast_steps} steps, 'contact' stopped at the "
+            "close-contact guard — look at them before trusting their labels (filters.pre.drop_flagged in campaigns)"
+        )
     console.print(escape(f"structures: {written}\nplot: {plot}"))
 
 
@@ -258,14 +299,19 @@ def _advance(progress: Progress, task, step: int, sigma: float) -> None:
 
 
 def _print_results(results, hits) -> None:
-    table = Table(title="CAGO")
-    for column in ("structure", "reason", "steps", "σ_cal RMS (meV/Å)", "δ (meV/Å)"):
+    table = Table(title="CAGO (σ_cal, δ: meV/Å; max move: Å from the start; closest pair: distance / training set's)")
+    columns = ("#", "reason", "steps", "σ_cal", "δ", "max move", "closest pair", "flags")
+    for column in columns:
         table.add_column(column)
     if hits is not None:
-        table.add_column("true error (meV/Å)")
+        table.add_column("true error")
         table.add_column("true / δ")
     for index, result in enumerate(results):
-        row = [str(index), result.reason, str(result.n_steps), f"{1000 * result.sigma_cal_rms:.1f}", f"{1000 * result.delta:.0f}"]
+        ratio, pair = result.closest_contact
+        row = [
+            str(index), result.reason, str(result.n_steps), f"{1000 * result.sigma_cal_rms:.1f}", f"{1000 * result.delta:.0f}",
+            f"{result.max_displacement:.2f}", "—" if pair is None else f"{ratio:.2f} ({pair})", " ".join(result.flags) or "—",
+        ]  # fmt: skip
         if hits is not None:
             row += [f"{1000 * hits[index].true_error:.1f}", f"{hits[index].ratio:.2f}"]
         table.add_row(*row)
@@ -348,47 +394,59 @@ def _stage_progress():
 
 @app.command()
 @reports_errors
-def status(workdir: Path = typer.Argument(..., help="Campaign work directory.")) -> None:
-    """The state of a campaign, per iteration and stage, from its work directory alone."""
+def status(
+    workdir: Path = typer.Argument(..., help="Campaign work directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures per iteration as JSON instead of tables."),
+) -> None:
+    """The state of a campaign — tasks per stage, then dataset, errors, stability, properties and CAGO
+    per iteration — from its work directory alone."""
+    if as_json:
+        import json
+
+        from cagoflow.workflows.status import campaign_figures
+
+        typer.echo(json.dumps(campaign_figures(workdir), indent=2, ensure_ascii=False))
+        return
     _print_status(workdir)
 
 
-#: Failed tasks listed under the status table (the first ones, in campaign order).
+#: Failed tasks listed under the status tables (the first ones, in campaign order).
 FAILURES_SHOWN = 20
+
+#: Columns the status tables are laid out for; a narrower terminal wraps their cells.
+STATUS_WIDTH = 100
 
 
 def _print_status(workdir: Path) -> None:
-    from cagoflow.workflows.status import STAGE_ORDER, campaign_iterations, campaign_status, counts, failed_tasks
+    """Two tables (tasks per stage; figures per iteration and system), failed tasks, early stop."""
+    from rich import box
 
-    iterations = campaign_status(workdir)
-    stages = [name for name in STAGE_ORDER if any(name in it.stages for it in iterations)]
-    table = Table(title=f"campaign in {escape(str(workdir))} ({campaign_iterations(workdir)} iterations asked)")
-    table.add_column("iteration")
-    for name in stages:
-        table.add_column(name, justify="right")
-    for column in ("MD stable", "dataset", "added", "test force RMSE", "CAGO reached δ", "CAGO hit (true/δ)"):
-        table.add_column(column, justify="right")
-    for it in iterations:
-        cells = [counts(it.stages[name]) if name in it.stages else "" for name in stages]
-        rmse = "—" if it.test_force_rmse is None else f"{1000 * it.test_force_rmse:.0f} meV/Å"
-        hit = "—" if it.hit_ratio is None else f"{it.hit_ratio:.2f}"
-        added = "—" if it.added is None else str(it.added)
-        table.add_row(
-            "initial" if it.iteration < 0 else str(it.iteration), *cells, it.md_stable or "—",
-            str(it.dataset_size or "—"), added, rmse, it.cago_reached or "—", hit,
-        )  # fmt: skip
-    wide = Console(width=max(console.width, 40 + 14 * len(stages)))
-    wide.print(table)
-    wide.print("stage cells: tasks done (+failed, +running); skipped tasks are not counted")
-    failures = failed_tasks(iterations)
+    from cagoflow.workflows.status import campaign_figures, progress_table, science_table
+
+    figures = campaign_figures(workdir)
+    out = Console(width=min(console.width, STATUS_WIDTH) if console.is_terminal else STATUS_WIDTH, highlight=False)
+    out.print(f"[bold]campaign in {escape(str(workdir))}[/] ({figures['iterations_asked']} iterations asked)")
+    for title, (heads, rows, notes) in (("tasks", progress_table(figures)), ("figures", science_table(figures))):
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+        for index, head in enumerate(heads):
+            table.add_column(escape(head), justify="left" if index == 0 else "right")
+        for row in rows:
+            table.add_row(*map(escape, row))
+        out.print(table)
+        for note in notes:
+            out.print(escape(note), style="dim")
+    failures = [(it["iteration"], task) for it in figures["iterations"] for task in it["failed"]]
     if failures:
-        wide.print(f"[bold]failed tasks[/] ({len(failures)}; a failed training is retried by the next `cagoflow run`):")
-        for iteration, record in failures[:FAILURES_SHOWN]:
-            message = " ".join(str(record.summary.get("message") or record.summary.get("reason") or "").split())
+        out.print(f"[bold]failed tasks[/] ({len(failures)}; a failed training is retried by the next `cagoflow run`):")
+        for iteration, task in failures[:FAILURES_SHOWN]:
             where = "initial" if iteration < 0 else f"iteration {iteration}"
-            wide.print(f"  {where} {record.stage} {escape(record.task)}: {escape(message[:200]) or 'no message'}")
+            message = escape(task["message"][:200]) or "no message"
+            out.print(f"  {where} {task['stage']} {escape(task['task'])}: {message}")
         if len(failures) > FAILURES_SHOWN:
-            wide.print(f"  ... and {len(failures) - FAILURES_SHOWN} more (their record.json files say why)")
+            out.print(f"  ... and {len(failures) - FAILURES_SHOWN} more (their record.json files say why)")
+    if figures["stopped"]:
+        stop = figures["stopped"]
+        out.print(f"[bold]stopped early at iteration {stop.get('iteration')}:[/] {escape(str(stop.get('reason', '')))}")
 
 
 @app.command()
@@ -397,7 +455,8 @@ def report(
     workdir: Path = typer.Argument(..., help="Campaign work directory."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the plots (default: WORKDIR/report)."),
 ) -> None:
-    """Learning-curve plots: dataset size vs test force error, calibration, stability, CAGO hit."""
+    """Plots against training-set size (held-out force error, stable members, density, diffusion,
+    coordination) and per iteration (CAGO hit, calibration a and b, MD stability), as PNG."""
     from cagoflow.workflows.report import write_report
     from cagoflow.workflows.status import require_campaign
 
@@ -422,7 +481,7 @@ def validate(
         config = load_campaign(campaign)
         console.print(
             f"campaign [bold]{config.name}[/] is valid: {len(config.systems)} system(s), {config.iterations} iteration(s), "
-            f"{config.committee.size}-member {config.committee.backend} committee, δ = {1000 * config.cago.delta:.0f} meV/Å"
+            f"{config.committee.size}-member {config.committee.backend} committee, {config.cago.delta_text}"
         )
     if site is not None:
         site_config = load_site(site)

@@ -106,7 +106,8 @@ class Committee(Protocol):
         ...
 
 
-#: ``energy_fn(positions (M, N, 3), cells (M, 3, 3)) -> energies (M,)``, torch tensors, eV.
+#: ``energy_fn(positions (M, A, 3), cells (M, S, 3, 3)) -> energies (M, S)``, torch tensors, eV:
+#: S structures with A atoms in all (concatenated in order), one copy per member.
 MemberEnergyFunction = Callable[[Any, Any], Any]
 
 
@@ -118,8 +119,9 @@ class DifferentiableCommittee(Committee, Protocol):
     forces = −∂E/∂x), see :mod:`cagoflow.autograd`.
     """
 
-    def torch_energy(self, atoms: Atoms) -> MemberEnergyFunction:
-        """Energy function of all members near ``atoms`` (same species, neighbours built here)."""
+    def torch_energy(self, structures: Sequence[Atoms]) -> MemberEnergyFunction:
+        """Energy function of all members near ``structures`` (same species and sizes,
+        neighbours built here): every structure of a CAGO round in one differentiable call."""
         ...
 
 
@@ -171,19 +173,32 @@ class CommitteeStatistics:
     virial_std: np.ndarray | None
 
 
-def committee_statistics(prediction: CommitteePrediction) -> CommitteeStatistics:
-    """Means and spreads of every predicted quantity."""
+def committee_statistics(prediction: CommitteePrediction, *, allow_one_member: bool = False) -> CommitteeStatistics:
+    """Means and spreads of every predicted quantity.
+
+    A committee of one member has no spread: it raises ValueError, unless ``allow_one_member``,
+    where its means are its predictions and every spread is NaN (the unbiased estimator divides
+    by M − 1 = 0; NaN rather than 0, so a single model is never taken for a certain one). This
+    lets a single member drive MD; whatever needs a spread (CAGO, calibration) still refuses it.
+    """
+    undefined = allow_one_member and prediction.n_members == 1
+    std = _undefined_spread if undefined else member_std
     virials = prediction.virials
     return CommitteeStatistics(
         energy_mean=prediction.energies.mean(0),
-        energy_std=member_std(prediction.energies),
+        energy_std=std(prediction.energies),
         force_mean=prediction.forces.mean(0),
-        force_std=member_std(prediction.forces),
-        abs_force_std=member_std(np.abs(prediction.forces)),
-        force_sigma=force_sigma_hat(prediction.forces),
+        force_std=std(prediction.forces),
+        abs_force_std=std(np.abs(prediction.forces)),
+        force_sigma=std(prediction.forces[..., 0]) if undefined else force_sigma_hat(prediction.forces),
         virial_mean=None if virials is None else virials.mean(0),
-        virial_std=None if virials is None else member_std(virials),
+        virial_std=None if virials is None else std(virials),
     )
+
+
+def _undefined_spread(values: np.ndarray) -> np.ndarray:
+    """NaN of the shape of a spread over the member axis 0 (one member has none)."""
+    return np.full(values.shape[1:], np.nan)
 
 
 def predict_in_batches(committee: Committee, structures: Sequence[Atoms], batch_size: int | None) -> CommitteePrediction:

@@ -18,6 +18,8 @@ Units: eV, Å, eV/Å, fs, K, bar, GB, s.
 from __future__ import annotations
 
 import difflib
+import math
+import os
 import re
 import types
 import typing
@@ -39,13 +41,16 @@ from pydantic import (
     model_validator,
 )
 
+from cagoflow.cago import CagoSettings
+from cagoflow.convergence import StopSettings
 from cagoflow.engines.md_settings import MDStage
+from cagoflow.evaluation import EvaluationSettings
+from cagoflow.filters import FilterSettings
 from cagoflow.errors import InputError
 from cagoflow.inputs import FieldError, InputModel, ScheduleEntry, check_schedule, resolve_file, schedule_at, schedule_input
 
 __all__ = [
     "STAGES",
-    "BiasConfig",
     "CagoConfig",
     "CagoSource",
     "CalibrationConfig",
@@ -56,11 +61,8 @@ __all__ = [
     "EngineCommand",
     "EnginesConfig",
     "ExecutorConfig",
-    "FilterConfig",
     "MDConfig",
     "MDStage",
-    "PostFilterConfig",
-    "PreFilterConfig",
     "ReferenceConfig",
     "SamplingConfig",
     "ScheduleEntry",
@@ -72,6 +74,7 @@ __all__ = [
     "default_site",
     "load_campaign",
     "load_site",
+    "machine_cores",
     "schedule_at",
 ]
 
@@ -81,7 +84,7 @@ Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
 #: The workflow stages, in the order an iteration runs them.
 STAGES: tuple[str, ...] = (
-    "train", "calibrate", "md", "sample", "cago", "prefilter", "reference", "postfilter", "merge"
+    "train", "calibrate", "evaluate", "md", "sample", "cago", "prefilter", "reference", "postfilter", "merge"
 )  # fmt: skip
 #: Stages that may run on an executor of kind ``mpi``: those that start MPI programs (CP2K).
 MPI_STAGES: tuple[str, ...] = ("reference",)
@@ -119,9 +122,13 @@ class SystemConfig(InputModel):
 
 
 class TrainingStage(ScheduleEntry):
-    """Training length from ``from_iteration`` on."""
+    """Training length (and hyperparameters) from ``from_iteration`` on."""
 
     steps: int = Field(..., ge=1, description="optimiser steps per member (DeePMD: numb_steps)")
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="merged over committee.hyperparameters from this iteration on (e.g. a lower learning rate when fine-tuning)",
+    )
 
 
 TrainingSchedule = Annotated[
@@ -177,6 +184,12 @@ class CommitteeConfig(InputModel):
     def steps_at(self, iteration: int) -> int:
         """Training steps per member at ``iteration``."""
         return schedule_at(self.training_steps, iteration).steps
+
+    def hyperparameters_at(self, iteration: int) -> dict[str, Any]:
+        """The backend's hyperparameters at ``iteration``: the schedule entry's over the committee's."""
+        from cagoflow.backends import deep_merge
+
+        return deep_merge(self.hyperparameters, schedule_at(self.training_steps, iteration).hyperparameters)
 
 
 class CalibrationConfig(InputModel):
@@ -269,87 +282,13 @@ class SamplingConfig(InputModel):
     cago_from: CagoSchedule = Field((CagoSource(),), description="source of CAGO's starting structures per iteration")
 
 
-class BiasConfig(InputModel):
-    """Extra bias term l·(ȳ − y_bias)² of the CAGO objective."""
+class CagoConfig(CagoSettings):
+    """CAGO as a campaign runs it: the settings of :mod:`cagoflow.cago` (the same model and
+    defaults as ``cagoflow cago``) plus how many structures one task optimises together."""
 
-    kind: Literal["none", "force", "pressure"] = Field(
-        "none", description="'force': weight·Σ_i |F̄_i|²; 'pressure': weight·((P̄ − target_pressure)/1 GPa)²"
+    structures_per_task: int = Field(
+        4, ge=1, description="structures of one system and iteration optimised together in one task (one committee call per round; GPUs want many)"
     )
-    weight: float = Field(
-        0.0, ge=0, description="weight of Σ_i |F̄_i|² (force) or of ((P̄ − target_pressure)/1 GPa)² (pressure)"
-    )
-    target_pressure: float | None = Field(None, description="target pressure, bar (kind 'pressure' only)")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> BiasConfig:
-        if self.kind == "none" and self.weight != 0:
-            raise FieldError("a bias weight needs kind 'force' or 'pressure', found kind 'none'", "weight")
-        if self.kind != "none" and self.weight <= 0:
-            raise FieldError(f"bias kind '{self.kind}' needs a weight > 0, found {self.weight}", "weight")
-        if self.kind == "pressure" and self.target_pressure is None:
-            raise FieldError("bias kind 'pressure' needs target_pressure (bar)", "target_pressure")
-        if self.kind != "pressure" and self.target_pressure is not None:
-            raise FieldError(
-                f"target_pressure applies to kind 'pressure' only, found kind '{self.kind}'", "target_pressure"
-            )
-        return self
-
-
-class CagoConfig(InputModel):
-    """Calibrated adversarial geometry optimisation: min Σ_i (σ_cal,F_i − δ)² + l_bias |F̄_i|² (+ bias)."""
-
-    delta: float = Field(0.1, gt=0, description="target calibrated force error δ per atom, eV/Å (the paper: 0.1–0.2)")
-    tolerance: float = Field(0.05, gt=0, lt=1, description="converged when |σ_cal − δ| ≤ tolerance·δ (relative)")
-    l_bias: float = Field(0.0, ge=0, description="weight of the committee-mean force term |F̄_i|² (dimensionless)")
-    bias: BiasConfig = Field(BiasConfig(), description="optional extra bias term")
-    max_steps: int = Field(200, ge=1, description="L-BFGS iterations per structure")
-    optimize_cell: bool = Field(True, description="optimise cell vectors too (periodic structures only)")
-    min_distance: float | None = Field(
-        0.8, gt=0, description="close-contact guard d_min, Å: a penalty keeps atoms farther apart (null: none)"
-    )
-    gradient: Literal["auto", "finite_difference", "exact"] = Field(
-        "auto", description="objective gradient: exact (autograd) where the backend offers it, else finite differences"
-    )
-    fd_step: float = Field(1.0e-3, gt=0, le=0.1, description="finite-difference displacement, Å")
-    contact_weight: float = Field(10.0, ge=0, description="weight of the close-contact penalty below min_distance")
-    batch_size: int | None = Field(
-        None, ge=1, description="structures per committee call for finite differences (null: all 3N+7 at once)"
-    )
-    above_validity: Literal["clamp", "refuse"] = Field(
-        "clamp", description="δ above the calibration's validity range: use the limit (clamp) or stop (refuse)"
-    )
-
-    @model_validator(mode="after")
-    def _one_force_bias(self) -> CagoConfig:
-        if self.l_bias > 0 and self.bias.kind == "force":
-            raise FieldError("give the force-bias weight once: either l_bias or bias {kind: force, weight}", "l_bias")
-        return self
-
-    @property
-    def force_bias_weight(self) -> float:
-        """Weight of Σ_i |F̄_i|² in the objective (from ``l_bias`` or a ``force`` bias)."""
-        return self.bias.weight if self.bias.kind == "force" else self.l_bias
-
-
-class PreFilterConfig(InputModel):
-    """Drop CAGO structures before the reference calculation (null disables a criterion)."""
-
-    max_mean_force: float | None = Field(40.0, gt=0, description="largest committee-mean atomic force, eV/Å")
-    min_distance: float | None = Field(0.75, gt=0, description="smallest interatomic distance, Å")
-
-
-class PostFilterConfig(InputModel):
-    """Drop structures after the reference calculation (null disables a criterion)."""
-
-    max_reference_force: float | None = Field(30.0, gt=0, description="largest reference atomic force, eV/Å")
-    require_converged: bool = Field(True, description="drop references whose SCF did not converge")
-
-
-class FilterConfig(InputModel):
-    """Filters before and after the reference calculation."""
-
-    pre: PreFilterConfig = Field(PreFilterConfig(), description="after CAGO, before the reference")
-    post: PostFilterConfig = Field(PostFilterConfig(), description="after the reference, before the dataset")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,7 +344,8 @@ class ReferenceConfig(InputModel):
 class DatasetConfig(InputModel):
     """Split of the dataset (see :func:`cagoflow.dataset.make_splits_for_hashes`).
 
-    A test set of ``test_fraction`` of all structures (also used for calibration); per member a
+    A test set of ``test_fraction`` of all structures, at least ``min_test`` (also used for
+    calibration: early iterations need more than 10 % of a dozen structures); per member a
     bootstrap training sample and a validation set, as fractions of the structures outside the
     test set (the paper: 10 % test, then 80 %/10 % train/validation of the rest).
     """
@@ -413,6 +353,9 @@ class DatasetConfig(InputModel):
     test_fraction: float = Field(0.1, gt=0, lt=1, description="fraction of all structures held out (test, calibration)")
     train_fraction: float = Field(0.8, gt=0, le=1, description="per member: training sample, fraction of the rest")
     validation_fraction: float = Field(0.1, ge=0, lt=1, description="per member: validation set, fraction of the rest")
+    min_test: int = Field(
+        1, ge=1, description="test structures at least (the calibration's data; at most half of the dataset)"
+    )
 
     @model_validator(mode="after")
     def _fractions_fit(self) -> DatasetConfig:
@@ -437,9 +380,13 @@ class CampaignConfig(InputModel):
     md: MDConfig = Field(MDConfig(), description="committee MD")
     sampling: SamplingConfig = Field(SamplingConfig(), description="structure selection")
     cago: CagoConfig = Field(CagoConfig(), description="CAGO optimisation")
-    filters: FilterConfig = Field(FilterConfig(), description="filters around the reference")
+    filters: FilterSettings = Field(FilterSettings(), description="filters around the reference")
     reference: ReferenceConfig = Field(ReferenceConfig(), description="reference method")
     dataset: DatasetConfig = Field(DatasetConfig(), description="dataset split")
+    evaluation: EvaluationSettings | None = Field(
+        None, description="per-iteration evaluation: held-out errors, production MD per member, properties (null: off)"
+    )
+    stop: StopSettings | None = Field(None, description="end the campaign early when a criterion holds (needs evaluation)")
 
     @field_validator("systems")
     @classmethod
@@ -452,7 +399,20 @@ class CampaignConfig(InputModel):
     def _cross_checks(self) -> CampaignConfig:
         self._check_subsets()
         self._check_md_frames()
+        self._check_evaluation()
         return self
+
+    def _check_evaluation(self) -> None:
+        """A stop criterion needs the evaluation; generating a benchmark needs an in-process calculator."""
+        if self.stop is not None and self.evaluation is None:
+            raise FieldError("stopping early judges the evaluation of every iteration: add an 'evaluation' block", "stop")
+        generate = None if self.evaluation is None else self.evaluation.benchmark.generate
+        if generate is not None and generate.calculator is None and self.reference.engine == "cp2k":
+            raise FieldError(
+                "the benchmark MD runs in-process and CP2K does not: name an ASE calculator for it "
+                "(e.g. 'tblite.ase:TBLite'); its frames are then labelled with CP2K",
+                "evaluation", "benchmark", "generate", "calculator",
+            )  # fmt: skip
 
     def _check_subsets(self) -> None:
         """Every CAGO subset fits in the committee."""
@@ -506,6 +466,16 @@ class CampaignConfig(InputModel):
 # ---------------------------------------------------------------------------------------------
 
 _WALLTIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
+#: Workers of an executor of kind ``threads`` without ``max_workers`` (Parsl's ``max_threads`` default).
+PARSL_DEFAULT_THREADS = 2
+
+
+def machine_cores() -> int:
+    """Cores this process may run on: its CPU affinity (the CPU count where that is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
 
 
 class SlurmProviderConfig(InputModel):
@@ -569,7 +539,9 @@ class ExecutorConfig(InputModel):
     )
     cores_per_worker: float = Field(1.0, gt=0, description="cores per HTEX worker")
     available_accelerators: int | list[str] = Field(
-        0, description="accelerators: a count or device ids; one HTEX worker per accelerator, pinned to it"
+        0,
+        description="accelerators: a count or device ids; one HTEX worker per entry, pinned to it "
+        "(repeat an id to pack several workers on one GPU: small models do not fill one)",
     )
     interface: str | None = Field(None, description="network interface workers reach the interchange on (e.g. 'ib0')")
     worker_init: str = Field(
@@ -614,18 +586,24 @@ class ExecutorConfig(InputModel):
                 "provider", "launcher",
             )  # fmt: skip
         gpus = self.provider.gpus_per_node
-        if gpus and self.n_accelerators > gpus:
+        if gpus and self.n_devices > gpus:
             raise FieldError(
-                f"{self.n_accelerators} accelerators per node but the job requests gpus_per_node {gpus}",
+                f"{self.n_devices} accelerators per node but the job requests gpus_per_node {gpus}",
                 "available_accelerators",
             )
         return self
 
     @property
     def n_accelerators(self) -> int:
-        """Number of accelerators (one worker each)."""
+        """Workers pinned to accelerators: one per entry (a device id given twice: two workers share it)."""
         value = self.available_accelerators
         return len(value) if isinstance(value, list) else value
+
+    @property
+    def n_devices(self) -> int:
+        """Distinct accelerators the workers are pinned to."""
+        value = self.available_accelerators
+        return len(set(value)) if isinstance(value, list) else value
 
     @property
     def launcher(self) -> str | None:
@@ -634,6 +612,36 @@ class ExecutorConfig(InputModel):
             return None
         return self.provider.launcher or ("simple" if self.kind == "mpi" else "single_node")
 
+    def worker_cores(self, machine: int | None = None) -> int | None:
+        """Cores of one worker's share as this site-config gives them (None: it does not say).
+
+        ``machine`` is the number of cores of this machine (default: :func:`machine_cores`).
+
+        - ``threads``: machine / ``max_workers`` (Parsl's default: 2 threads).
+        - ``htex_local``, ``htex_slurm``: a node's cores (this machine's; on SLURM
+          ``provider.cores_per_node``) over the workers Parsl starts per node, min(``max_workers``,
+          cores / ``cores_per_worker``, accelerators); with ``cores_per_node`` unknown,
+          ``cores_per_worker``.
+        - ``mpi``: a node's cores for the ranks of one calculation there: ``provider.cores_per_node``
+          (None without it), or machine / ``max_workers`` without a provider block.
+        """
+        machine = machine_cores() if machine is None else machine
+        if self.kind == "threads":
+            return machine // (self.max_workers or PARSL_DEFAULT_THREADS)
+        if self.kind == "mpi":
+            return machine // (self.max_workers or 1) if self.provider is None else self.provider.cores_per_node
+        node = machine if self.provider is None else self.provider.cores_per_node
+        if node is None:
+            return int(self.cores_per_worker)
+        limits = (math.floor(node / self.cores_per_worker), self.max_workers, self.n_accelerators or None)
+        return node // max(1, min(limit for limit in limits if limit is not None))
+
+    def task_threads(self, ranks_per_node: int = 1, machine: int | None = None) -> int:
+        """OpenMP/torch threads of one task (per MPI rank): :meth:`worker_cores` / ``ranks_per_node``,
+        at least 1 (1 where the cores are unknown: the ranks fill the node)."""
+        cores = self.worker_cores(machine)
+        return 1 if cores is None else max(1, cores // ranks_per_node)
+
 
 class StageMap(InputModel):
     """Executor label per workflow stage; ``default`` covers stages not named."""
@@ -641,6 +649,7 @@ class StageMap(InputModel):
     default: str | None = Field(None, description="executor of every stage not named here")
     train: str | None = Field(None, description="training the committee (GPU)")
     calibrate: str | None = Field(None, description="calibration on the test set")
+    evaluate: str | None = Field(None, description="held-out errors and production MD per member (GPU)")
     md: str | None = Field(None, description="committee MD (GPU)")
     sample: str | None = Field(None, description="picking frames")
     cago: str | None = Field(None, description="CAGO optimisation (GPU)")
@@ -657,9 +666,16 @@ class EngineCommand(InputModel):
 
     command: str = Field(..., min_length=1, description="command line, e.g. 'srun -n 16 cp2k.psmp' or 'lmp'")
     ranks: int = Field(1, ge=1, description="MPI ranks")
-    threads: int = Field(1, ge=1, description="OpenMP threads per rank (OMP_NUM_THREADS)")
+    threads: int | None = Field(
+        None, ge=1, description="OpenMP threads per rank (null: the cores of the executor's worker / ranks per node)"
+    )
     setup: str = Field("", description="shell lines run first (module load ..., source ...)")
-    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables (win over derived ones)")
+
+    @property
+    def ranks_per_node(self) -> int:
+        """MPI ranks of one run that share a node."""
+        return self.ranks
 
 
 class Cp2kCommand(EngineCommand):
@@ -677,6 +693,11 @@ class Cp2kCommand(EngineCommand):
         if self.ranks % self.nodes:
             raise FieldError(f"ranks {self.ranks} do not divide evenly over nodes {self.nodes}", "ranks")
         return self
+
+    @property
+    def ranks_per_node(self) -> int:
+        """MPI ranks of one calculation that share a node."""
+        return self.ranks // self.nodes
 
 
 _DEFAULT_COMMANDS = {"cp2k": "cp2k.psmp", "lammps": "lmp", "deepmd": "dp", "nequip": "nequip-train"}
@@ -776,6 +797,20 @@ class SiteConfig(InputModel):
     def is_mpi(self, stage: str) -> bool:
         """Whether ``stage``'s programs start through Parsl's MPIExecutor (``$PARSL_MPI_PREFIX``)."""
         return self.executors[self.executor_for(stage)].kind == "mpi"
+
+    def program_threads(self, stage: str, engine: EngineCommand | None = None) -> int:
+        """OpenMP threads per rank of an external program of ``stage``: the engine's ``threads``,
+        else the cores of one worker of the stage's executor / the engine's ranks per node
+        (:meth:`ExecutorConfig.task_threads`; a program that is no engine: one rank)."""
+        if engine is not None and engine.threads is not None:
+            return engine.threads
+        ranks = 1 if engine is None else engine.ranks_per_node
+        return self.executors[self.executor_for(stage)].task_threads(ranks)
+
+    def python_threads(self, stage: str) -> int:
+        """Threads of an in-process task of ``stage`` (CAGO, ASE MD, tblite, ...): the cores of
+        one worker of the executor that runs its Python (:meth:`python_executor_for`)."""
+        return self.executors[self.python_executor_for(stage)].task_threads()
 
 
 def default_site() -> SiteConfig:
@@ -1054,3 +1089,17 @@ def load_site(path: str | Path) -> SiteConfig:
     path = Path(path)
     data, text = _read_yaml_mapping(path, "site", "define its executors", "executors")
     return _validate(SiteConfig, data, file=path, text=text, context={"base_dir": path.resolve().parent})
+
+
+def load_settings(model: type[_ModelT], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> _ModelT:
+    """A settings model from a YAML file of its fields (optional) with ``overrides`` on top —
+    how the command line builds the same settings a campaign block holds (defaults written
+    once, in the model). Problems raise one :class:`InputError` naming the file and field."""
+    data: dict[str, Any] = {}
+    text = ""
+    if path is not None:
+        path = Path(path)
+        data, text = _read_yaml_mapping(path, "settings", "hold settings", model.__name__)
+    data.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    base = Path(path).resolve().parent if path is not None else Path.cwd()
+    return _validate(model, data, file=path, text=text, context={"base_dir": base})

@@ -602,6 +602,7 @@ def make_splits_for_hashes(
     train_fraction: float = 0.8,
     validation_fraction: float = 0.1,
     fixed_test: Collection[str] = (),
+    min_test: int = 1,
 ) -> Splits:
     """Test set plus per-member bootstrap splits for structures with the given content hashes.
 
@@ -611,7 +612,9 @@ def make_splits_for_hashes(
     With ``n >= 2`` at least one structure is tested: if no draw falls below the fraction, the
     structure with the smallest draw is (that one may leave the test set once later structures
     draw in naturally, unless the caller passes the previous test hashes as ``fixed_test``).
-    With ``n >= 2`` at least one structure also stays outside the test set.
+    With ``n >= 2`` at least one structure also stays outside the test set. With ``min_test``,
+    the structures with the smallest draws join the test set until it holds ``min_test``
+    structures (at most half of them).
 
     Members: the pool is every non-test structure. Member ``m`` draws
     ``max(1, round(train_fraction·pool))`` structures WITH replacement (a bootstrap; repeats
@@ -621,7 +624,7 @@ def make_splits_for_hashes(
     Positions are returned sorted.
     """
     _check_split_arguments(hashes, n_members, test_fraction, train_fraction, validation_fraction)
-    test = _test_positions(hashes, seed, test_fraction, set(fixed_test))
+    test = _test_positions(hashes, seed, test_fraction, set(fixed_test), min_test)
     test_set = set(test)
     pool = np.array([i for i in range(len(hashes)) if i not in test_set], dtype=int)
     streams = np.random.SeedSequence(int(seed)).spawn(n_members)
@@ -672,11 +675,17 @@ def _check_split_arguments(
         raise ValueError("hashes must be unique (one per structure)")
 
 
-def _test_positions(hashes: Sequence[str], seed: int, test_fraction: float, fixed: set[str]) -> tuple[int, ...]:
+def _test_positions(
+    hashes: Sequence[str], seed: int, test_fraction: float, fixed: set[str], min_test: int = 1
+) -> tuple[int, ...]:
     draws = np.array([split_draw(seed, h) for h in hashes])
     in_test = np.array([d < test_fraction or h in fixed for d, h in zip(draws, hashes)], dtype=bool)
-    if len(hashes) >= 2 and test_fraction > 0 and not in_test.any():
-        in_test[int(np.argmin(draws))] = True
+    if len(hashes) >= 2 and test_fraction > 0:
+        wanted = max(1, min(min_test, len(hashes) // 2))
+        for index in np.argsort(draws):
+            if in_test.sum() >= wanted:
+                break
+            in_test[index] = True
     if len(hashes) >= 2 and in_test.all():
         in_test[int(np.argmax(np.where([h in fixed for h in hashes], -1.0, draws)))] = False
     return tuple(int(i) for i in np.flatnonzero(in_test))

@@ -17,7 +17,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from cagoflow.cago import CagoHit, CagoResult, CagoSettings, cago_hit, run_cago
+from cagoflow.cago import CagoHit, CagoResult, CagoSettings, cago_hit, run_cago_batch
 from cagoflow.cago_plots import plot_cago_progress
 from cagoflow.calibration import CommitteeCalibration, calibrate_committee, per_atom_force_error
 from cagoflow.calibration_plots import plot_calibration
@@ -49,7 +49,7 @@ class DemoSettings:
 class DemoResult:
     calibration: CommitteeCalibration
     subset_calibration: CommitteeCalibration
-    results: tuple[CagoResult, ...]
+    results: list[CagoResult]
     hits: tuple[CagoHit, ...]
     files: tuple[Path, ...]
 
@@ -82,8 +82,8 @@ def run_demo(output: Path, settings: DemoSettings = DemoSettings(), progress: De
         rattled.append(atoms)
     references = label(rattled, truth)
     prediction = committee.predict(references)
-    calibration = calibrate_committee(prediction, references)
-    subset_calibration = calibrate_committee(prediction, references, members=settings.subset)
+    calibration = calibrate_committee(prediction, references, training=rattled)
+    subset_calibration = calibrate_committee(prediction, references, members=settings.subset, training=rattled)
     files = [calibration.save(output / "calibration.json")]
     files.append(subset_calibration.save(output / "calibration-subset.json"))
     forces = prediction.members(settings.subset).forces
@@ -95,20 +95,13 @@ def run_demo(output: Path, settings: DemoSettings = DemoSettings(), progress: De
         output / "calibration-subset-forces",
     )
     subset = committee.subset(settings.subset)
-    cago_settings = CagoSettings(delta=settings.delta, max_steps=settings.max_steps)
-    results = []
-    for index in range(settings.n_cago):
-        report = None if progress is None else (lambda step, sigma, i=index: progress(i, step, sigma))
-        results.append(
-            run_cago(
-                rattled[index],
-                subset,
-                subset_calibration.forces.law,
-                cago_settings,
-                validity_limit=subset_calibration.force_validity_limit,
-                progress=report,
-            )
-        )
+    results = run_cago_batch(
+        rattled[: settings.n_cago],
+        subset,
+        subset_calibration.for_cago(),
+        CagoSettings(delta=settings.delta, max_steps=settings.max_steps),
+        progress=progress,
+    )
     labelled = label([result.atoms for result in results], truth)
     member_forces = subset.predict(labelled)
     hits = tuple(

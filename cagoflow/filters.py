@@ -3,7 +3,8 @@
 Defaults are the paper's thresholds (Cezar et al. 2025):
 
 - after CAGO (:func:`pre_filter`): largest committee-mean atomic force above 40 eV/Å, or two
-  atoms closer than 0.75 Å → drop;
+  atoms closer than 0.75 Å → drop; optionally, structures CAGO flagged (reached δ suspiciously
+  fast, or stopped at the close-contact guard) → drop;
 - after the reference (:func:`post_filter`): missing or non-finite labels, a reference that did
   not converge, or a largest reference atomic force above 30 eV/Å → drop.
 
@@ -13,47 +14,50 @@ Defaults are the paper's thresholds (Cezar et al. 2025):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import Literal, Sequence, TypeVar
 
 import numpy as np
 from ase import Atoms
+from pydantic import Field
 
 from cagoflow.geometry import min_interatomic_distance
+from cagoflow.inputs import InputModel
 from cagoflow.io import structure_labels
 
 #: ``atoms.info`` key where reference engines record their outcome.
 REFERENCE_STATUS_KEY = "reference_status"
+#: ``atoms.info`` key where CAGO records its flags (space-separated, "none" when unflagged).
+CAGO_FLAGS_KEY = "cago_flags"
 #: Status values that count as a converged reference calculation.
 CONVERGED_STATUSES = frozenset({"converged"})
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class PreFilterSettings:
-    """Thresholds applied to CAGO structures before the reference.
+class PreFilterSettings(InputModel):
+    """Checks of CAGO structures before the reference (null disables a threshold)."""
 
-    Attributes:
-        max_mean_force: largest allowed committee-mean atomic force norm, eV/Å.
-        min_distance: smallest allowed interatomic distance, Å (0 disables the check).
-    """
-
-    max_mean_force: float = 40.0
-    min_distance: float = 0.75
+    max_mean_force: float | None = Field(40.0, gt=0, description="largest committee-mean atomic force norm, eV/Å")
+    min_distance: float | None = Field(0.75, gt=0, description="smallest interatomic distance, Å")
+    drop_flagged: tuple[Literal["fast", "contact"], ...] = Field(
+        (), description="drop CAGO structures flagged so: 'fast' (reached δ in ≤ cago.fast_steps steps), 'contact' (at the close-contact guard)"
+    )
 
 
-@dataclass(frozen=True)
-class PostFilterSettings:
-    """Checks applied to reference-labelled structures.
+class PostFilterSettings(InputModel):
+    """Checks of reference-labelled structures (null disables a threshold)."""
 
-    Attributes:
-        max_reference_force: largest allowed reference atomic force norm, eV/Å.
-        require_converged: drop structures whose ``info["reference_status"]`` is present and
-            not ``"converged"`` (a structure without a status counts as converged).
-    """
+    max_reference_force: float | None = Field(30.0, gt=0, description="largest reference atomic force norm, eV/Å")
+    require_converged: bool = Field(
+        True, description="drop structures whose info['reference_status'] is present and not 'converged'"
+    )
 
-    max_reference_force: float = 30.0
-    require_converged: bool = True
+
+class FilterSettings(InputModel):
+    """Filters before and after the reference calculation."""
+
+    pre: PreFilterSettings = Field(PreFilterSettings(), description="after CAGO, before the reference")
+    post: PostFilterSettings = Field(PostFilterSettings(), description="after the reference, before the dataset")
 
 
 @dataclass(frozen=True)
@@ -114,14 +118,17 @@ def _pre_reasons(atoms: Atoms, mean_forces: np.ndarray, settings: PreFilterSetti
     reasons = []
     if not np.isfinite(forces).all():
         reasons.append("committee-mean forces are not finite")
-    else:
+    elif settings.max_mean_force is not None:
         largest = max_atomic_force(forces)
         if largest > settings.max_mean_force:
             reasons.append(f"max committee-mean force {largest:.1f} eV/Å > {settings.max_mean_force:g} eV/Å")
-    if settings.min_distance > 0:
+    if settings.min_distance is not None:
         distance = min_interatomic_distance(atoms, cutoff=settings.min_distance + 0.5)
         if distance < settings.min_distance:
             reasons.append(f"min interatomic distance {distance:.3f} Å < {settings.min_distance:g} Å")
+    flags = set(str(atoms.info.get(CAGO_FLAGS_KEY, "")).split()) & set(settings.drop_flagged)
+    if flags:
+        reasons.append(f"CAGO flagged it {', '.join(sorted(flags))}")
     return reasons
 
 
@@ -139,7 +146,7 @@ def _post_reasons(atoms: Atoms, settings: PostFilterSettings) -> list[str]:
     if labels["energy"] is None or not np.isfinite(labels["energy"]) or not np.isfinite(forces).all():
         return reasons + ["reference energy or forces are not finite"]
     largest = max_atomic_force(forces)
-    if largest > settings.max_reference_force:
+    if settings.max_reference_force is not None and largest > settings.max_reference_force:
         reasons.append(f"max reference force {largest:.1f} eV/Å > {settings.max_reference_force:g} eV/Å")
     return reasons
 

@@ -5,7 +5,7 @@ One Parsl executor per entry of ``site.executors``, labelled like it:
 ========== ===================================================================================
 kind       Parsl objects
 ========== ===================================================================================
-threads    ``ThreadPoolExecutor(max_threads=max_workers)``
+threads    ``ThreadPoolExecutor(max_threads=max_workers)`` (default 2, Parsl's)
 htex_local ``HighThroughputExecutor`` + ``LocalProvider`` (one block on this machine)
 htex_slurm ``HighThroughputExecutor`` + ``SlurmProvider`` (partition, account, qos, walltime, ...;
            launcher ``srun`` → ``SrunLauncher``, ``single_node`` → ``SingleNodeLauncher``,
@@ -57,7 +57,7 @@ from parsl.launchers.base import Launcher
 from parsl.providers import LocalProvider, SlurmProvider
 from parsl.utils import get_all_checkpoints
 
-from cagoflow.config import ExecutorConfig, SiteConfig, SlurmProviderConfig
+from cagoflow.config import PARSL_DEFAULT_THREADS, ExecutorConfig, SiteConfig, SlurmProviderConfig
 
 __all__ = ["BLOCK_FAILURE_WINDOW", "RetryingSlurmProvider", "build_config", "fail_on_block_failures"]
 
@@ -115,9 +115,7 @@ def _executor(label: str, executor: ExecutorConfig) -> ParslExecutor:
 
 
 def _threads(label: str, executor: ExecutorConfig) -> ThreadPoolExecutor:
-    if executor.max_workers is None:
-        return ThreadPoolExecutor(label=label)
-    return ThreadPoolExecutor(label=label, max_threads=executor.max_workers)
+    return ThreadPoolExecutor(label=label, max_threads=executor.max_workers or PARSL_DEFAULT_THREADS)
 
 
 def _htex(label: str, executor: ExecutorConfig) -> HighThroughputExecutor:

@@ -60,7 +60,7 @@ node_state() {
 
 write_config() {  # the wanted slurm.conf on stdout
     local cpus mem_mb def_mem oversubscribe mpi_default
-    cpus=$(nproc)
+    cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # the OpenMP variables of a calling task must not shrink the node
     # RealMemory a little below MemTotal: a node that reports less than its configured
     # memory is drained as invalid.
     mem_mb=$(awk '/^MemTotal:/ {printf "%d", $2 / 1024 * 0.95}' /proc/meminfo)

@@ -16,9 +16,11 @@ from typing import Any, Callable
 from cagoflow.config import CampaignConfig, SiteConfig
 from cagoflow.errors import CagoflowError
 from cagoflow.io import atomic_write_json
+from cagoflow.workflows.status import STOPPED_NAME
 
 #: Called with (stage, event) where event is "submitted", "done" or "failed".
 ProgressHook = Callable[[str, str], None]
+
 
 
 class CampaignFailed(CagoflowError):
@@ -37,6 +39,7 @@ class Dag:
     futures: list[tuple[str, Any]] = field(default_factory=list)
 
     def submit(self, stage: str, app, *args, **kwargs):
+        """``app(*args, **kwargs)``, counted for the progress of ``stage``."""
         future = app(*args, **kwargs)
         self.futures.append((stage, future))
         if self.hook is not None:
@@ -46,46 +49,115 @@ class Dag:
 
 
 def build(dag: Dag):
-    """Submit the whole campaign; return the future of the last merge."""
+    """Submit the campaign; return the future of the last merge.
+
+    Without a ``stop`` block every iteration is submitted at once. With one, iteration by
+    iteration: after iteration i's evaluation the driver judges the criteria (on the records,
+    so a resumed campaign stops at the same iteration) and submits nothing more once one holds.
+    """
+    config, workdir = dag.config, dag.workdir
+    merged = initial(dag)
+    benchmarks = {system: benchmark(dag, system) for system in sorted(config.systems)} if config.evaluation else {}
+    previous: list = [None] * config.committee.size
+    history: dict[str, list] = {system: [] for system in config.systems}
+    (Path(workdir) / STOPPED_NAME).unlink(missing_ok=True)
+    for iteration in range(config.iterations):
+        merged, previous, summaries = submit_iteration(dag, iteration, merged, previous, benchmarks)
+        if config.stop is None:
+            continue
+        reason = stop_reason_of(config, history, summaries)
+        if reason is not None:
+            atomic_write_json(Path(workdir) / STOPPED_NAME, {"iteration": iteration, "reason": reason})
+            break
+    return merged
+
+
+def initial(dag: Dag):
+    """Label the starting structures (and rattled copies) of every system; the first merge."""
     config, apps, workdir = dag.config, dag.apps, dag.workdir
     from cagoflow.apps.stages import initial_count
 
     postfilters = []
     for system in sorted(config.systems):
-        initial = dag.submit("initial", apps.initial, workdir, config, system)
-        references = [reference(dag, -1, system, f"{system}-init-{k:03d}", initial, k, None, [])
+        structures = dag.submit("initial", apps.initial, workdir, config, system)
+        references = [reference(dag, -1, system, f"{system}-init-{k:03d}", structures, k, None, [])
                       for k in range(initial_count(config, system))]  # fmt: skip
         postfilters.append(dag.submit("postfilter", apps.postfilter, workdir, -1, config, system, *references))
-    merged = dag.submit("merge", apps.merge, workdir, -1, config, None, *postfilters)
-    previous: list = [None] * config.committee.size
-    for iteration in range(config.iterations):
-        split = dag.submit("split", apps.split, workdir, iteration, config, merged)
-        members = []
-        for m in range(config.committee.size):
-            prepared = dag.submit("train", apps.prepare_training, workdir, iteration, config, dag.site, m, split, previous[m])
-            ran = apps.run_training(prepared)
-            members.append(dag.submit("train", apps.collect_training, workdir, iteration, m, prepared, ran))
-        previous = members
-        calibration = dag.submit("calibrate", apps.calibrate, workdir, iteration, config, split, *members)
-        source = config.cago_source(iteration)
-        postfilters = []
-        for system in sorted(config.systems):
-            md = []
-            if source.source == "md":
-                md = [dag.submit("md", apps.md, workdir, iteration, config, system, r, *members)
-                      for r in range(config.md.replicas)]  # fmt: skip
-            sample = dag.submit("sample", apps.sample, workdir, iteration, config, system, split, *md, *members)
-            cagos = [
-                dag.submit("cago", apps.cago, workdir, iteration, config, system, k, sample, calibration, *members)
-                for k in range(config.n_samples(iteration))
-            ]
-            gate = dag.submit("prefilter", apps.prefilter, workdir, iteration, config, system, *cagos, *members)
-            references = [
-                reference(dag, iteration, system, f"{system}-{k:03d}", cago, 0, gate, members) for k, cago in enumerate(cagos)
-            ]
-            postfilters.append(dag.submit("postfilter", apps.postfilter, workdir, iteration, config, system, *references))
-        merged = dag.submit("merge", apps.merge, workdir, iteration, config, merged, *postfilters)
-    return merged
+    return dag.submit("merge", apps.merge, workdir, -1, config, None, *postfilters)
+
+
+def benchmark(dag: Dag, system: str):
+    """The held-out benchmark set of a system: a file, or MD frames labelled by the reference."""
+    config, apps, workdir = dag.config, dag.apps, dag.workdir
+    from cagoflow.apps.stages import benchmark_count
+
+    made = dag.submit("evaluate", apps.benchmark, workdir, config, system)
+    if not benchmark_count(config):
+        return made
+    references = [reference(dag, -1, system, f"{system}-benchmark-{k:03d}", made, k, None, [])
+                  for k in range(benchmark_count(config))]  # fmt: skip
+    return dag.submit("evaluate", apps.benchmark_labels, workdir, config, system, *references)
+
+
+def submit_iteration(dag: Dag, iteration: int, merged, previous: list, benchmarks: dict):
+    """One iteration's tasks; returns its merge, its members and its evaluation summaries by system."""
+    config, apps, workdir = dag.config, dag.apps, dag.workdir
+    from cagoflow.apps.stages import cago_groups
+
+    split = dag.submit("split", apps.split, workdir, iteration, config, merged)
+    members = []
+    for m in range(config.committee.size):
+        prepared = dag.submit("train", apps.prepare_training, workdir, iteration, config, dag.site, m, split, previous[m])
+        ran = apps.run_training(prepared)
+        members.append(dag.submit("train", apps.collect_training, workdir, iteration, m, prepared, ran))
+    calibration = dag.submit("calibrate", apps.calibrate, workdir, iteration, config, split, *members)
+    summaries = {system: evaluate(dag, iteration, system, bench, members) for system, bench in benchmarks.items()}
+    source = config.cago_source(iteration)
+    postfilters = []
+    for system in sorted(config.systems):
+        md = []
+        if source.source == "md":
+            md = [dag.submit("md", apps.md, workdir, iteration, config, system, r, *members)
+                  for r in range(config.md.replicas)]  # fmt: skip
+        sample = dag.submit("sample", apps.sample, workdir, iteration, config, system, split, *md, *members)
+        groups = [
+            (first, count, dag.submit("cago", apps.cago, workdir, iteration, config, system, first, count, sample, calibration, *members))
+            for first, count in cago_groups(config, iteration)
+        ]  # fmt: skip
+        gate = dag.submit("prefilter", apps.prefilter, workdir, iteration, config, system, *(g for _, _, g in groups), *members)
+        references = [
+            reference(dag, iteration, system, f"{system}-{first + k:03d}", group, k, gate, members)
+            for first, count, group in groups
+            for k in range(count)
+        ]
+        postfilters.append(dag.submit("postfilter", apps.postfilter, workdir, iteration, config, system, *references))
+    merged = dag.submit("merge", apps.merge, workdir, iteration, config, merged, *postfilters)
+    return merged, members, summaries
+
+
+def evaluate(dag: Dag, iteration: int, system: str, bench, members: list):
+    """Held-out errors and production MD of every member, beside MD and CAGO; their summary."""
+    config, apps, workdir = dag.config, dag.apps, dag.workdir
+    errors = dag.submit("evaluate", apps.evaluate_errors, workdir, iteration, config, system, bench, *members)
+    productions = [
+        dag.submit("evaluate", apps.evaluate_md, workdir, iteration, config, system, m, *members)
+        for m in range(config.committee.size)
+    ]
+    return dag.submit("evaluate", apps.evaluate_summary, workdir, iteration, config, system, errors, *productions)
+
+
+def stop_reason_of(config: CampaignConfig, history: dict[str, list], summaries: dict) -> str | None:
+    """Wait for an iteration's evaluation; the stop criterion that holds for every system, or None."""
+    from cagoflow.convergence import stop_reason
+    from cagoflow.evaluation import EvaluationSummary
+
+    reasons = []
+    for system, future in summaries.items():
+        history[system].append(EvaluationSummary(**future.result().summary))
+        reasons.append((system, stop_reason(history[system], config.stop)))
+    if not reasons or any(reason is None for _, reason in reasons):
+        return None
+    return reasons[0][1] if len(reasons) == 1 else "; ".join(f"{system}: {reason}" for system, reason in reasons)
 
 
 def reference(dag: Dag, iteration: int, system: str, task: str, structures, index: int, gate, members: list):
@@ -127,9 +199,10 @@ def run_campaign(config: CampaignConfig, site: SiteConfig, workdir: Path, hook: 
     parsl.load(build_config(site, workdir / "runinfo", checkpoint=False))  # resume comes from our records
     try:
         dag = Dag(make_apps(site), config, site, str(workdir), hook)
-        final = build(dag)
         try:
-            final.result()
+            build(dag)
+            for _, future in dag.futures:  # the evaluation of the last iteration too, not only its merge
+                future.result()
         except Exception as exc:  # a stage failed: report its own message
             cause = root_cause(exc)
             if not isinstance(cause, (StageFailed, CagoflowError)):

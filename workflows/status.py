@@ -1,22 +1,46 @@
 """What a campaign's work directory says about it: no Parsl, no scheduler, only the records.
 
 A task directory with a record is done or failed; one without a record is running (or was
-interrupted: the next ``cagoflow run`` redoes it).
+interrupted: the next ``cagoflow run`` redoes it). :func:`campaign_figures` gathers what a
+chemist looks at, per iteration and system, as one JSON-ready dict; ``cagoflow status`` (its
+tables: :func:`progress_table`, :func:`science_table`), ``cagoflow status --json`` and
+``cagoflow report`` all read that dict, so they cannot disagree.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import fmean, pstdev
+from typing import Any, Callable, Mapping, Sequence
 
 from cagoflow.errors import InputError
+from cagoflow.io import read_json
 from cagoflow.records import RECORD_NAME, TaskRecord, read_record
 
 #: Stages in the order an iteration runs them (as they appear in the work directory).
 STAGE_ORDER = (
-    "initial", "split", "train", "calibrate", "md", "sample", "cago", "prefilter", "reference", "postfilter", "merge"
+    "initial", "split", "train", "calibrate", "evaluate", "md", "sample", "cago", "prefilter", "reference", "postfilter",
+    "merge",
 )  # fmt: skip
+
+#: Short column heads of the progress table; a stage not named here is shown by its name.
+STAGE_HEADS = {"initial": "init", "calibrate": "calib", "evaluate": "eval", "prefilter": "pre", "reference": "ref",
+               "postfilter": "post"}  # fmt: skip
+
+#: Written by the campaign when a convergence criterion stopped it early: {"iteration", "reason"}.
+STOPPED_NAME = "stopped.json"
+
+#: Units of the numbers in :func:`campaign_figures` (held-out figures: the evaluate summary's keys).
+UNITS = {
+    "force_rmse": "eV/Å", "member_force_rmse": "eV/Å", "energy_rmse_per_atom": "eV/atom",
+    "member_energy_rmse_per_atom": "eV/atom", "virial_rmse_per_atom": "eV/atom", "member_virial_rmse_per_atom": "eV/atom",
+    "density_mean": "g/cm³", "density_std": "g/cm³", "diffusion_mean": "Å²/ps", "diffusion_std": "Å²/ps",
+    "test_force_rmse": "eV/Å", "validity_limit": "eV/Å", "true_error_mean": "eV/Å", "hit_ratio_mean": "true error / δ",
+    "training_set": "structures", "dataset_after_merge": "structures", "added": "structures",
+}  # fmt: skip
 
 
 @dataclass
@@ -37,6 +61,11 @@ class StageStatus:
         return "done" if self.done else "—"
 
 
+def system_of(task: str) -> str:
+    """The system of a per-system task: "water-003" (CAGO) and "water-01" (MD) → "water"."""
+    return task.rsplit("-", 1)[0]
+
+
 @dataclass
 class IterationStatus:
     """One iteration: its stages, and the figures a chemist looks at first."""
@@ -48,9 +77,20 @@ class IterationStatus:
         records = self.stages.get(stage, StageStatus()).records
         return records[0].summary.get(key) if records else None
 
+    def _records(self, stage: str, system: str | None = None) -> list[TaskRecord]:
+        """Records of a stage, of one system's tasks or of all."""
+        records = self.stages.get(stage, StageStatus()).records
+        return [r for r in records if system is None or system_of(r.task) == system]
+
     @property
     def dataset_size(self) -> int | None:
+        """Structures in the training set after this iteration's merge."""
         return self._summary("merge", "dataset")
+
+    @property
+    def training_set(self) -> int | None:
+        """Structures in the dataset this iteration's committee was trained on (the split's)."""
+        return self._summary("split", "dataset")
 
     @property
     def added(self) -> int | None:
@@ -58,8 +98,14 @@ class IterationStatus:
 
     @property
     def test_force_rmse(self) -> float | None:
-        """Force RMSE of the committee mean on the test set, eV/Å."""
+        """Force RMSE of the committee mean on the 10 % test split, eV/Å."""
         return self._summary("calibrate", "test_force_rmse")
+
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        """The calibrate record's summary: a, b, validity limit (eV/Å), test-split RMSE, members."""
+        records = [r for r in self._records("calibrate") if r.status == "done"]
+        return dict(records[0].summary) if records else None
 
     @property
     def hit_ratio(self) -> float | None:
@@ -67,25 +113,48 @@ class IterationStatus:
         return self._summary("merge", "hit_ratio_mean")
 
     @property
-    def cago_reached(self) -> str | None:
-        """"k/n": CAGO structures of this iteration whose σ_cal reached δ, of those optimised."""
-        cago = self.stages.get("cago")
-        optimised = [r for r in cago.records if r.summary.get("reason") != "not optimised"] if cago else []
+    def true_error_mean(self) -> float | None:
+        """Mean true force error of this iteration's labelled CAGO structures, eV/Å."""
+        return self._summary("merge", "true_error_mean")
+
+    def evaluation(self, system: str) -> dict[str, Any] | None:
+        """Held-out errors, stability and properties of the committee for one system (see UNITS)."""
+        records = [r for r in self._records("evaluate") if r.task == f"summary-{system}" and r.status == "done"]
+        return dict(records[0].summary) if records else None
+
+    def cago_outcome(self, system: str | None = None) -> dict[str, Any] | None:
+        """CAGO structures optimised, reached δ, flagged (any flag) and counts per flag."""
+        optimised = [r for r in self._records("cago", system) if r.summary.get("reason") != "not optimised"]
         if not optimised:
             return None
-        return f"{sum(r.summary.get('reason') == 'reached' for r in optimised)}/{len(optimised)}"
+        flags = Counter(flag for r in optimised for flag in r.summary.get("flags", []))
+        return {
+            "optimised": len(optimised),
+            "reached": sum(r.summary.get("reason") == "reached" for r in optimised),
+            "flagged": sum(bool(r.summary.get("flags")) for r in optimised),
+            "flags": dict(flags),
+        }
+
+    @property
+    def cago_reached(self) -> str | None:
+        """"k/n": CAGO structures of this iteration whose σ_cal reached δ, of those optimised."""
+        outcome = self.cago_outcome()
+        return None if outcome is None else f"{outcome['reached']}/{outcome['optimised']}"
 
     @property
     def members_trained(self) -> str | None:
         train = self.stages.get("train")
         return None if train is None else f"{train.done}/{train.done + train.failed + train.running}"
 
+    def md_replicas(self, system: str | None = None) -> dict[str, int] | None:
+        """Committee-MD replicas (of one system or all) that stayed stable, of those run."""
+        records = self._records("md", system)
+        return {"stable": sum(bool(r.summary.get("stable")) for r in records), "replicas": len(records)} if records else None
+
     @property
     def md_stable(self) -> str | None:
-        md = self.stages.get("md")
-        if md is None or not md.records:
-            return None
-        return f"{sum(bool(r.summary.get('stable')) for r in md.records)}/{len(md.records)}"
+        replicas = self.md_replicas()
+        return None if replicas is None else f"{replicas['stable']}/{replicas['replicas']}"
 
 
 def require_campaign(workdir: Path) -> None:
@@ -118,27 +187,239 @@ def campaign_status(workdir: Path) -> list[IterationStatus]:
     return [iterations[k] for k in sorted(iterations)]
 
 
-def campaign_iterations(workdir: Path) -> int:
-    """Iterations the campaign asks for (from the copy of its settings in the work directory)."""
-    return int(json.loads((workdir / "campaign.json").read_text())["iterations"])
+def campaign_settings(workdir: Path) -> dict[str, Any]:
+    """The copy of the campaign's settings in the work directory."""
+    return json.loads((workdir / "campaign.json").read_text())
+
+
+def stopped(workdir: Path) -> dict[str, Any] | None:
+    """{"iteration", "reason"} when a convergence criterion stopped the campaign early, else None."""
+    path = workdir / STOPPED_NAME
+    return read_json(path) if path.exists() else None
+
+
+def ordered_stages(iterations: list[IterationStatus]) -> list[str]:
+    """Stages found in the work directory, in campaign order (unknown ones last, by name)."""
+    found = {name for it in iterations for name in it.stages}
+    return [name for name in STAGE_ORDER if name in found] + sorted(found - set(STAGE_ORDER))
 
 
 def failed_tasks(iterations: list[IterationStatus]) -> list[tuple[int, TaskRecord]]:
     """(iteration, record) of every failed task, in the order the campaign runs them."""
+    stages = ordered_stages(iterations)
     return [
         (it.iteration, record)
         for it in iterations
-        for name in STAGE_ORDER
+        for name in stages
         for record in it.stages.get(name, StageStatus()).records
         if record.status != "done"
     ]
 
 
-def counts(status: StageStatus) -> str:
-    """"3", "3 +1✗", "2 +1…": done, failed, running tasks of a stage."""
-    text = str(status.done) if status.done or not (status.failed or status.running) else ""
-    if status.failed:
-        text += f" +{status.failed} failed"
-    if status.running:
-        text += f" +{status.running} running"
+def member_spread(values: Sequence[float | None] | None) -> tuple[float, float] | None:
+    """Mean and standard deviation over the committee members of a per-member figure."""
+    known = [x for x in values or [] if x is not None]
+    return (fmean(known), pstdev(known)) if known else None
+
+
+def failure_message(record: TaskRecord) -> str:
+    """A failed task's message (or reason) on one line."""
+    return " ".join(str(record.summary.get("message") or record.summary.get("reason") or "").split())
+
+
+def campaign_figures(workdir: Path) -> dict[str, Any]:
+    """Everything ``cagoflow status`` shows, per iteration and system, as JSON-ready values.
+
+    Units: ``UNITS`` (also under the key "units"); a figure without its record is None.
+    """
+    iterations = campaign_status(workdir)
+    settings = campaign_settings(workdir)
+    systems = sorted(settings["systems"])
+    failures = failed_tasks(iterations)
+    return {
+        "workdir": str(workdir),
+        "iterations_asked": int(settings["iterations"]),
+        "systems": systems,
+        "units": UNITS,
+        "stages": ordered_stages(iterations),
+        "iterations": [_iteration_figures(it, systems, [r for i, r in failures if i == it.iteration]) for it in iterations],
+        "stopped": stopped(workdir),
+    }
+
+
+def _iteration_figures(it: IterationStatus, systems: list[str], failures: list[TaskRecord]) -> dict[str, Any]:
+    """One iteration's entry of :func:`campaign_figures`."""
+    per_system = {
+        system: {"evaluation": it.evaluation(system), "cago": it.cago_outcome(system), "md": it.md_replicas(system)}
+        for system in systems
+    }
+    return {
+        "iteration": it.iteration,
+        "stages": {name: {"done": s.done, "failed": s.failed, "running": s.running}
+                   for name in ordered_stages([it]) for s in [it.stages[name]]},  # fmt: skip
+        "training_set": it.training_set,
+        "added": it.added,
+        "dataset_after_merge": it.dataset_size,
+        "calibration": it.calibration,
+        "hit_ratio_mean": it.hit_ratio,
+        "true_error_mean": it.true_error_mean,
+        "failed": [{"stage": r.stage, "task": r.task, "message": failure_message(r)} for r in failures],
+        "systems": per_system if it.iteration >= 0 else {},
+    }
+
+
+# --- the status tables, as text cells (the CLI draws them) ------------------------------------------
+
+#: A table as plain text: column heads (may hold line breaks), rows of cells, and notes on its columns.
+TextTable = tuple[list[str], list[list[str]], list[str]]
+
+EMPTY = "—"
+
+
+def counts(tasks: Mapping[str, int] | None) -> str:
+    """"3", "3 +1 failed", "2 +1 running": done, failed, running tasks of a stage ("" if none)."""
+    if not tasks:
+        return ""
+    done, failed, running = tasks["done"], tasks["failed"], tasks["running"]
+    text = str(done) if done or not (failed or running) else ""
+    if failed:
+        text += f" +{failed} failed"
+    if running:
+        text += f" +{running} running"
     return text.strip()
+
+
+def iteration_label(iteration: int) -> str:
+    return "init" if iteration < 0 else str(iteration)
+
+
+def progress_table(figures: Mapping[str, Any]) -> TextTable:
+    """Tasks done (+failed, +running) per iteration and stage."""
+    stages = figures["stages"]
+    heads = ["iter", *(STAGE_HEADS.get(name, name) for name in stages)]
+    rows = [[iteration_label(f["iteration"]), *(counts(f["stages"].get(name)) for name in stages)] for f in figures["iterations"]]
+    short = ", ".join(f"{head} = {name}" for name, head in STAGE_HEADS.items() if name in stages)
+    return heads, rows, [f"tasks done (+failed, +running), skipped ones not counted; {short}"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of the science table: its head (with units), how a cell is made, what it means.
+
+    ``cell(iteration, system)`` gets the iteration's figures and, for per-system columns, the
+    system's (None for the initial labelling); ``instead_of`` names a column it stands in for
+    when that one is empty (an older work directory).
+    """
+
+    head: str
+    cell: Callable[[Mapping[str, Any], Mapping[str, Any] | None], str]
+    per_system: bool = False
+    note: str = ""
+    instead_of: str | None = None
+
+
+def _mean_std(mean: float | None, std: float | None, form: str, scale: float = 1.0) -> str:
+    """"0.997±0.005", "0.997" (no std), "—" (no mean)."""
+    if mean is None:
+        return EMPTY
+    return form.format(scale * mean) + ("" if std is None else "±" + form.format(scale * std))
+
+
+def _dataset(iteration: Mapping[str, Any], _: Mapping[str, Any] | None) -> str:
+    """"10 +4": structures the committee was trained on, + those the iteration added."""
+    parts = [] if iteration["training_set"] is None else [str(iteration["training_set"])]
+    if iteration["added"] is not None:
+        parts.append(f"+{iteration['added']}")
+    return " ".join(parts) or EMPTY
+
+
+def _evaluation(system: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return (system or {}).get("evaluation") or {}
+
+
+def _held_out_force(_: Mapping[str, Any], system: Mapping[str, Any] | None) -> str:
+    """"120 (140±8)": committee-mean force RMSE (members' mean±std), meV/Å."""
+    evaluation = _evaluation(system)
+    if evaluation.get("force_rmse") is None:
+        return EMPTY
+    members = member_spread(evaluation.get("member_force_rmse"))
+    spread = "" if members is None else f" ({_mean_std(*members, '{:.0f}', 1000)})"
+    return _mean_std(evaluation["force_rmse"], None, "{:.0f}", 1000) + spread
+
+
+def _test_split_force(iteration: Mapping[str, Any], _: Mapping[str, Any] | None) -> str:
+    return _mean_std((iteration["calibration"] or {}).get("test_force_rmse"), None, "{:.0f}", 1000)
+
+
+def _property(key: str, form: str) -> Callable[[Mapping[str, Any], Mapping[str, Any] | None], str]:
+    """Cell of an MD property of the evaluate summary: mean±std over the stable members."""
+
+    def cell(_: Mapping[str, Any], system: Mapping[str, Any] | None) -> str:
+        evaluation = _evaluation(system)
+        return _mean_std(evaluation.get(f"{key}_mean"), evaluation.get(f"{key}_std"), form)
+
+    return cell
+
+
+def _stable_members(_: Mapping[str, Any], system: Mapping[str, Any] | None) -> str:
+    evaluation = _evaluation(system)
+    return EMPTY if evaluation.get("members") is None else f"{evaluation['stable_members']}/{evaluation['members']}"
+
+
+def _md_replicas(_: Mapping[str, Any], system: Mapping[str, Any] | None) -> str:
+    md = (system or {}).get("md")
+    return EMPTY if md is None else f"{md['stable']}/{md['replicas']}"
+
+
+def _cago(_: Mapping[str, Any], system: Mapping[str, Any] | None) -> str:
+    """"3/4 (1)": reached δ, of those optimised (flagged)."""
+    cago = (system or {}).get("cago")
+    if cago is None:
+        return EMPTY
+    return f"{cago['reached']}/{cago['optimised']}" + (f" ({cago['flagged']})" if cago["flagged"] else "")
+
+
+def _hit(iteration: Mapping[str, Any], _: Mapping[str, Any] | None) -> str:
+    return _mean_std(iteration["hit_ratio_mean"], None, "{:.2f}")
+
+
+#: The science table's columns, left to right (empty columns are left out).
+SCIENCE_COLUMNS = (
+    Column("dataset\n+added", _dataset,
+           note="dataset +added: structures the committee was trained on, + those the iteration added"),
+    Column("F RMSE\nmeV/Å", _held_out_force, per_system=True,
+           note="F RMSE: force RMSE of the committee mean on the held-out benchmark set (members: mean±std)"),
+    Column("F RMSE\ntest split\nmeV/Å", _test_split_force, instead_of="F RMSE\nmeV/Å",
+           note="F RMSE test split: force RMSE of the committee mean on the 10 % test split (drifts as the data grow)"),
+    Column("stable", _stable_members, per_system=True, note="stable: members whose MD stayed stable, of all members"),
+    Column("MD\nstable", _md_replicas, per_system=True, instead_of="stable",
+           note="MD stable: committee-MD replicas that stayed stable"),
+    Column("density\ng/cm³", _property("density", "{:.3f}"), per_system=True,
+           note="density, D (self-diffusion), coord. (coordination number): mean±std over the stable members"),
+    Column("D\nÅ²/ps", _property("diffusion", "{:.3g}"), per_system=True),
+    Column("coord.", _property("coordination", "{:.2f}"), per_system=True),
+    Column("CAGO δ\n(flagged)", _cago, per_system=True,
+           note="CAGO δ: structures whose σ_cal reached δ, of those optimised (flagged: e.g. fast, contact)"),
+    Column("hit", _hit, note="hit: mean true error / δ of the labelled CAGO structures"),
+)  # fmt: skip
+
+
+def science_table(figures: Mapping[str, Any]) -> TextTable:
+    """Per iteration (and system, when there are several): dataset, errors, stability, properties,
+    CAGO; columns without a figure are left out, and stand-ins (test split, MD replicas) show only
+    where the column they stand in for is empty."""
+    several = len(figures["systems"]) > 1
+    labels: list[str] = []
+    cells: dict[str, list[str]] = {column.head: [] for column in SCIENCE_COLUMNS}
+    for it in figures["iterations"]:
+        systems = list(it["systems"].items()) or [("", None)]
+        for index, (name, system) in enumerate(systems):
+            labels.append(" ".join(filter(None, [iteration_label(it["iteration"]), name if several else ""])))
+            for column in SCIENCE_COLUMNS:
+                shown = column.per_system or index == 0
+                cells[column.head].append(column.cell(it, system) if shown else "")
+    filled = {head for head, column_cells in cells.items() if any(c not in ("", EMPTY) for c in column_cells)}
+    columns = [c for c in SCIENCE_COLUMNS if c.head in filled and c.instead_of not in filled]
+    heads = ["iter system" if several else "iter", *(c.head for c in columns)]
+    rows = [[label, *(cells[c.head][k] for c in columns)] for k, label in enumerate(labels)]
+    return heads, rows, [c.note for c in columns if c.note]

@@ -42,6 +42,7 @@ from cagoflow.backends import TrainingResult, TrainingSettings, tail
 from cagoflow.committee import CommitteePrediction
 from cagoflow.inputs import InputModel, resolve_file
 from cagoflow.errors import InputError
+from cagoflow.geometry import pair_name
 from cagoflow.io import atomic_write_json, read_json
 
 #: Value of the model file's ``format`` key, and the version this module reads and writes.
@@ -104,11 +105,11 @@ class ReferencedMorseCommittee(MorseCommittee):
         energies = pairs.energies + self.model.reference_energy(structures)
         return CommitteePrediction(energies, pairs.forces, pairs.natoms, pairs.virials)
 
-    def torch_energy(self, atoms: Atoms):
+    def torch_energy(self, structures: Sequence[Atoms]):
         import torch
 
-        pair_energy = super().torch_energy(atoms)
-        offset = torch.as_tensor(self.model.reference_energy([atoms])[:, 0], dtype=torch.float64)
+        pair_energy = super().torch_energy(structures)
+        offset = torch.as_tensor(self.model.reference_energy(list(structures)), dtype=torch.float64)
 
         def energy(positions, cells):
             return pair_energy(positions, cells) + offset
@@ -121,12 +122,6 @@ class ReferencedMorseCommittee(MorseCommittee):
 
 def species_symbols(species: Sequence[int]) -> list[str]:
     return [chemical_symbols[z] for z in species]
-
-
-def pair_name(symbol_a: str, symbol_b: str) -> str:
-    """``"H-O"``: the two symbols in the order of increasing atomic number."""
-    a, b = sorted((symbol_a, symbol_b), key=lambda s: atomic_numbers[s])
-    return f"{a}-{b}"
 
 
 def model_data(model: ReferencedMorseModel, member: int = 0) -> dict[str, Any]:

@@ -579,27 +579,46 @@ class DeepmdCommittee:
                             virials[m, chunk] = virial.cpu().numpy()
         return CommitteePrediction(energies=energies, forces=forces, natoms=natoms, virials=virials)
 
-    def torch_energy(self, atoms: Atoms):
-        """``fn(positions (M, N, 3), cells (M, 3, 3)) -> energies (M,)``, eV, differentiable (torch).
+    def torch_energy(self, structures: Sequence[Atoms]):
+        """``fn(positions (M, A, 3), cells (M, S, 3, 3)) -> energies (M, S)``, eV, differentiable (torch).
 
-        Member m is evaluated at ``positions[m]``, ``cells[m]`` (Å); the model builds its
-        neighbour list from them on every call, so any geometry is valid, not only ``atoms``.
-        Results come back on the device and dtype of ``positions``.
+        Member m is evaluated at ``positions[m]``, ``cells[m]`` (Å), the S structures'
+        atoms concatenated in order. Structures of equal size and periodicity go through each
+        member together, in chunks of at most ``batch_atoms`` atoms (as :meth:`predict`). The
+        model builds its neighbour list from the coordinates on every call, so any geometry is
+        valid, not only ``structures``. Results come back on the device and dtype of ``positions``.
         """
         import torch
 
-        periodic = _periodic(atoms, "the structure")
-        types = [torch.as_tensor(member.atom_types(atoms.numbers)[None], device=self.device) for member in self.members]
+        structures = list(structures)
+        offsets = np.concatenate([[0], np.cumsum([len(atoms) for atoms in structures])]).astype(int)
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for index, atoms in enumerate(structures):
+            groups.setdefault((len(atoms), _periodic(atoms, f"structure {index}")), []).append(index)
+        chunks = []
+        for (size, periodic), indices in groups.items():
+            per_call = max(1, self.batch_atoms // max(size, 1))
+            for chunk in np.array_split(np.array(indices), -(-len(indices) // per_call)):
+                types = [
+                    torch.as_tensor(np.stack([member.atom_types(structures[k].numbers) for k in chunk]), device=self.device)
+                    for member in self.members
+                ]
+                chunks.append((chunk.tolist(), size, periodic, types))
 
         def energy(positions, cells):
             if positions.shape[0] != self.n_members:
                 raise ValueError(f"expected positions for {self.n_members} members, got {positions.shape[0]}")
-            values = []
-            for m, member in enumerate(self.members):
-                coord = positions[m : m + 1].to(device=self.device, dtype=torch.float64)
-                box = cells[m : m + 1].reshape(1, 9).to(device=self.device, dtype=torch.float64) if periodic else None
-                values.append(member.module(coord, types[m], box=box)["energy"].reshape(()))
-            return torch.stack(values).to(device=positions.device, dtype=positions.dtype)
+            values: list[list] = [[None] * len(structures) for _ in self.members]
+            for chunk, size, periodic, types in chunks:
+                for m, member in enumerate(self.members):
+                    coord = torch.stack([positions[m, offsets[k] : offsets[k + 1]] for k in chunk])
+                    coord = coord.to(device=self.device, dtype=torch.float64)
+                    box = cells[m, chunk].reshape(len(chunk), 9).to(device=self.device, dtype=torch.float64) if periodic else None
+                    out = member.module(coord, types[m], box=box)["energy"].reshape(len(chunk))
+                    for j, k in enumerate(chunk):
+                        values[m][k] = out[j]
+            stacked = torch.stack([torch.stack(row) for row in values])
+            return stacked.to(device=positions.device, dtype=positions.dtype)
 
         return energy
 

@@ -801,20 +801,23 @@ class NequipCommittee:
 
     # --- exact gradients ------------------------------------------------------------------
 
-    def torch_energy(self, atoms: Atoms):
-        """``fn(positions (M, N, 3), cells (M, 3, 3)) -> energies (M,)`` (torch, float64, eV).
+    def torch_energy(self, structures: Sequence[Atoms]):
+        """``fn(positions (M, A, 3), cells (M, S, 3, 3)) -> energies (M, S)`` (torch, float64, eV).
 
-        Eager models in ``.train()`` mode, the neighbour list built at ``atoms`` (valid at and
-        near it); differentiable twice, for the exact CAGO gradient.
+        Eager models in ``.train()`` mode, one batched graph of all structures per member (the
+        neighbour lists built at ``structures``, valid at and near them); differentiable twice,
+        for the exact CAGO gradient.
         """
         torch = _torch()
         from nequip.data import AtomicDataDict
 
-        graphs = {}
+        structures = list(structures)
+        batches = {}
         energy_modules = []
         for member in self._members:
-            if member.graph_key not in graphs:
-                graphs[member.graph_key] = self._graph(atoms, member)
+            if member.graph_key not in batches:
+                graphs = [self._graph(atoms, member) for atoms in structures]
+                batches[member.graph_key] = AtomicDataDict.batched_from_list(graphs)
             energy_modules.append(_energy_module(member.eager_model()))
         members = list(self._members)
         device = torch.device(self.device)
@@ -822,12 +825,12 @@ class NequipCommittee:
         def energy(positions, cells):
             results = []
             for m, (member, module) in enumerate(zip(members, energy_modules)):
-                data = dict(graphs[member.graph_key])
+                data = dict(batches[member.graph_key])
                 data[AtomicDataDict.POSITIONS_KEY] = positions[m].to(device)
-                data[AtomicDataDict.CELL_KEY] = cells[m].reshape(1, 3, 3).to(device)
+                data[AtomicDataDict.CELL_KEY] = cells[m].reshape(-1, 3, 3).to(device)
                 module.train()
                 out = module(data)
-                results.append(out[AtomicDataDict.TOTAL_ENERGY_KEY].reshape(()).to(positions.device, torch.float64))
+                results.append(out[AtomicDataDict.TOTAL_ENERGY_KEY].reshape(-1).to(positions.device, torch.float64))
             return torch.stack(results)
 
         return energy

@@ -135,6 +135,10 @@ class AseCalculatorReference:
         self._lock = threading.Lock()
         self._calculator: BaseCalculator | None = self._build()
 
+    def calculator(self) -> BaseCalculator:
+        """A fresh calculator with these settings (e.g. to drive MD)."""
+        return self._build()
+
     def _build(self) -> BaseCalculator:
         try:
             return self._class(**self.kwargs)

@@ -7,7 +7,8 @@ and Voigt order) derived from the mean virial: ``stress = −W̄ / V``. The full
 prediction and its :class:`~cagoflow.committee.CommitteeStatistics` of the last evaluated
 structure stay available (:attr:`CommitteeCalculator.prediction`,
 :attr:`CommitteeCalculator.statistics`) so MD can record the committee spread of every frame
-without a second evaluation.
+without a second evaluation. A committee of one member works too (one model driving MD):
+its spreads are NaN (see :func:`~cagoflow.committee.committee_statistics`).
 
 A structure with non-finite positions or cell (a trajectory that already blew up) is not sent
 to the committee: every result is NaN, and whoever drives the dynamics decides what to do.
@@ -60,7 +61,7 @@ class CommitteeCalculator(Calculator):
                 self.results["stress"] = np.full(6, np.nan)
             return
         prediction = self.committee.predict([atoms])
-        statistics = committee_statistics(prediction)
+        statistics = committee_statistics(prediction, allow_one_member=True)
         energy = float(statistics.energy_mean[0])
         self.prediction, self.statistics = prediction, statistics
         self.results = {"energy": energy, "free_energy": energy, "forces": np.array(statistics.force_mean)}

@@ -71,6 +71,10 @@ class InProcessReference(Protocol):
         """Label one structure; failures come back as a result, not an exception."""
         ...
 
+    def calculator(self):
+        """A fresh ASE calculator of this engine (e.g. to drive the benchmark MD)."""
+        ...
+
 
 @runtime_checkable
 class FileReference(Protocol):

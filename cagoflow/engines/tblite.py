@@ -106,11 +106,15 @@ class TbliteReference:
             **self.options,
         }
 
-    def compute(self, atoms: Atoms) -> ReferenceResult:
-        """Label one structure with a fresh calculator; failures come back as a result."""
+    def calculator(self):
+        """A fresh ``tblite.ase.TBLite`` calculator with these settings (e.g. to drive MD)."""
         from tblite.ase import TBLite
 
-        return label_with_calculator(atoms, TBLite(**self.calculator_parameters()), self.name, stress=self.stress)
+        return TBLite(**self.calculator_parameters())
+
+    def compute(self, atoms: Atoms) -> ReferenceResult:
+        """Label one structure with a fresh calculator; failures come back as a result."""
+        return label_with_calculator(atoms, self.calculator(), self.name, stress=self.stress)
 
     def __repr__(self) -> str:
         return f"TbliteReference({self.method!r}, accuracy={self.accuracy}, max_iterations={self.max_iterations})"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from cagoflow.apps.commands import (
     time_limit,
 )
 from cagoflow.config import SiteConfig, default_site
+from real_components import require_module
 
 
 def slurm_site(**engines) -> SiteConfig:
@@ -34,21 +38,99 @@ def slurm_site(**engines) -> SiteConfig:
     )
 
 
+def threads_of(threads: int, loaders: int | None = None) -> str:
+    """The thread variables of a shell line for ``threads`` threads (``loaders``: DeePMD's NUM_WORKERS)."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "DP_INTRA_OP_PARALLELISM_THREADS")
+    words = [f"{name}={threads}" for name in names] + ["DP_INTER_OP_PARALLELISM_THREADS=1"]
+    return " ".join(words + ([f"NUM_WORKERS={loaders}"] if loaders is not None else []))
+
+
 def test_site_command_environment_and_binding():
     site = slurm_site(cp2k={"command": "srun -n 16 cp2k.psmp", "threads": 4, "env": {"FOO": "bar baz"}})
-    line = program_line(["cp2k.psmp", "-i", "cp2k.inp", "-o", "cp2k.out"], site, False)
-    assert line == "env OMP_NUM_THREADS=4 FOO='bar baz' OMP_PROC_BIND=close srun --cpu-bind=cores -n 16 cp2k.psmp -i cp2k.inp -o cp2k.out"
+    line = program_line(["cp2k.psmp", "-i", "cp2k.inp", "-o", "cp2k.out"], site, "reference", False)
+    assert line == (
+        f"env {threads_of(4)} OMP_PROC_BIND=close FOO='bar baz' srun --cpu-bind=cores -n 16 cp2k.psmp -i cp2k.inp -o cp2k.out"
+    )
 
 
 def test_mpi_prefix_stays_shell_text_and_setup_comes_first():
     site = slurm_site(cp2k={"command": "$PARSL_MPI_PREFIX cp2k.psmp", "setup": "module load cp2k", "cpu_bind": None})
-    line = program_line(["cp2k.psmp", "-i", "in"], site, True)
+    line = program_line(["cp2k.psmp", "-i", "in"], site, "reference", True)
     assert line.startswith("module load cp2k\n")
     assert 'timeout --kill-after=30 "$limit" $PARSL_MPI_PREFIX cp2k.psmp -i in' in line
 
 
-def test_unknown_programs_run_as_they_are():
-    assert program_line(["python", "-m", "x", "a b"], default_site(), False) == "python -m x 'a b'"
+def test_unknown_programs_run_as_they_are_with_the_stage_threads():
+    site = default_site()
+    threads = site.executors["local"].task_threads()
+    assert program_line(["python", "-m", "x", "a b"], site, "train", False) == f"env {threads_of(threads)} python -m x 'a b'"
+
+
+def gpu_cpu_site(**engines) -> SiteConfig:
+    """4 GPU workers on 32-core nodes (8 cores each), 8 workers on 8-core CPU nodes (1 core each)."""
+    return SiteConfig.model_validate(
+        {
+            "executors": {
+                "gpu": {"kind": "htex_slurm", "available_accelerators": 4, "cores_per_worker": 8,
+                        "provider": {"partition": "gpu", "cores_per_node": 32, "gpus_per_node": 4}},
+                "cpu": {"kind": "htex_slurm", "max_workers": 8, "provider": {"partition": "cpu", "cores_per_node": 8}},
+            },
+            "stages": {"default": "cpu", "train": "gpu", "md": "gpu"},
+            "engines": engines,
+        }
+    )  # fmt: skip
+
+
+def test_programs_get_the_threads_of_their_workers_share():
+    site = gpu_cpu_site()
+    train = program_line(["dp", "--pt", "train", "input.json"], site, "train", False)
+    assert train == f"env {threads_of(8, loaders=4)} dp --pt train input.json"
+    assert program_line(["nequip-train", "-cn", "config.yaml"], site, "train", False).startswith(f"env {threads_of(8)} nequip-train")
+    assert program_line(["lmp", "-in", "in.lammps"], site, "md", False).startswith(f"env {threads_of(8)} lmp")
+    cp2k = program_line(["cp2k.psmp", "-i", "in"], site, "reference", False)
+    assert cp2k == f"env {threads_of(1)} OMP_PROC_BIND=close cp2k.psmp -i in"
+    two_ranks = program_line(["cp2k.psmp", "-i", "in"], gpu_cpu_site(cp2k={"ranks": 2}), "train", False)
+    assert two_ranks.startswith(f"env {threads_of(4)} OMP_PROC_BIND=close")  # 8 cores / 2 ranks
+
+
+def test_engine_threads_and_site_env_win_over_derived_values():
+    site = gpu_cpu_site(deepmd={"threads": 3, "env": {"NUM_WORKERS": "0", "OMP_NUM_THREADS": "2"}})
+    line = program_line(["dp", "--pt", "train", "input.json"], site, "train", False)
+    assert line == (
+        "env OMP_NUM_THREADS=2 MKL_NUM_THREADS=3 OPENBLAS_NUM_THREADS=3 DP_INTRA_OP_PARALLELISM_THREADS=3 "
+        "DP_INTER_OP_PARALLELISM_THREADS=1 NUM_WORKERS=0 dp --pt train input.json"
+    )
+
+
+def test_a_program_found_by_its_path_is_the_site_engine():
+    site = gpu_cpu_site(deepmd={"setup": "module load deepmd"})
+    line = program_line(["/opt/venv/bin/dp", "--pt", "freeze"], site, "train", False)
+    assert line == f"module load deepmd\nenv {threads_of(8, loaders=4)} /opt/venv/bin/dp --pt freeze"
+    wrapped = program_line(["/opt/venv/bin/dp", "--pt", "freeze"], gpu_cpu_site(deepmd={"command": "srun dp"}), "train", False)
+    assert wrapped.endswith(" srun dp --pt freeze")
+
+
+PROBE = (
+    "import deepmd.pt.utils.env as env, torch; "
+    "print('probe', env.NUM_WORKERS, torch.get_num_threads(), torch.get_num_interop_threads())"
+)
+
+
+def test_deepmd_reads_the_thread_variables_of_its_shell_line(tmp_path):
+    """DeePMD-kit's own settings module, started by the campaign's shell line, takes its torch
+    threads, inter-op threads and DataLoader workers from the derived variables."""
+    require_module("deepmd")
+    site = SiteConfig.model_validate(
+        {"executors": {"local": {"kind": "threads", "max_workers": 2}},
+         "engines": {"deepmd": {"command": f"{shlex.quote(sys.executable)} -c {shlex.quote(PROBE)}"}}}
+    )  # fmt: skip
+    line = shell_command(tmp_path, [["dp", "--pt", "train", "input.json"]], site, "train", "train.log")
+    environment = {key: value for key, value in os.environ.items() if not key.endswith("_THREADS") and key != "NUM_WORKERS"}
+    subprocess.run(line, shell=True, env=environment, check=True)
+    threads = site.program_threads("train", site.engines.deepmd)
+    assert exit_status(tmp_path) == 0, (tmp_path / "train.log").read_text()
+    (probe,) = (line for line in (tmp_path / "train.log").read_text().splitlines() if line.startswith("probe "))
+    assert probe == f"probe {min(4, threads)} {threads} 1"
 
 
 def test_time_limit_from_the_block_walltime():
@@ -100,7 +182,7 @@ def test_mpi_executor_gets_nodes_ranks_and_binding_per_calculation():
         "num_nodes": 2, "num_ranks": 64, "ranks_per_node": 32, "launcher_options": "--cpu-bind=cores",
     }  # fmt: skip
     command = shell_command(Path("/scratch/task"), [["cp2k.psmp", "-i", "in"]], site, "reference", "engine.log")
-    assert "env OMP_NUM_THREADS=2 OMP_PROC_BIND=close timeout --kill-after=30 \"$limit\" $PARSL_MPI_PREFIX cp2k.psmp -i in" in command
+    assert f"env {threads_of(2)} OMP_PROC_BIND=close timeout --kill-after=30 \"$limit\" $PARSL_MPI_PREFIX cp2k.psmp -i in" in command
     assert resource_specification(site, "train", "dp") is None  # threads take no specification
     assert resource_specification(slurm_site(), "reference", "cp2k.psmp") is None
 

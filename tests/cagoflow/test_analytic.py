@@ -196,18 +196,19 @@ def test_subset_picks_members(model, box, h2o):
     assert_predictions_close(picked.predict([box, h2o]), full.members([2, 0]), atol=BATCH_ATOL)
 
 
-@pytest.mark.parametrize("structure", ["box", "h2o"])
-def test_torch_energy_matches_predict(model, structure, request):
-    atoms = request.getfixturevalue(structure)
+def test_torch_energy_matches_predict(model, box, h2o):
+    """Several structures of different sizes in one differentiable call."""
+    structures = [box, h2o, box]
     committee = MorseCommittee(model)
-    prediction = committee.predict([atoms])
-    energy_fn = committee.torch_energy(atoms)
+    prediction = committee.predict(structures)
+    energy_fn = committee.torch_energy(structures)
     M = model.n_members
-    positions = torch.tensor(np.repeat(atoms.positions[None], M, axis=0), dtype=torch.float64, requires_grad=True)
-    cells = torch.tensor(np.repeat(np.asarray(atoms.cell)[None], M, axis=0), dtype=torch.float64)
+    stacked = np.concatenate([atoms.positions for atoms in structures])
+    positions = torch.tensor(np.repeat(stacked[None], M, axis=0), dtype=torch.float64, requires_grad=True)
+    cells = torch.tensor(np.repeat(np.stack([np.asarray(a.cell) for a in structures])[None], M, axis=0), dtype=torch.float64)
     energies = energy_fn(positions, cells)
-    assert energies.shape == (M,)
-    np.testing.assert_allclose(energies.detach().numpy(), prediction.energies[:, 0], rtol=0, atol=BATCH_ATOL)
+    assert energies.shape == (M, 3)
+    np.testing.assert_allclose(energies.detach().numpy(), prediction.energies, rtol=0, atol=BATCH_ATOL)
     (gradient,) = torch.autograd.grad(energies.sum(), positions)
     np.testing.assert_allclose(-gradient.numpy(), prediction.forces, rtol=0, atol=BATCH_ATOL)
 
@@ -217,7 +218,7 @@ def test_unknown_species_raise_naming_the_atomic_number(model):
     with pytest.raises(ValueError, match="atomic number 6"):
         MorseCommittee(model).predict([methane])
     with pytest.raises(ValueError, match="atomic number 6"):
-        MorseCommittee(model).torch_energy(methane)
+        MorseCommittee(model).torch_energy([methane])
 
 
 def test_from_pairs_dimer_minimum_at_r0():

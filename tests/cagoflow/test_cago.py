@@ -1,4 +1,4 @@
-"""CAGO on the analytic Morse committee: reaching δ, gradients, safeguards, the hit."""
+"""CAGO on the analytic Morse committee: reaching δ, gradients, safeguards, batching, the hit."""
 
 from __future__ import annotations
 
@@ -6,26 +6,32 @@ import numpy as np
 import pytest
 from ase.build import molecule
 from ase.units import GPa
+from pydantic import ValidationError
 
 from cagoflow.analytic import MorseCommittee, MorseModel
-from cagoflow.autograd import ExactGradient
 from cagoflow.cago import (
+    CagoCalibration,
     CagoSettings,
-    FiniteDifferenceGradient,
-    Geometry,
-    Objective,
+    ContactGuard,
+    RelativeDelta,
     cago_hit,
-    choose_gradient,
     run_cago,
+    run_cago_batch,
     true_force_error,
 )
+from cagoflow.cago_gradients import ExactGradient, FiniteDifferenceGradient, choose_gradient
+from cagoflow.cago_objective import Geometry, Objective, Problem
 from cagoflow.calibration import PowerLaw
 from cagoflow.committee import force_sigma_hat
 from cagoflow.errors import InputError
-from cagoflow.geometry import min_interatomic_distance
+from cagoflow.geometry import closest_contact, min_interatomic_distance, shortest_pair_distances
 from cagoflow.structures import water_box
 
 LAW = PowerLaw(a=1.2, b=0.9)
+CALIBRATION = CagoCalibration(LAW)
+#: The analytic committee's spread grows mostly when O–H bonds are compressed, and the ideal
+#: test boxes have every bond at the same length: tests of the optimiser itself switch the guard off.
+UNGUARDED = {"contact_guard": None}
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +76,18 @@ def initial_sigma(committee, atoms) -> float:
     return float(np.sqrt(np.mean(sigma**2)))
 
 
+def largest_steps(result) -> list[float]:
+    """Largest distance any atom moved in each iteration, Å."""
+    return [
+        float(np.linalg.norm(b.positions - a.positions, axis=1).max())
+        for a, b in zip(result.trajectory, result.trajectory[1:])
+    ]
+
+
 @pytest.mark.parametrize("factor", [1.5, 0.6], ids=["from-below", "from-above"])
 def test_cago_reaches_delta(committee, box, factor):
     delta = factor * initial_sigma(committee, box)
-    result = run_cago(box, committee, LAW, CagoSettings(delta=delta, max_steps=100))
+    result = run_cago(box, committee, CALIBRATION, CagoSettings(**UNGUARDED, delta=delta, max_steps=100))
     assert result.reason == "reached"
     assert result.gradient == "exact"
     assert abs(result.sigma_cal_rms - delta) <= 0.05 * delta
@@ -87,38 +101,71 @@ def test_cago_reaches_delta(committee, box, factor):
     assert not np.allclose(result.atoms.cell, box.cell)
 
 
+def test_step_limit_walks_to_delta(committee, box):
+    """No atom moves more than max_step per iteration; the first step is max_step long."""
+    delta = 2.0 * initial_sigma(committee, box)
+    for max_step in (0.05, 0.1):
+        result = run_cago(box, committee, CALIBRATION, CagoSettings(**UNGUARDED, delta=delta, max_steps=100, max_step=max_step))
+        assert result.reached
+        steps = largest_steps(result)
+        assert max(steps) <= max_step * (1 + 1e-6)
+        assert steps[0] == pytest.approx(max_step, rel=0.03)
+        assert result.n_steps >= 3  # walked there, did not jump
+        assert result.max_displacement > 0
+
+
 def test_cago_with_finite_differences_reaches_delta(committee, small_box):
     delta = 1.5 * initial_sigma(committee, small_box)
     fd = NoExactGradient(committee)
-    result = run_cago(small_box, fd, LAW, CagoSettings(delta=delta, max_steps=50))
+    result = run_cago(small_box, fd, CALIBRATION, CagoSettings(**UNGUARDED, delta=delta, max_steps=50))
     assert result.gradient == "finite_difference"
     assert result.reached
-    # every gradient is ONE committee call of 3N + 6 + 1 structures
-    assert set(fd.calls) == {3 * len(small_box) + 6 + 1}
-    assert result.n_structure_evaluations == sum(fd.calls)
+    # the starting prediction, then every gradient is ONE committee call of 3N + 6 + 1 structures
+    assert fd.calls[0] == 1 and set(fd.calls[1:]) == {3 * len(small_box) + 6 + 1}
+    assert result.n_structure_evaluations == sum(fd.calls[1:])
 
 
 def test_batched_and_single_finite_differences_are_identical(committee, small_box):
     delta = 1.5 * initial_sigma(committee, small_box)
-    batched = run_cago(small_box, committee, LAW, CagoSettings(delta=delta, gradient="finite_difference", max_steps=5))
-    single = run_cago(
-        small_box, committee, LAW, CagoSettings(delta=delta, gradient="finite_difference", max_steps=5, batch_size=1)
-    )
+    settings = CagoSettings(**UNGUARDED, delta=delta, gradient="finite_difference", max_steps=5)
+    batched = run_cago(small_box, committee, CALIBRATION, settings)
+    single = run_cago(small_box, committee, CALIBRATION, settings, gradient=FiniteDifferenceGradient(committee, batch_size=1))
     assert batched.n_steps == single.n_steps
     assert batched.sigma_history == pytest.approx(single.sigma_history, rel=1e-12, abs=0)
     np.testing.assert_allclose(batched.atoms.positions, single.atoms.positions, rtol=0, atol=1e-12)
     np.testing.assert_allclose(batched.atoms.cell, single.atoms.cell, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("gradient", ["exact", "finite_difference"])
+def test_many_structures_at_once_equal_one_at_a_time(committee, gradient):
+    """Vectorised CAGO: four structures in lock-step, one committee call per round, give the
+    one-at-a-time results; FD rounds evaluate all still-running structures in one call."""
+    starts = [water_box(4, seed=seed) for seed in range(4)]
+    starts[3] = water_box(3, seed=9)  # a different size in the same batch
+    delta = 1.4 * np.mean([initial_sigma(committee, atoms) for atoms in starts])
+    settings = CagoSettings(**UNGUARDED, delta=delta, max_steps=40, gradient=gradient)
+    counting = NoExactGradient(committee) if gradient == "finite_difference" else committee
+    together = run_cago_batch(starts, counting, CALIBRATION, settings)
+    alone = [run_cago(atoms, committee, CALIBRATION, settings) for atoms in starts]
+    for a, b in zip(together, alone):
+        assert a.reason == b.reason and a.n_steps == b.n_steps
+        np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, rtol=0, atol=1e-8)
+        np.testing.assert_allclose(a.sigma_history, b.sigma_history, rtol=1e-8)
+    if gradient == "finite_difference":
+        sizes = [3 * len(atoms) + 7 for atoms in starts]
+        assert counting.calls[1] == sum(sizes)  # round 1: all four structures in ONE call
+        assert len(counting.calls) == 1 + max(r.n_steps + 1 for r in together)
+
+
 def test_exact_gradient_matches_finite_differences(committee, box):
-    """All terms on: force bias, pressure bias, close-contact guard (relative error < 1e-4)."""
-    settings = CagoSettings(delta=0.3, l_bias=0.1, pressure_weight=1.0, target_pressure=1e4, min_distance=1.0)
+    """All terms on: force bias and pressure bias (relative error < 1e-4)."""
     geometry = Geometry(box, optimize_cell=True)
-    objective = Objective(LAW, settings, settings.delta)
+    objective = Objective(LAW, 0.3, force_bias=0.1, pressure_weight=1.0, target_pressure=1e4)
+    problem = Problem(geometry, objective)
     rng = np.random.default_rng(3)
     z = geometry.initial() + rng.normal(0.0, 0.02, geometry.n_variables)
-    exact = ExactGradient(committee, geometry, objective)(z)
-    fd = FiniteDifferenceGradient(committee, geometry, objective, step=1e-5)(z)
+    (exact,) = ExactGradient(committee)([problem], [z])
+    (fd,) = FiniteDifferenceGradient(committee, step=1e-5)([problem], [z])
     assert exact.value == pytest.approx(fd.value, rel=1e-12)
     scale = np.abs(exact.gradient).max()
     assert np.abs(exact.gradient - fd.gradient).max() / scale < 1e-4
@@ -131,60 +178,133 @@ def test_objective_terms(committee, box):
     forces = prediction.forces
     pressures = np.trace(prediction.virials[:, 0], axis1=-2, axis2=-1) / (3 * box.get_volume())
     delta = 0.2
-    plain = Objective(LAW, CagoSettings(delta=delta), delta)
+    plain = Objective(LAW, delta)
     sigma = LAW(force_sigma_hat(forces))
     assert plain(forces) == pytest.approx(np.mean((sigma - delta) ** 2) / delta**2)
-    biased = Objective(LAW, CagoSettings(delta=delta, l_bias=0.5), delta)
+    biased = Objective(LAW, delta, force_bias=0.5)
     extra = 0.5 * np.sum(forces.mean(0) ** 2) / (len(box) * delta**2)
     assert biased(forces) == pytest.approx(plain(forces) + extra)
-    pressure = Objective(LAW, CagoSettings(delta=delta, pressure_weight=2.0, target_pressure=0.0), delta)
+    pressure = Objective(LAW, delta, pressure_weight=2.0, target_pressure=0.0)
     assert pressure(forces, pressures) == pytest.approx(plain(forces) + 2.0 * (pressures.mean() / GPa) ** 2)
 
 
-def test_close_contact_guard_keeps_atoms_apart(committee, box):
-    delta = 1.5 * initial_sigma(committee, box)
-    free = run_cago(box, committee, LAW, CagoSettings(delta=delta, max_steps=30))
-    guarded = run_cago(box, committee, LAW, CagoSettings(delta=delta, max_steps=30, min_distance=0.9))
-    assert min_interatomic_distance(free.atoms) < 0.8
-    assert min_interatomic_distance(guarded.atoms) > 0.85
+def test_contact_guard_learned_from_the_training_set(committee, box):
+    """Limits at 0.85 × the training set's shortest distances: CAGO never returns a structure inside."""
+    training = shortest_pair_distances([box])
+    delta = 3.0 * initial_sigma(committee, box)
+    settings = CagoSettings(delta=delta, max_steps=40)
+    free = run_cago(box, committee, CagoCalibration(LAW), CagoSettings(delta=delta, max_steps=40, contact_guard=None))
+    guarded = run_cago(box, committee, CagoCalibration(LAW, contact_distances=training), settings)
+    assert closest_contact(free.atoms, {k: 0.85 * v for k, v in training.items()})[0] < 1.0  # unguarded goes inside
+    assert guarded.guard == pytest.approx({k: 0.85 * v for k, v in training.items()})
+    for atoms in guarded.trajectory:
+        assert closest_contact(atoms, guarded.guard)[0] >= 1.0
+    assert "contact" in guarded.flags
+    assert guarded.closest_contact[0] >= 0.85 and guarded.closest_contact[1] in training
+
+
+def fooled_committee() -> tuple[MorseCommittee, MorseModel]:
+    """Three members that agree closely near their minimum and part at short range (they differ
+    in the width α of the O–H well only), and a truth with a much stiffer O–H wall: pushed
+    together, the members' spread grows more slowly than their error."""
+    base = MorseModel.for_symbols(["O", "H"], n_members=3, spread=0.0)
+    alpha = base.alpha.copy()
+    alpha[:, 0, 1] = alpha[:, 1, 0] = 1.5 * np.array([0.97, 1.0, 1.03])
+    truth = MorseModel.for_symbols(["O", "H"], n_members=1, spread=0.0)
+    stiff = truth.alpha.copy()
+    stiff[:, 0, 1] = stiff[:, 1, 0] = 2.4
+    from dataclasses import replace
+
+    return MorseCommittee(replace(base, alpha=alpha)), replace(truth, alpha=stiff)
+
+
+def test_a_fooled_small_committee_stays_outside_the_guard_and_walks():
+    """Large δ on a committee whose spread under-reports short-range errors: with the guard and
+    the step limit CAGO neither returns a structure inside the guard nor jumps there."""
+    committee, _ = fooled_committee()
+    start = water_box(8, seed=2)
+    training = shortest_pair_distances([water_box(8, seed=s) for s in range(3)])
+    delta = 4.0 * initial_sigma(committee, start)
+    result = run_cago(start, committee, CagoCalibration(LAW, contact_distances=training), CagoSettings(delta=delta))
+    for atoms in result.trajectory:
+        assert closest_contact(atoms, result.guard)[0] >= 1.0
+    assert max(largest_steps(result)) <= 0.1 * (1 + 1e-6)
+    assert result.n_steps > 2 and "fast" not in result.flags
+    unguarded = run_cago(start, committee, CagoCalibration(LAW), CagoSettings(delta=delta, contact_guard=None))
+    assert closest_contact(unguarded.atoms, result.guard)[0] < 1.0  # without the guard it is fooled
+
+
+def test_fast_flag(committee, box):
+    delta = 1.08 * initial_sigma(committee, box)
+    result = run_cago(box, committee, CALIBRATION, CagoSettings(**UNGUARDED, delta=delta, max_steps=20))
+    assert result.reached and 1 <= result.n_steps <= 2
+    assert result.flags == ("fast",)
+    assert result.summary()["flags"] == ["fast"]
+
+
+def test_relative_delta(committee, box):
+    start = initial_sigma(committee, box)
+    result = run_cago(box, committee, CALIBRATION, CagoSettings(**UNGUARDED, delta={"relative": 1.5}, max_steps=60))
+    assert result.requested_delta == pytest.approx(1.5 * start)
+    assert result.delta == pytest.approx(1.5 * start)
+    assert result.reached
+    clamped = run_cago(
+        box, committee, CagoCalibration(LAW, validity_limit=1.2 * start), CagoSettings(**UNGUARDED, delta=RelativeDelta(relative=1.5))
+    )
+    assert clamped.delta == pytest.approx(1.2 * start) and clamped.requested_delta == pytest.approx(1.5 * start)
 
 
 def test_delta_above_validity_is_clamped_or_refused(committee, box):
     limit = 0.8 * initial_sigma(committee, box)
-    result = run_cago(box, committee, LAW, CagoSettings(delta=2 * limit, max_steps=50), validity_limit=limit)
+    result = run_cago(box, committee, CagoCalibration(LAW, validity_limit=limit), CagoSettings(**UNGUARDED, delta=2 * limit, max_steps=50))
     assert result.delta == limit
     assert result.requested_delta == 2 * limit
     assert result.warnings and "validity limit" in result.warnings[0]
     assert abs(result.sigma_cal_rms - limit) <= 0.05 * limit
     with pytest.raises(InputError, match="validity limit"):
-        run_cago(box, committee, LAW, CagoSettings(delta=2 * limit, above_validity="refuse"), validity_limit=limit)
+        run_cago(
+            box, committee, CagoCalibration(LAW, validity_limit=limit), CagoSettings(delta=2 * limit, above_validity="refuse")
+        )
+    unknown = run_cago(box, committee, CALIBRATION, CagoSettings(delta=limit, max_steps=3))
+    assert any("no validity limit" in warning for warning in unknown.warnings)
+
+
+def test_points_above_delta(committee, box):
+    calibration = CagoCalibration(LAW, test_sigma_cal=np.array([0.05, 0.1, 0.2, 0.3]))
+    result = run_cago(box, committee, calibration, CagoSettings(delta=0.15, max_steps=1))
+    assert result.points_above_delta == 2
 
 
 def test_molecule_without_cell(committee):
     water = molecule("H2O")
     delta = 1.5 * initial_sigma(committee, water)
-    result = run_cago(water, committee, LAW, CagoSettings(delta=delta, max_steps=100))
+    result = run_cago(water, committee, CALIBRATION, CagoSettings(**UNGUARDED, delta=delta, max_steps=100))
     assert result.reached
     np.testing.assert_array_equal(result.atoms.cell, water.cell)
 
 
 def test_gradient_choice(committee):
-    assert choose_gradient(committee, CagoSettings(delta=0.1)) == "exact"
-    assert choose_gradient(NoExactGradient(committee), CagoSettings(delta=0.1)) == "finite_difference"
-    assert choose_gradient(committee, CagoSettings(delta=0.1, gradient="finite_difference")) == "finite_difference"
+    assert choose_gradient(committee, "auto") == "exact"
+    assert choose_gradient(NoExactGradient(committee), "auto") == "finite_difference"
+    assert choose_gradient(committee, "finite_difference") == "finite_difference"
     with pytest.raises(InputError, match="no exact gradient"):
-        choose_gradient(NoExactGradient(committee), CagoSettings(delta=0.1, gradient="exact"))
+        choose_gradient(NoExactGradient(committee), "exact")
 
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"delta": 0.0}, "cago.delta"), ({"delta": -0.1}, "cago.delta"), ({"delta": 0.1, "tolerance": 1.5}, "cago.tolerance"),
-     ({"delta": 0.1, "max_steps": 0}, "cago.max_steps"), ({"delta": 0.1, "fd_step": 0.0}, "cago.fd_step")],
+    [({"delta": 0.0}, "delta"), ({"delta": -0.1}, "delta"), ({"tolerance": 1.5}, "tolerance"),
+     ({"max_steps": 0}, "max_steps"), ({"fd_step": 0.0}, "fd_step"), ({"max_step": 2.0}, "max_step"),
+     ({"delta": {"relative": 0}}, "delta"), ({"contact_guard": {"fraction": 1.5}}, "contact_guard")],
 )  # fmt: skip
 def test_impossible_settings(kwargs, field):
-    with pytest.raises(InputError) as info:
+    with pytest.raises(ValidationError) as info:
         CagoSettings(**kwargs)
-    assert info.value.field == field
+    assert info.value.errors()[0]["loc"][0] == field
+
+
+def test_default_guard_is_on():
+    assert CagoSettings().contact_guard == ContactGuard(fraction=0.85)
 
 
 def test_true_error_and_hit():
@@ -195,3 +315,10 @@ def test_true_error_and_hit():
     hit = cago_hit(members, reference, delta=0.25)
     assert hit.ratio == pytest.approx(np.sqrt(0.125) / 0.25)
     assert hit.provenance() == {"true_error": hit.true_error, "delta": 0.25, "hit_ratio": hit.ratio}
+
+
+def test_min_interatomic_distance_of_the_start_is_kept_by_default_guard(committee, box):
+    """Without training distances the guard uses the starting structures' own shortest pairs."""
+    delta = 3.0 * initial_sigma(committee, box)
+    result = run_cago(box, committee, CALIBRATION, CagoSettings(delta=delta, max_steps=40))
+    assert min_interatomic_distance(result.atoms) >= 0.85 * min_interatomic_distance(box) - 1e-9

@@ -389,13 +389,18 @@ def test_cago_on_a_subset(inputs: Inputs, calibrated: Calibrated, tmp_path: Path
     structures = read_structures(out / "cago.extxyz")
     assert len(structures) == 2
     for atoms in structures:
-        assert atoms.info.get("cago_reason") in {"reached", "max_steps", "stalled", "not_finite"}, atoms.info
+        assert atoms.info.get("cago_reason") in {"reached", "max_steps", "stalled", "not_finite", "contact"}, atoms.info
+        assert atoms.info["cago_flags"] in {"none", "fast", "contact", "fast contact"}
     assert_png(out / "cago-progress.png")
     limit = calibration.force_validity_limit
-    if limit is not None and delta > limit:
+    if limit is None:
+        assert "no validity limit" in result.output, result.output
+    elif delta > limit:
         assert "warning" in result.output.lower(), result.output
     else:
         assert "validity limit" not in result.output, result.output
+    # calibrated without --training: the guard falls back to the starting structures, and says so
+    assert "holds no training-set distances" in result.output
 
 
 def test_cago_demo(tmp_path: Path, jobs: Jobs) -> None:
@@ -508,7 +513,7 @@ def test_cago_refuses_a_calibration_of_other_members(calibrated: Calibrated, job
 
 def test_cago_negative_delta(calibrated: Calibrated, jobs: Jobs) -> None:
     _, result = jobs.result("cago:negative-delta")
-    assert_user_error(result, "cago.delta", "positive")
+    assert_user_error(result, "--delta", "positive")
 
 
 def test_cago_species_the_committee_does_not_know(calibrated: Calibrated, jobs: Jobs) -> None:

@@ -110,11 +110,25 @@ def assert_input_error(path: Path, field: str | None, *words: str, loader=load_c
 
 
 def test_example_campaign_loads() -> None:
+    """The README's main job: a DeePMD committee, relative δ, evaluation every iteration."""
     config = load_campaign(EXAMPLE)
-    assert config.iterations == 3
     water = config.systems["water"]
     assert water.structures == (EXAMPLE.parent / "water-16.extxyz").resolve()
     assert water.structures.is_absolute() and not water.labelled
+    assert config.committee.backend == "deepmd" and config.committee.fine_tune
+    assert config.cago_source(0).source == "md" and config.cago_subset(0) == config.committee.size
+    assert config.cago.delta.relative == pytest.approx(1.5)
+    assert config.cago.contact_guard.fraction == pytest.approx(0.85)
+    assert config.reference.engine == "tblite" and config.reference.method_name == "GFN1-xTB"
+    assert config.evaluation is not None and config.evaluation.benchmark.generate.frames == 10
+    assert config.dataset.min_test == 4
+    assert config.committee.min_trained <= config.committee.size
+
+
+def test_analytic_example_campaign_loads() -> None:
+    """The fastest smoke run: schedules of training, MD (NVT, then NPT) and CAGO sources."""
+    config = load_campaign(EXAMPLE.parent.parent / "water-analytic" / "campaign.yaml")
+    assert config.systems["water"].structures == (EXAMPLE.parent / "water-16.extxyz").resolve()
     assert config.md_stage(0).ensemble == "nvt" and config.md_stage(1).ensemble == "nvt"
     assert config.md_stage(2).ensemble == "npt" and config.md_stage(7).pressure == 1.0
     assert [config.training_steps(i) for i in range(4)] == [40, 40, 60, 60]
@@ -122,8 +136,6 @@ def test_example_campaign_loads() -> None:
     assert config.cago_source(2).source == "md" and config.cago_subset(2) == config.committee.size
     assert config.n_samples(1) == config.sampling.per_iteration
     assert config.cago.delta == pytest.approx(0.1)
-    assert config.reference.engine == "tblite" and config.reference.method_name == "GFN1-xTB"
-    assert config.committee.min_trained <= config.committee.size
 
 
 def test_example_structure_file_matches_water_box() -> None:
@@ -167,6 +179,18 @@ def test_preset_sets_training_steps() -> None:
     paper = CommitteeConfig(preset="paper")
     assert [paper.steps_at(i) for i in (0, 1, 2, 3, 4, 10)] == [50_000, 50_000, 150_000, 150_000, 400_000, 400_000]
     assert CommitteeConfig().steps_at(0) == 200
+
+
+def test_training_schedule_carries_hyperparameters() -> None:
+    """A schedule entry's hyperparameters go over the committee's, from its iteration on."""
+    committee = CommitteeConfig(
+        hyperparameters={"model": {"descriptor": {"rcut": 4.5}}, "learning_rate": {"start_lr": 0.01, "stop_lr": 0.001}},
+        training_steps=[{"steps": 600}, {"from_iteration": 1, "steps": 300, "hyperparameters": {"learning_rate": {"start_lr": 0.003}}}],
+    )
+    assert committee.hyperparameters_at(0)["learning_rate"] == {"start_lr": 0.01, "stop_lr": 0.001}
+    later = committee.hyperparameters_at(5)
+    assert later["learning_rate"] == {"start_lr": 0.003, "stop_lr": 0.001}
+    assert later["model"] == {"descriptor": {"rcut": 4.5}}
 
 
 def test_models_are_frozen_and_forbid_unknown_keys() -> None:
@@ -245,8 +269,20 @@ BROKEN_CAMPAIGNS = [
     case("missing-iterations", changed({"iterations": DELETE}), "iterations", "missing required key"),
     case("wrong-type", changed({"iterations": "three"}), "iterations", "expected a valid integer", "'three'", "line 2"),
     case("wrong-type-nested", changed({"md.replicas": [1, 2]}), "md.replicas", "found [1, 2]"),
-    case("negative-delta", changed({"cago.delta": -0.1}), "cago.delta", "greater than 0", "-0.1", "eV/Å"),
-    case("zero-delta", changed({"cago.delta": 0}), "cago.delta", "greater than 0"),
+    case("negative-delta", changed({"cago.delta": -0.1}), "cago.delta", "positive", "-0.1", "eV/Å"),
+    case("zero-delta", changed({"cago.delta": 0}), "cago.delta", "positive"),
+    case("zero-relative-delta", changed({"cago.delta": {"relative": 0}}), "cago.delta", "positive factor", "'relative': 0"),
+    case("fixed-guard-distance", changed({"cago.min_distance": 0.8}), "cago.min_distance", "contact_guard", "training set"),
+    case("guard-fraction", changed({"cago.contact_guard": {"fraction": 1.5}}), "cago.contact_guard.fraction", "less than or equal to 1"),
+    case("drop-unknown-flag", changed({"filters.pre.drop_flagged": ["slow"]}), "filters.pre.drop_flagged.0", "'fast'", "'contact'"),
+    case("stop-without-evaluation", changed({"stop": {"force_rmse_below": 0.1}}), "stop", "evaluation"),
+    case("stop-without-criterion", changed({"evaluation": {}, "stop": {}}), "stop", "criterion"),
+    case(
+        "benchmark-md-with-cp2k",
+        changed({"evaluation": {"benchmark": {"generate": {}}}, "reference": {"engine": "cp2k"}}),
+        "evaluation.benchmark.generate.calculator", "ASE calculator",
+    ),
+    case("test-minimum", changed({"dataset.min_test": 0}), "dataset.min_test", "greater than or equal to 1"),
     case("tolerance-above-one", changed({"cago.tolerance": 1.5}), "cago.tolerance", "less than 1"),
     case("fraction-out-of-range", changed({"dataset.test_fraction": 1.2}), "dataset.test_fraction", "less than 1"),
     case(

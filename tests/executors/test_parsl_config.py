@@ -156,7 +156,11 @@ def test_lumi_site() -> None:
     gpu = executors["gpu"]
     assert gpu.available_accelerators == [str(i) for i in range(8)]  # ROCR_VISIBLE_DEVICES per worker
     assert "#SBATCH --gpus-per-node=8" in gpu.provider.scheduler_options
-    assert executors["gpu-small"].available_accelerators == ["0", "1"]
+    # two workers packed on each of the 2 GCDs of a block: 4 workers of 14 / 4 = 3 threads each
+    assert executors["gpu-small"].available_accelerators == ["0", "0", "1", "1"]
+    assert "#SBATCH --gpus-per-node=2" in executors["gpu-small"].provider.scheduler_options
+    assert site.executors["gpu-small"].n_devices == 2 and site.executors["gpu-small"].n_accelerators == 4
+    assert site.python_threads("cago") == 3
     assert executors["gpu-small"].provider.exclusive is False
     for executor in executors.values():
         assert "#SBATCH --account=project_XXX" in executor.provider.scheduler_options

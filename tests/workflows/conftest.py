@@ -23,7 +23,7 @@ CAMPAIGN = {
         "per_iteration": 2,
         "cago_from": [{"from_iteration": 0, "source": "training", "subset": 2}, {"from_iteration": 1, "source": "md"}],
     },
-    "cago": {"delta": 0.15, "max_steps": 15, "min_distance": 0.7},
+    "cago": {"delta": 0.15, "max_steps": 15},
     "reference": {"engine": "tblite", "method": "GFN1-xTB"},
 }
 

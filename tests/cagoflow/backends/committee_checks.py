@@ -14,8 +14,9 @@ import torch
 from ase import Atoms
 from ase.build import molecule
 
-from cagoflow.autograd import ExactGradient
-from cagoflow.cago import CagoSettings, FiniteDifferenceGradient, Geometry, Objective, run_cago
+from cagoflow.cago import CagoCalibration, CagoSettings, run_cago
+from cagoflow.cago_gradients import ExactGradient, FiniteDifferenceGradient
+from cagoflow.cago_objective import Geometry, Objective, Problem
 from cagoflow.calibration import PowerLaw
 from cagoflow.committee import CommitteePrediction, force_sigma_hat
 from cagoflow.structures import water_box
@@ -83,32 +84,32 @@ def assert_exact_gradient_matches_finite_differences(committee, atoms: Atoms, ma
     """Autograd (double backprop) vs batched forward differences, h = 1e-4 Å, over all 3N + 6
     components: same value, correlation ≥ 0.999, largest deviation below ``max_deviation`` ×
     the largest component."""
-    cago = CagoSettings(delta=0.2, l_bias=0.05, pressure_weight=0.1)
     geometry = Geometry(atoms, optimize_cell=True)
-    objective = Objective(LAW, cago, cago.delta)
+    problem = Problem(geometry, Objective(LAW, 0.2, force_bias=0.05, pressure_weight=0.1))
     z = geometry.initial()
-    exact = ExactGradient(committee, geometry, objective)(z)
-    fd = FiniteDifferenceGradient(committee, geometry, objective, step=1e-4)(z)
+    (exact,) = ExactGradient(committee)([problem], [z])
+    (fd,) = FiniteDifferenceGradient(committee, step=1e-4)([problem], [z])
     assert exact.value == pytest.approx(fd.value, rel=1e-10)
     assert np.corrcoef(exact.gradient, fd.gradient)[0, 1] >= 0.999
     assert np.abs(exact.gradient - fd.gradient).max() < max_deviation * np.abs(exact.gradient).max()
     np.testing.assert_allclose(exact.sigma_cal, fd.sigma_cal, rtol=1e-8)
 
 
-def assert_torch_energy_matches_predict(committee, atoms: Atoms, atol: float) -> None:
-    """The differentiable energy function gives ``predict``'s energies (eV) for every member."""
-    energy = committee.torch_energy(atoms)
+def assert_torch_energy_matches_predict(committee, structures: list[Atoms], atol: float) -> None:
+    """The differentiable energy function of several structures at once gives ``predict``'s
+    energies (eV) for every member and structure."""
+    energy = committee.torch_energy(structures)
     copies = committee.n_members
-    positions = torch.tensor(np.stack([atoms.positions] * copies), dtype=torch.float64)
-    cells = torch.tensor(np.stack([np.asarray(atoms.cell)] * copies), dtype=torch.float64)
+    positions = torch.tensor(np.stack([np.concatenate([a.positions for a in structures])] * copies), dtype=torch.float64)
+    cells = torch.tensor(np.stack([[np.asarray(a.cell) for a in structures]] * copies), dtype=torch.float64)
     np.testing.assert_allclose(
-        energy(positions, cells).detach().numpy(), committee.predict([atoms]).energies[:, 0], rtol=0, atol=atol
+        energy(positions, cells).detach().numpy(), committee.predict(structures).energies, rtol=0, atol=atol
     )
 
 
 def assert_cago_makes_progress(committee, atoms: Atoms) -> None:
     """8 L-BFGS steps with the exact gradient close 30 % of the gap between σ and δ = 2 σ_start."""
     delta = 2.0 * LAW(sigma_rms(committee, atoms))
-    result = run_cago(atoms, committee, LAW, CagoSettings(delta=delta, max_steps=8, min_distance=0.75))
+    result = run_cago(atoms, committee, CagoCalibration(LAW), CagoSettings(delta=delta, max_steps=8))
     assert result.gradient == "exact" and result.n_steps >= 1
     assert abs(result.sigma_history[-1] - delta) < 0.7 * abs(result.sigma_history[0] - delta)

@@ -314,11 +314,10 @@ def test_loaded_committee_equals_the_fitted_members(data, member_a, member_b):
     np.testing.assert_allclose(subset.forces, prediction.forces[1:], rtol=0, atol=1e-12)
     assert np.all(np.isfinite(prediction.virials))
     # the differentiable energy includes the reference energies too
-    atoms = structures[0]
-    energy = committee.torch_energy(atoms)
-    positions = torch.as_tensor(atoms.positions).expand(2, -1, -1)
-    cells = torch.as_tensor(np.asarray(atoms.cell)).expand(2, -1, -1)
-    np.testing.assert_allclose(energy(positions, cells).numpy(), prediction.energies[:, 0], rtol=1e-12)
+    energy = committee.torch_energy(structures)
+    positions = torch.as_tensor(np.concatenate([atoms.positions for atoms in structures])).expand(2, -1, -1)
+    cells = torch.as_tensor(np.stack([np.asarray(atoms.cell) for atoms in structures])).expand(2, -1, -1, -1)
+    np.testing.assert_allclose(energy(positions, cells).numpy(), prediction.energies, rtol=1e-12)
 
 
 def test_load_refuses_members_with_different_cutoffs(member_a, tmp_path):

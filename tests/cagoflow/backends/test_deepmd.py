@@ -17,7 +17,7 @@ from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
-from cagoflow.autograd import ExactGradient
+from cagoflow.cago_gradients import ExactGradient
 from cagoflow.backends import Backend, TrainingSettings, train
 from cagoflow.backends.deepmd import (
     CHECKPOINT,
@@ -28,7 +28,7 @@ from cagoflow.backends.deepmd import (
     DeepmdCommitteeSpec,
     read_lcurve,
 )
-from cagoflow.cago import CagoSettings, Geometry, Objective
+from cagoflow.cago_objective import Geometry, Objective, Problem
 from cagoflow.committee import Committee, DifferentiableCommittee
 from cagoflow.errors import InputError
 from cagoflow.structures import water_box
@@ -363,8 +363,7 @@ def test_exact_gradient_is_finite_without_spread(trained, water_frames):
     twins = DeepmdCommittee.from_files([trained[0].model, trained[0].model], device="cpu")
     atoms = water_frames.test[0]
     geometry = Geometry(atoms, optimize_cell=True)
-    objective = Objective(LAW, CagoSettings(delta=0.2), 0.2)
-    evaluation = ExactGradient(twins, geometry, objective)(geometry.initial())
+    (evaluation,) = ExactGradient(twins)([Problem(geometry, Objective(LAW, 0.2))], [geometry.initial()])
     assert np.isfinite(evaluation.value) and np.isfinite(evaluation.gradient).all()
     assert evaluation.sigma_cal.max() < 1e-6
 
@@ -374,7 +373,7 @@ def test_cago_with_the_exact_gradient_makes_progress(committee, water_frames):
 
 
 def test_torch_energy_matches_predict(committee, water_frames):
-    assert_torch_energy_matches_predict(committee, water_frames.test[2], BATCH_ATOL)
+    assert_torch_energy_matches_predict(committee, list(water_frames.test[:3]), BATCH_ATOL)
 
 
 # --- errors -------------------------------------------------------------------------------------------
@@ -405,7 +404,7 @@ def test_unknown_species_name_the_model(committee):
         committee.predict([methane])
     assert error.value.file == str(committee.files[0])
     with pytest.raises(InputError, match="not C"):
-        committee.torch_energy(methane)
+        committee.torch_energy([methane])
 
 
 def test_partly_periodic_structures_are_refused(committee):

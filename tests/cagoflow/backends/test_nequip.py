@@ -399,7 +399,7 @@ def test_virial_is_the_strain_derivative_of_the_energy(committee, water_frames):
 
 
 def test_torch_energy_matches_predict(committee, water_frames):
-    assert_torch_energy_matches_predict(committee, water_frames.test[2], BATCH_ATOL)
+    assert_torch_energy_matches_predict(committee, list(water_frames.test[:3]), BATCH_ATOL)
 
 
 def test_exact_cago_gradient_matches_finite_differences(committee, water_frames):
@@ -447,7 +447,7 @@ def test_unknown_species_name_the_model(committee):
         committee.predict([methane])
     assert error.value.file == str(committee.model_files[0])
     with pytest.raises(InputError, match="has C"):
-        committee.torch_energy(methane)
+        committee.torch_energy([methane])
 
 
 def test_committee_file_builds_the_committee(trained, tmp_path):
