@@ -529,25 +529,11 @@ def plan_reference(
     return ReferencePlan(spec, output(structures, role, root), index, settings)
 
 
-def finish_reference(
-    result, atoms: Atoms, directory: Path, config: CampaignConfig, members: Sequence[TaskRecord], root: Path
-) -> Outcome:
-    """Write the labelled structure; for a CAGO structure, measure the hit (true error / δ)."""
-    from cagoflow.cago import cago_hit, true_force_error
-
+def finish_reference(result, atoms: Atoms, directory: Path) -> Outcome:
+    """Write the labelled structure (the hits of CAGO structures are measured in the post-filter)."""
     labelled = result.labelled()
     labelled.info.update({k: v for k, v in atoms.info.items() if k not in labelled.info})
     summary = {"status": result.status.value, "message": result.message, "seconds": result.wall_time}
-    if result.ok and "subset" in atoms.info and members:
-        subset = [int(m) for m in np.atleast_1d(atoms.info["subset"])]
-        committee = load_committee(config, members, root).subset(subset)
-        forces = committee.predict([labelled]).forces
-        if "cago_delta" in atoms.info:
-            figures = cago_hit(forces, labelled.get_forces(), float(atoms.info["cago_delta"])).provenance()
-        else:  # a baseline frame under a relative δ: its error, no target
-            figures = {"true_error": true_force_error(forces, labelled.get_forces())}
-        labelled.info.update(figures)
-        summary.update(figures)
     return Outcome(outputs={"labelled": write(directory / "labelled.extxyz", [labelled])}, summary=summary)
 
 
@@ -557,7 +543,7 @@ def _skipped(directory: Path) -> Outcome:
 
 def _reference(
     workdir: str, iteration: int, config: CampaignConfig, system: str, task: str, structures: TaskRecord, index: int,
-    gate: TaskRecord | None, *members: TaskRecord,
+    gate: TaskRecord | None,
 ) -> TaskRecord:  # fmt: skip
     """Label one structure with an in-process engine (tblite, an ASE calculator).
 
@@ -576,7 +562,7 @@ def _reference(
             result = ReferenceResult(atoms, ReferenceStatus.CONVERGED, "given")
         else:
             result = make_reference(config.reference, config.systems[system]).compute(atoms)
-        return finish_reference(result, atoms, directory, config, members, Path(workdir))
+        return finish_reference(result, atoms, directory)
 
     return run_task(plan.spec, plan.inputs, plan.settings, body)
 
@@ -606,7 +592,7 @@ def _prepare_reference(
 
 def _collect_reference(
     workdir: str, iteration: int, config: CampaignConfig, system: str, task: str, structures: TaskRecord, index: int,
-    gate: TaskRecord | None, prepared: dict, ran: int, *members: TaskRecord,
+    gate: TaskRecord | None, prepared: dict, ran: int,
 ) -> TaskRecord:  # fmt: skip
     """Parse the external engine's output into a labelled structure or a failure record."""
     from cagoflow.engines import make_file_reference
@@ -619,38 +605,47 @@ def _collect_reference(
         atoms = read(plan.source)[plan.index]
         engine = make_file_reference(config.reference, config.systems[system])
         result = engine.read_result(atoms, directory, check_started(directory))
-        return finish_reference(result, atoms, directory, config, members, Path(workdir))
+        return finish_reference(result, atoms, directory)
 
     return run_task(plan.spec, plan.inputs, plan.settings, body)
 
 
-def _postfilter(workdir: str, iteration: int, config: CampaignConfig, system: str, *references: TaskRecord) -> TaskRecord:
+def _postfilter(
+    workdir: str, iteration: int, config: CampaignConfig, system: str, *references_and_members: TaskRecord
+) -> TaskRecord:
     """Drop labelled structures whose reference failed or has huge forces (reasons recorded);
-    measure the iteration's CAGO hit over every converged reference."""
+    measure the hit of every converged CAGO reference (one committee load, one prediction per
+    member subset)."""
+    from cagoflow.cago import labelled_hits
     from cagoflow.filters import post_filter
 
     root = Path(workdir)
     spec = TaskSpec(root, "postfilter", iteration, system)
+    references = [r for r in references_and_members if r.stage == "reference"]
+    members = [r for r in references_and_members if r.stage == "train"]
     labelled = [r for r in references if "labelled" in r.outputs]
     files = [output(r, "labelled", root) for r in labelled]
     settings = config.filters.post.model_dump(mode="json")
 
     def body(directory: Path) -> Outcome:
         structures = [read(path)[0] for path in files]
+        converged = [atoms for atoms, r in zip(structures, labelled) if r.summary.get("status") == "converged"]
+        measured = [atoms for atoms in converged if "subset" in atoms.info]
+        if measured and members:
+            for atoms, figures in zip(measured, labelled_hits(load_committee(config, members, root), measured)):
+                atoms.info.update(figures)
         result = post_filter(structures, config.filters.post)
         kept = result.select(structures)
-        hits = [r.summary for r in labelled if "hit_ratio" in r.summary]
-        errors = [r.summary["true_error"] for r in labelled if "true_error" in r.summary]
         summary = {
             "attempted": sum(not r.summary.get("skipped") for r in references),
             "kept": len(kept),
             "rejected": {labelled[r.index].task: r.reason for r in result.rejected},
-            "hit_ratios": [h["hit_ratio"] for h in hits],
-            "true_errors": errors,
+            "hit_ratios": [atoms.info["hit_ratio"] for atoms in measured if "hit_ratio" in atoms.info],
+            "true_errors": [atoms.info["true_error"] for atoms in measured if "true_error" in atoms.info],
         }
         return Outcome(outputs={"kept": write(directory / "kept.extxyz", kept)} if kept else {}, summary=summary)
 
-    return run_task(spec, files, settings, body)
+    return run_task(spec, files + successful_models(members, root), settings, body)
 
 
 def _merge(

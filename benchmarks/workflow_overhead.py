@@ -88,7 +88,7 @@ def campaign_figures(iterations: int) -> dict[str, float]:
 def yaml_campaign(root: Path, folder: Path, iterations: int) -> Path:
     import yaml
 
-    settings = yaml.safe_load((root / "examples/water/campaign.yaml").read_text())
+    settings = yaml.safe_load((root / "examples/water-analytic/campaign.yaml").read_text())
     settings["iterations"] = iterations
     settings["systems"]["water"]["structures"] = str(root / "examples/water/water-16.extxyz")
     path = folder / "campaign.yaml"
@@ -117,7 +117,7 @@ def main() -> None:
     per_iteration = figures["full"] / (args.iterations + 1)
     tasks_per_iteration = figures["tasks"] / (args.iterations + 1)
     share = max(overhead.values()) * tasks_per_iteration / per_iteration
-    summary = Table(title=f"the example campaign, {args.iterations} iterations, threads")
+    summary = Table(title=f"the analytic example campaign, {args.iterations} iterations, threads")
     for column in ("figure", "value"):
         summary.add_column(column)
     summary.add_row("full run", f"{figures['full']:.1f} s ({figures['tasks']} tasks)")

@@ -548,3 +548,27 @@ def true_force_error(member_forces: np.ndarray, reference_forces: np.ndarray) ->
 def cago_hit(member_forces: np.ndarray, reference_forces: np.ndarray, delta: float) -> CagoHit:
     """The hit of one CAGO structure: its true error and the ratio to δ."""
     return CagoHit(true_error=true_force_error(member_forces, reference_forces), delta=delta)
+
+
+def labelled_hits(committee: Committee, labelled: Sequence[Atoms]) -> list[dict[str, float] | None]:
+    """The hit figures of reference-labelled CAGO structures, in one prediction per member subset.
+
+    A structure names the members CAGO used in ``info["subset"]`` and its δ in
+    ``info["cago_delta"]``; its figures are :meth:`CagoHit.provenance`, or only the true error
+    when it has no δ (a baseline frame under a relative δ), or None when it names no subset.
+    """
+    figures: list[dict[str, float] | None] = [None] * len(labelled)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, atoms in enumerate(labelled):
+        if "subset" in atoms.info:
+            groups.setdefault(tuple(int(m) for m in np.atleast_1d(atoms.info["subset"])), []).append(index)
+    for subset, indices in groups.items():
+        prediction = committee.subset(subset).predict([labelled[k] for k in indices])
+        for position, k in enumerate(indices):
+            forces, reference = prediction.structure_forces(position), labelled[k].get_forces()
+            if "cago_delta" in labelled[k].info:
+                figures[k] = cago_hit(forces, reference, float(labelled[k].info["cago_delta"])).provenance()
+            else:
+                figures[k] = {"true_error": true_force_error(forces, reference)}
+    return figures
+

@@ -47,7 +47,9 @@ from cagoflow.engines.md_settings import MDStage
 from cagoflow.evaluation import EvaluationSettings
 from cagoflow.filters import FilterSettings
 from cagoflow.errors import InputError
-from cagoflow.inputs import FieldError, InputModel, ScheduleEntry, check_schedule, resolve_file, schedule_at, schedule_input
+from cagoflow.inputs import (
+    IMPORT_PATH, FieldError, InputModel, ScheduleEntry, check_schedule, resolve_file, schedule_at, schedule_input,
+)  # fmt: skip
 
 __all__ = [
     "STAGES",
@@ -296,7 +298,6 @@ class CagoConfig(CagoSettings):
 # ---------------------------------------------------------------------------------------------
 
 TBLITE_METHODS = ("GFN1-xTB", "GFN2-xTB", "IPEA1-xTB")
-_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 class ReferenceConfig(InputModel):
@@ -329,7 +330,7 @@ class ReferenceConfig(InputModel):
         if self.calculator is not None:
             if self.engine != "ase":
                 raise FieldError(f"calculator applies to engine 'ase' only, found engine '{self.engine}'", "calculator")
-            if not _IMPORT_PATH.match(self.calculator):
+            if not IMPORT_PATH.match(self.calculator):
                 raise FieldError(f"expected an import path 'module:Class', found '{self.calculator}'", "calculator")
         if self.template is not None and self.engine != "cp2k":
             raise FieldError(f"template applies to engine 'cp2k' only, found engine '{self.engine}'", "template")

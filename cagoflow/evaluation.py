@@ -21,7 +21,6 @@ Units: eV, Å, eV/Å, fs (settings), ps (diffusion), K, bar, g/cm³, Å²/ps.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -34,7 +33,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from cagoflow import analysis
 from cagoflow.committee import Committee, CommitteePrediction
 from cagoflow.engines.md_settings import MDStage
-from cagoflow.inputs import FieldError, InputModel, resolve_file
+from cagoflow.inputs import IMPORT_PATH, FieldError, InputModel, resolve_file
 from cagoflow.io import read_structures
 
 __all__ = [
@@ -52,7 +51,6 @@ __all__ = [
     "summarize",
 ]
 
-_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 # --- settings ---------------------------------------------------------------------------------------
@@ -77,7 +75,7 @@ class BenchmarkGeneration(InputModel):
     @field_validator("calculator")
     @classmethod
     def _import_path(cls, value: str | None) -> str | None:
-        if value is not None and not _IMPORT_PATH.match(value):
+        if value is not None and not IMPORT_PATH.match(value):
             raise ValueError(
                 f"expected an import path 'module:Class' (e.g. 'ase.calculators.emt:EMT'), found '{value}'"
             )

@@ -9,13 +9,20 @@ field lives in :mod:`cagoflow.config`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo
 
-__all__ = ["FieldError", "InputModel", "ScheduleEntry", "check_schedule", "resolve_file", "schedule_at", "schedule_input"]
+__all__ = [
+    "IMPORT_PATH", "FieldError", "InputModel", "ScheduleEntry", "check_schedule", "resolve_file", "schedule_at",
+    "schedule_input",
+]  # fmt: skip
+
+#: An import path ``package.module:Class`` (an ASE calculator named in a settings file).
+IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 class InputModel(BaseModel):

@@ -80,7 +80,7 @@ def initial(dag: Dag):
     postfilters = []
     for system in sorted(config.systems):
         structures = dag.submit("initial", apps.initial, workdir, config, system)
-        references = [reference(dag, -1, system, f"{system}-init-{k:03d}", structures, k, None, [])
+        references = [reference(dag, -1, system, f"{system}-init-{k:03d}", structures, k, None)
                       for k in range(initial_count(config, system))]  # fmt: skip
         postfilters.append(dag.submit("postfilter", apps.postfilter, workdir, -1, config, system, *references))
     return dag.submit("merge", apps.merge, workdir, -1, config, None, *postfilters)
@@ -94,7 +94,7 @@ def benchmark(dag: Dag, system: str):
     made = dag.submit("evaluate", apps.benchmark, workdir, config, system)
     if not benchmark_count(config):
         return made
-    references = [reference(dag, -1, system, f"{system}-benchmark-{k:03d}", made, k, None, [])
+    references = [reference(dag, -1, system, f"{system}-benchmark-{k:03d}", made, k, None)
                   for k in range(benchmark_count(config))]  # fmt: skip
     return dag.submit("evaluate", apps.benchmark_labels, workdir, config, system, *references)
 
@@ -126,11 +126,11 @@ def submit_iteration(dag: Dag, iteration: int, merged, previous: list, benchmark
         ]  # fmt: skip
         gate = dag.submit("prefilter", apps.prefilter, workdir, iteration, config, system, *(g for _, _, g in groups), *members)
         references = [
-            reference(dag, iteration, system, f"{system}-{first + k:03d}", group, k, gate, members)
+            reference(dag, iteration, system, f"{system}-{first + k:03d}", group, k, gate)
             for first, count, group in groups
             for k in range(count)
         ]
-        postfilters.append(dag.submit("postfilter", apps.postfilter, workdir, iteration, config, system, *references))
+        postfilters.append(dag.submit("postfilter", apps.postfilter, workdir, iteration, config, system, *references, *members))
     merged = dag.submit("merge", apps.merge, workdir, iteration, config, merged, *postfilters)
     return merged, members, summaries
 
@@ -160,20 +160,19 @@ def stop_reason_of(config: CampaignConfig, history: dict[str, list], summaries: 
     return reasons[0][1] if len(reasons) == 1 else "; ".join(f"{system}: {reason}" for system, reason in reasons)
 
 
-def reference(dag: Dag, iteration: int, system: str, task: str, structures, index: int, gate, members: list):
+def reference(dag: Dag, iteration: int, system: str, task: str, structures, index: int, gate):
     """A reference task: one in-process app (tblite, ASE), or prepare → bash → collect (CP2K)."""
     config, apps, workdir = dag.config, dag.apps, dag.workdir
     if config.reference.engine != "cp2k" or (iteration < 0 and config.systems[system].labelled):
-        return dag.submit("reference", apps.reference, workdir, iteration, config, system, task, structures, index, gate, *members)
+        return dag.submit("reference", apps.reference, workdir, iteration, config, system, task, structures, index, gate)
     from cagoflow.apps.commands import resource_specification
 
     prepared = apps.prepare_reference(workdir, iteration, config, dag.site, system, task, structures, index, gate)
     resources = resource_specification(dag.site, "reference", "cp2k.psmp")
     ran = apps.run_reference(prepared, **({"parsl_resource_specification": resources} if resources else {}))
     return dag.submit(
-        "reference", apps.collect_reference, workdir, iteration, config, system, task, structures, index, gate, prepared, ran,
-        *members,
-    )  # fmt: skip
+        "reference", apps.collect_reference, workdir, iteration, config, system, task, structures, index, gate, prepared, ran
+    )
 
 
 def root_cause(exc: BaseException) -> BaseException:

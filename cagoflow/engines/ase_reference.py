@@ -25,6 +25,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from cagoflow.engines.reference import ReferenceResult, ReferenceStatus
 from cagoflow.errors import InputError
+from cagoflow.inputs import IMPORT_PATH
 
 __all__ = ["AseCalculatorReference", "label_with_calculator", "load_calculator_class", "status_of_exception"]
 
@@ -32,14 +33,13 @@ __all__ = ["AseCalculatorReference", "label_with_calculator", "load_calculator_c
 CALCULATOR_FIELD = "reference.calculator"
 SETTINGS_FIELD = "reference.settings"
 
-_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _NOT_CONVERGED = re.compile(r"(not|n't|no|failed to|did not)\s+(\w+\s+)?conver", re.IGNORECASE)
 
 
 def load_calculator_class(import_path: str) -> type:
     """The class named by ``"package.module:Class"``; any problem is an :class:`InputError`
     naming the field ``reference.calculator``."""
-    if not isinstance(import_path, str) or not _IMPORT_PATH.match(import_path):
+    if not isinstance(import_path, str) or not IMPORT_PATH.match(import_path):
         raise InputError(
             f"expected an import path 'module:Class' (e.g. 'ase.calculators.emt:EMT'), found {import_path!r}",
             field=CALCULATOR_FIELD,

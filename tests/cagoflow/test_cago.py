@@ -55,9 +55,9 @@ class NoExactGradient:
     Records the size of every prediction call.
     """
 
-    def __init__(self, inner: MorseCommittee):
+    def __init__(self, inner: MorseCommittee, calls: list[int] | None = None):
         self.inner = inner
-        self.calls: list[int] = []
+        self.calls: list[int] = [] if calls is None else calls  # shared with its subsets
 
     @property
     def n_members(self) -> int:
@@ -68,7 +68,7 @@ class NoExactGradient:
         return self.inner.predict(structures)
 
     def subset(self, members):
-        return NoExactGradient(self.inner.subset(members))
+        return NoExactGradient(self.inner.subset(members), self.calls)
 
 
 def initial_sigma(committee, atoms) -> float:
@@ -322,3 +322,22 @@ def test_min_interatomic_distance_of_the_start_is_kept_by_default_guard(committe
     delta = 3.0 * initial_sigma(committee, box)
     result = run_cago(box, committee, CALIBRATION, CagoSettings(delta=delta, max_steps=40))
     assert min_interatomic_distance(result.atoms) >= 0.85 * min_interatomic_distance(box) - 1e-9
+
+
+def test_labelled_hits_one_prediction_per_subset(committee, small_box):
+    """Hits of labelled structures: one predict per member subset, a true error only without δ."""
+    from cagoflow.cago import labelled_hits
+    from cagoflow.demo import label
+    from cagoflow.analytic import MorseCalculator
+
+    truth = MorseCalculator(MorseModel.for_symbols(["O", "H"]))
+    structures = label([water_box(4, seed=seed) for seed in range(3)], truth)
+    structures[0].info.update(subset=[0, 1], cago_delta=0.2)
+    structures[1].info.update(subset=[1, 2])  # a baseline frame under a relative δ
+    counting = NoExactGradient(committee)
+    figures = labelled_hits(counting, structures)
+    expected = cago_hit(committee.subset([0, 1]).predict([structures[0]]).forces, structures[0].get_forces(), 0.2)
+    assert figures[0] == pytest.approx(expected.provenance())
+    assert set(figures[1]) == {"true_error"} and figures[1]["true_error"] > 0
+    assert figures[2] is None
+    assert counting.calls == [1, 1]
