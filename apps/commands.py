@@ -5,7 +5,8 @@ An engine (a trainer, CP2K, LAMMPS) names its program by its usual name (``dp``,
 (``srun -n 16 cp2k.psmp``, module loads, OpenMP threads and binding). Every program runs in
 its task directory under ``flock`` (a program left running by a killed driver finishes before
 a new one starts there), under a time limit derived from the block's walltime, with its output
-in a log file and its exit status in ``exit-status`` — a failure is read back as data.
+in a log file, its exit status in ``exit-status`` — a failure is read back as data — and its
+wall time in ``program-seconds`` (what the task's record reports as its cost).
 Every program gets the threads of its worker's share of cores
 (:meth:`~cagoflow.config.SiteConfig.program_threads`) through :func:`thread_environment`, so
 trainers started side by side do not each spin on every core.
@@ -26,6 +27,8 @@ WALLTIME_MARGIN = 120
 MIN_TIME_LEFT = 300
 #: Exit status of a task whose programs were not started for lack of walltime (EX_TEMPFAIL).
 NOT_STARTED = 75
+#: File of a task directory holding its programs' wall time, s.
+PROGRAM_SECONDS = "program-seconds"
 
 #: Shell lines that set $limit: the seconds the programs may run, from the time the SLURM job has
 #: left when inside one (squeue %L: [days-]hours:minutes:seconds), else from the site-config.
@@ -130,8 +133,9 @@ def shell_command(directory: Path, commands: Sequence[Sequence[str]], site: Site
     if limit is not None:
         prelude = _LIMIT_PRELUDE.format(static=limit, minimum=MIN_TIME_LEFT, not_started=NOT_STARTED, margin=WALLTIME_MARGIN)
     return (
-        f"cd {shlex.quote(str(directory))} || exit 1\n{prelude}"
-        f'limit=${{limit:-0}} flock .lock sh -c {shlex.quote(script)} > {shlex.quote(log)} 2>&1; echo $? > exit-status'
+        f"cd {shlex.quote(str(directory))} || exit 1\n{prelude}started=$(date +%s.%N)\n"
+        f'limit=${{limit:-0}} flock .lock sh -c {shlex.quote(script)} > {shlex.quote(log)} 2>&1; echo $? > exit-status\n'
+        f'awk -v start="$started" -v end="$(date +%s.%N)" \'BEGIN {{ print end - start }}\' > {PROGRAM_SECONDS}'
     )
 
 
@@ -145,6 +149,14 @@ def check_started(directory: Path) -> int:
     if status == NOT_STARTED:
         raise BlockEnding(f"{directory}: fewer than {MIN_TIME_LEFT} s left in the job; retry in a new block")
     return status
+
+
+def program_seconds(directory: Path) -> float:
+    """Wall time of a task's programs, s (0 when they never finished)."""
+    try:
+        return float((directory / PROGRAM_SECONDS).read_text().strip())
+    except (OSError, ValueError):
+        return 0.0
 
 
 def exit_status(directory: Path) -> int:

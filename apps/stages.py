@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from ase import Atoms
 
-from cagoflow.apps.commands import check_started, shell_command
+from cagoflow.apps.commands import check_started, program_seconds, shell_command
 from cagoflow.apps.tasks import Outcome, StageFailed, TaskSpec, output, prepare_directory, record_outcome, run_task
 from cagoflow.config import CampaignConfig, SiteConfig
 from cagoflow.records import TaskRecord, finished
@@ -223,6 +223,7 @@ def _collect_training(workdir: str, iteration: int, member: int, prepared: dict,
         status=status,
         outputs={} if model is None else {"model": str(Path(model).resolve().relative_to(root))},
         summary=summary,
+        seconds=program_seconds(spec.directory),
     )
     return write_record(spec.directory, record, root)
 
@@ -605,7 +606,7 @@ def _collect_reference(
         atoms = read(plan.source)[plan.index]
         engine = make_file_reference(config.reference, config.systems[system])
         result = engine.read_result(atoms, directory, check_started(directory))
-        return finish_reference(result, atoms, directory)
+        return replace(finish_reference(result, atoms, directory), program_seconds=program_seconds(directory))
 
     return run_task(plan.spec, plan.inputs, plan.settings, body)
 

@@ -33,11 +33,13 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a task body produced: status, output files by role (absolute), facts for status tables."""
+    """What a task body produced: status, output files by role (absolute), facts for status
+    tables, and the wall time (s) of external programs the task ran before its body."""
 
     status: Status = "done"
     outputs: Mapping[str, Path] = field(default_factory=dict)
     summary: Mapping[str, Any] = field(default_factory=dict)
+    program_seconds: float = 0.0
 
 
 class StageFailed(RuntimeError):
@@ -69,7 +71,7 @@ def record_outcome(spec: TaskSpec, key: str, outcome: Outcome, seconds: float) -
         status=outcome.status,
         outputs={role: str(path.relative_to(spec.workdir)) for role, path in outcome.outputs.items()},
         summary=dict(outcome.summary),
-        seconds=seconds,
+        seconds=seconds + outcome.program_seconds,
     )
     return write_record(spec.directory, record, spec.workdir)
 

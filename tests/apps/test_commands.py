@@ -16,6 +16,7 @@ from cagoflow.apps.commands import (
     check_started,
     exit_status,
     program_line,
+    program_seconds,
     resource_specification,
     shell_command,
     time_limit,
@@ -146,6 +147,13 @@ def test_shell_command_records_the_exit_status_and_log(tmp_path):
     assert exit_status(tmp_path) == 3
     assert (tmp_path / "run.log").read_text() == "hello\n"
     assert exit_status(tmp_path / "missing") == 1
+
+
+def test_shell_command_records_the_programs_wall_time(tmp_path):
+    line = shell_command(tmp_path, [["sleep", "0.3"], ["sleep", "0.2"]], default_site(), "train", "run.log")
+    subprocess.run(line, shell=True, check=True)
+    assert 0.5 <= program_seconds(tmp_path) < 3.0
+    assert program_seconds(tmp_path / "missing") == 0.0
 
 
 def test_time_limit_applies_and_a_short_job_starts_nothing(tmp_path):

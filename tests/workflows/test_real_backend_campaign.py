@@ -51,6 +51,7 @@ def test_members_are_real_deepmd_models_fine_tuned_across_iterations(deepmd_camp
     for record in trained:
         assert record.outputs["model"].endswith("frozen_model.pth")
         assert (deepmd_campaign / record.outputs["model"]).stat().st_size > 10_000
+        assert 1.0 < record.seconds < 600  # the trainer's own wall time, not the collector's
     second = deepmd_campaign / "iter-001" / "train" / "member-00"
     assert "--init-frz-model" in (second / "train.log").read_text() or (second / "input.json").exists()
 
