@@ -432,15 +432,15 @@ def _cago(
         else:
             prepare_directory(spec.directory)
             pending.setdefault(subset_index, []).append((k, spec, key))
+    structures = read(starts) if pending else []
+    committee = load_committee(config, members, root) if pending and source.optimize else None
     for subset_index, tasks in pending.items():
         subset = tuple(subsets["subsets"][subset_index])
-        structures = read(starts)
         chosen = [structures[k] for k, _, _ in tasks]
         begin = time.perf_counter()
-        if source.optimize:
+        if committee is not None:
             law = CommitteeCalibration.load(output(calibration, f"subset-{subset_index}", root)).for_cago()
-            committee = load_committee(config, members, root).subset(subset)
-            results = run_cago_batch(chosen, committee, law, config.cago)
+            results = run_cago_batch(chosen, committee.subset(subset), law, config.cago)
             finals = [result.atoms for result in results]
             summaries = [result.summary() for result in results]
         else:  # baselines: the sampled frames go to the reference as they are (a δ only when absolute)

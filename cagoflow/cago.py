@@ -240,7 +240,7 @@ class CagoResult:
     @property
     def sigma_cal_rms(self) -> float:
         """RMS over atoms of σ_cal,F_i, eV/Å: the quantity CAGO drives to δ."""
-        return float(np.sqrt(np.mean(self.sigma_cal**2)))
+        return _rms(self.sigma_cal)
 
     @property
     def sigma_cal_mean(self) -> float:
@@ -542,7 +542,7 @@ class CagoHit:
 
 def true_force_error(member_forces: np.ndarray, reference_forces: np.ndarray) -> float:
     """RMS over atoms of the per-atom error e_i (eV/Å); ``member_forces`` (M, N, 3)."""
-    return float(np.sqrt(np.mean(per_atom_force_error(member_forces, reference_forces) ** 2)))
+    return _rms(per_atom_force_error(member_forces, reference_forces))
 
 
 def cago_hit(member_forces: np.ndarray, reference_forces: np.ndarray, delta: float) -> CagoHit:

@@ -22,7 +22,6 @@ from cagoflow.workflows.status import STOPPED_NAME
 ProgressHook = Callable[[str, str], None]
 
 
-
 class CampaignFailed(CagoflowError):
     """A stage failed as a whole (too few members, every reference failed, a crashed task)."""
 
@@ -48,8 +47,8 @@ class Dag:
         return future
 
 
-def build(dag: Dag):
-    """Submit the campaign; return the future of the last merge.
+def build(dag: Dag) -> None:
+    """Submit the campaign (its futures are in ``dag.futures``).
 
     Without a ``stop`` block every iteration is submitted at once. With one, iteration by
     iteration: after iteration i's evaluation the driver judges the criteria (on the records,
@@ -69,7 +68,6 @@ def build(dag: Dag):
         if reason is not None:
             atomic_write_json(Path(workdir) / STOPPED_NAME, {"iteration": iteration, "reason": reason})
             break
-    return merged
 
 
 def initial(dag: Dag):
