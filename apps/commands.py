@@ -8,7 +8,7 @@ a new one starts there), under a time limit derived from the block's walltime, w
 in a log file, its exit status in ``exit-status`` — a failure is read back as data — and its
 wall time in ``program-seconds`` (what the task's record reports as its cost).
 Every program gets the threads of its worker's share of cores
-(:meth:`~cagoflow.config.SiteConfig.program_threads`) through :func:`thread_environment`, so
+(:meth:`~cagoflow.executors.site.SiteConfig.program_threads`) through :func:`thread_environment`, so
 trainers started side by side do not each spin on every core.
 """
 
@@ -18,7 +18,8 @@ import shlex
 from pathlib import Path
 from typing import Sequence
 
-from cagoflow.config import EngineCommand, SiteConfig
+from cagoflow.engines.process import find_program
+from cagoflow.executors.site import EngineCommand, SiteConfig
 
 #: Part of a block's walltime kept free for writing results after a program's time limit, s.
 WALLTIME_MARGIN = 120
@@ -123,6 +124,12 @@ def program_line(argv: Sequence[str], site: SiteConfig, stage: str, limited: boo
         line = f'timeout --kill-after=30 "$limit" {line}'
     line = "env " + " ".join(f"{key}={shlex.quote(value)}" for key, value in environment.items()) + " " + line
     return f"{setup}\n{line}" if setup else line
+
+
+def site_program(site: SiteConfig, stage: str, program: str) -> tuple[str, ...]:
+    """A command prefix that starts ``program`` as the site does for ``stage`` (setup, environment,
+    command), to which arguments are appended: ``sh -c '<line> "$@"' <program> ARGS...``."""
+    return ("sh", "-c", program_line([find_program(program)], site, stage, limited=False) + ' "$@"', program)
 
 
 def shell_command(directory: Path, commands: Sequence[Sequence[str]], site: SiteConfig, stage: str, log: str) -> str:

@@ -13,17 +13,35 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from ase import Atoms
 
 from cagoflow.apps.commands import check_started, program_seconds, shell_command
 from cagoflow.apps.tasks import Outcome, StageFailed, TaskSpec, output, prepare_directory, record_outcome, run_task
-from cagoflow.config import CampaignConfig, SiteConfig
+from cagoflow.campaign import CampaignConfig
+from cagoflow.executors.site import SiteConfig
 from cagoflow.records import TaskRecord, finished
+from cagoflow.stages import STAGE_BY_NAME
 
 DATASET = "dataset"
+
+#: Every task body by app name (its name without the leading '_'): (stage, function). Filled by
+#: :func:`stage_task`; :func:`cagoflow.apps.make_apps` makes one Parsl app of each.
+TASKS: dict[str, tuple[str, Callable[..., Any]]] = {}
+
+
+def stage_task(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a task body as an app of ``stage`` (a name of :data:`cagoflow.stages.STAGE_ORDER`)."""
+    if stage not in STAGE_BY_NAME:
+        raise ValueError(f"unknown stage '{stage}'")
+
+    def register(function: Callable[..., Any]) -> Callable[..., Any]:
+        TASKS[function.__name__.removeprefix("_")] = (stage, function)
+        return function
+
+    return register
 
 
 def seed_for(config: CampaignConfig, *labels: int | str) -> int:
@@ -72,6 +90,7 @@ def write(path: Path, structures: Sequence[Atoms]) -> Path:
 # --- initial structures -----------------------------------------------------------------------
 
 
+@stage_task("initial")
 def _initial(workdir: str, config: CampaignConfig, system: str) -> TaskRecord:
     """The starting structures of a system plus rattled copies, to be labelled before iteration 0."""
     spec = TaskSpec(Path(workdir), "initial", -1, system)
@@ -103,6 +122,7 @@ def initial_count(config: CampaignConfig, system: str) -> int:
 # --- split and training -------------------------------------------------------------------------
 
 
+@stage_task("split")
 def _split(workdir: str, iteration: int, config: CampaignConfig, merged: TaskRecord) -> TaskRecord:
     """Test set and per-member bootstrap splits of the dataset as the previous merge left it."""
     from cagoflow.dataset import Dataset, make_splits_for_hashes
@@ -142,6 +162,7 @@ def training_spec(workdir: str, iteration: int, member: int) -> TaskSpec:
     return TaskSpec(Path(workdir), "train", iteration, f"member-{member:02d}")
 
 
+@stage_task("train")
 def _prepare_training(
     workdir: str, iteration: int, config: CampaignConfig, site: SiteConfig, member: int, split: TaskRecord,
     previous: TaskRecord | None,
@@ -197,6 +218,7 @@ def _run_command(
     return prepared["command"]
 
 
+@stage_task("train")
 def _collect_training(workdir: str, iteration: int, member: int, prepared: dict, ran: int) -> TaskRecord:
     """Read the trained model (or the failure, with the trainer's last lines) and record it."""
     from cagoflow.backends import get_backend, tail
@@ -236,12 +258,15 @@ def cago_task_names(config: CampaignConfig, iteration: int) -> list[tuple[str, i
     return [(system, k) for system in sorted(config.systems) for k in range(config.n_samples(iteration))]
 
 
+@stage_task("calibrate")
 def _calibrate(workdir: str, iteration: int, config: CampaignConfig, split: TaskRecord, *members: TaskRecord) -> TaskRecord:
     """Calibrate the committee on the test set, and every member subset CAGO will use.
 
     Fewer successfully trained members than ``committee.min_trained`` stops the iteration.
     """
     from cagoflow.calibration import calibrate_committee
+    from cagoflow.io import atomic_write_json
+    from cagoflow.sampling import cago_subsets
 
     root = Path(workdir)
     spec = TaskSpec(root, "calibrate", iteration, "committee")
@@ -265,20 +290,13 @@ def _calibrate(workdir: str, iteration: int, config: CampaignConfig, split: Task
         prediction = committee.predict(references)
         full = calibrate_committee(prediction, references, training=training)
         outputs = {"calibration": full.save(directory / "calibration.json")}
-        tasks = {}
-        subsets: list[tuple[int, ...]] = []
-        for system, k in cago_task_names(config, iteration):
-            rng = np.random.default_rng(seed_for(config, "subset", iteration, system, k))
-            subset = tuple(sorted(rng.choice(len(models), size=subset_size, replace=False).tolist()))
-            if subset not in subsets:
-                subsets.append(subset)
-            tasks[f"{system}/{k}"] = subsets.index(subset)
-        for index, subset in enumerate(subsets):
+        seeds = {f"{system}/{k}": seed_for(config, "subset", iteration, system, k) for system, k in cago_task_names(config, iteration)}
+        chosen = cago_subsets(len(models), subset_size, seeds)
+        for index, subset in enumerate(chosen.subsets):
             calibration = calibrate_committee(prediction, references, members=subset, training=training)
             outputs[f"subset-{index}"] = calibration.save(directory / f"calibration-subset-{index}.json")
-        from cagoflow.io import atomic_write_json
-
-        outputs["subsets"] = atomic_write_json(directory / "subsets.json", {"tasks": tasks, "subsets": subsets})
+        subsets = {"tasks": chosen.tasks, "subsets": chosen.subsets}
+        outputs["subsets"] = atomic_write_json(directory / "subsets.json", subsets)
         mean_forces = prediction.forces.mean(0)
         reference_forces = np.concatenate([atoms.get_forces() for atoms in references])
         summary = {
@@ -300,45 +318,123 @@ def _calibrate(workdir: str, iteration: int, config: CampaignConfig, split: Task
 # --- MD and sampling ------------------------------------------------------------------------------
 
 
-def _md(workdir: str, iteration: int, config: CampaignConfig, system: str, replica: int, *members: TaskRecord) -> TaskRecord:
-    """Committee MD of one replica from the system's first starting structure."""
-    from cagoflow.engines.ase_md import run_md
+@dataclass(frozen=True)
+class MDPlan:
+    """One committee-MD task: where it lives, what it is keyed by, its settings and stability checks."""
 
+    spec: TaskSpec
+    inputs: list[Path]
+    settings: dict
+    start: Path
+    options: dict
+
+    def start_structure(self) -> Atoms:
+        return read(self.start)[0]
+
+
+def plan_md(workdir: str, iteration: int, config: CampaignConfig, system: str, replica: int, members: Sequence[TaskRecord]) -> MDPlan:
+    """The MD task of one replica from the system's first starting structure (either engine)."""
     root = Path(workdir)
     spec = TaskSpec(root, "md", iteration, f"{system}-{replica:02d}")
     stage = config.md_stage(iteration)
-    models = successful_models(members, root)
+    start = config.systems[system].structures
+    density = config.md.stop_density_ratio
+    options = dict(
+        seed=seed_for(config, "md", iteration, system, replica) % 2**31,
+        check_interval=config.md.check_interval,
+        min_distance=config.md.stop_min_distance,
+        density_range=None if density is None else tuple(density),
+    )
     settings = {"stage": stage.model_dump(mode="json"), "md": config.md.model_dump(mode="json"), "seed": config.seed}
+    return MDPlan(spec, [start, *successful_models(members, root)], settings, start, options)
+
+
+def md_outcome(result, system: str, directory: Path, seconds: float = 0.0) -> Outcome:
+    """The frames of an MD result (either engine), labelled with their system."""
+    for atoms in result.frames:
+        atoms.info.update(system=system)
+    frames = write(directory / "frames.extxyz", result.frames) if result.frames else None
+    summary = {"stable": result.stable, "reason": result.reason, "frames": len(result.frames), "steps": result.steps_done}
+    return Outcome(outputs={} if frames is None else {"frames": frames}, summary=summary, program_seconds=seconds)
+
+
+@stage_task("md")
+def _md(workdir: str, iteration: int, config: CampaignConfig, system: str, replica: int, *members: TaskRecord) -> TaskRecord:
+    """Committee MD of one replica in this process (the ASE engine)."""
+    from cagoflow.engines.ase_md import run_md
+
+    plan = plan_md(workdir, iteration, config, system, replica, members)
+    stage = config.md_stage(iteration)
 
     def body(directory: Path) -> Outcome:
-        start = read(config.systems[system].structures)[0]
-        density = config.md.stop_density_ratio
-        options = dict(
-            seed=seed_for(config, "md", iteration, system, replica) % 2**31,
-            check_interval=config.md.check_interval,
-            min_distance=config.md.stop_min_distance,
-            density_range=None if density is None else tuple(density),
-        )
-        if config.md.engine == "lammps":
-            from cagoflow.engines.lammps import run_lammps
-            from cagoflow.io import atomic_write_text
+        committee = load_committee(config, members, Path(workdir))
+        return md_outcome(run_md(plan.start_structure(), committee, stage, **plan.options), system, directory)
 
-            backend = "analytic-trained" if config.committee.backend == "analytic" else config.committee.backend
-            committee_file = atomic_write_text(
-                directory / "committee.yaml", yaml_text({"backend": backend, "models": [str(m) for m in models]})
-            )
-            result = run_lammps(start, committee_file, stage, directory / "lammps", **options)
-        else:
-            result = run_md(start, load_committee(config, members, root), stage, **options)
-        for atoms in result.frames:
-            atoms.info.update(system=system)
-        frames = write(directory / "frames.extxyz", result.frames) if result.frames else None
-        summary = {"stable": result.stable, "reason": result.reason, "frames": len(result.frames), "steps": result.steps_done}
-        return Outcome(outputs={} if frames is None else {"frames": frames}, summary=summary)
-
-    return run_task(spec, [config.systems[system].structures, *models], settings, body)
+    return run_task(plan.spec, plan.inputs, plan.settings, body)
 
 
+#: Folder of a LAMMPS task's run (inputs, log, dump), inside the task directory.
+LAMMPS_RUN = "lammps"
+
+
+def lammps_md(plan: MDPlan, config: CampaignConfig, iteration: int, mode: str):
+    """The LAMMPS template of an MD task whose mode ("native" or "external") is known."""
+    from cagoflow.engines.lammps import LammpsMD
+
+    return LammpsMD(config.md_stage(iteration), plan.spec.directory / "committee.yaml", mode=mode, **plan.options)
+
+
+@stage_task("md")
+def _prepare_md(
+    workdir: str, iteration: int, config: CampaignConfig, site: SiteConfig, system: str, replica: int, *members: TaskRecord
+) -> dict:
+    """Write a LAMMPS run (committee file, data file, input); return the shell command that runs
+    it as the site starts LAMMPS (``true`` when the task is done). Its mode is chosen here, from
+    the pair styles of the site's LAMMPS: the backend's own pair style where it has one, else
+    ``fix external`` into the committee (a Python driver)."""
+    from cagoflow.apps.commands import site_program
+    from cagoflow.engines.lammps import SCREEN_FILE, lammps_template
+    from cagoflow.io import atomic_write_text
+    from cagoflow.records import task_key
+
+    root = Path(workdir)
+    plan = plan_md(workdir, iteration, config, system, replica, members)
+    key = task_key(plan.inputs, plan.settings)
+    if finished(plan.spec.directory, key, root) is not None:
+        return {"key": key, "command": "true", "mode": "none"}
+    prepare_directory(plan.spec.directory)
+    models = [str(path) for path in successful_models(members, root)]
+    atomic_write_text(plan.spec.directory / "committee.yaml", yaml_text({"backend": config.committee.backend, "models": models}))
+    template = lammps_template(
+        plan.spec.directory / "committee.yaml", config.md_stage(iteration), command=site_program(site, "md", "lmp"),
+        **plan.options,
+    )  # fmt: skip
+    directory = plan.spec.directory / LAMMPS_RUN
+    template.write_input(directory, plan.start_structure())
+    command = shell_command(directory, [template.argv()], site, "md", SCREEN_FILE)
+    return {"key": key, "command": command, "mode": template.mode}
+
+
+@stage_task("md")
+def _collect_md(
+    workdir: str, iteration: int, config: CampaignConfig, system: str, replica: int, prepared: dict, ran: int,
+    *members: TaskRecord,
+) -> TaskRecord:  # fmt: skip
+    """Read the frames LAMMPS left (or why it stopped) and record them."""
+    plan = plan_md(workdir, iteration, config, system, replica, members)
+
+    def body(directory: Path) -> Outcome:
+        run = directory / LAMMPS_RUN
+        code = check_started(run)
+        result = lammps_md(plan, config, iteration, prepared["mode"]).read_result(run, plan.start_structure())
+        if code != 0 and result.stable:
+            result = replace(result, stable=False, reason=f"LAMMPS exited with code {code}")
+        return md_outcome(result, system, directory, program_seconds(run))
+
+    return run_task(plan.spec, plan.inputs, plan.settings, body)
+
+
+@stage_task("sample")
 def _sample(
     workdir: str, iteration: int, config: CampaignConfig, system: str, split: TaskRecord, *md_and_members: TaskRecord
 ) -> TaskRecord:
@@ -394,6 +490,7 @@ def cago_groups(config: CampaignConfig, iteration: int) -> list[tuple[int, int]]
     return [(first, min(size, total - first)) for first in range(0, total, size)]
 
 
+@stage_task("cago")
 def _cago(
     workdir: str, iteration: int, config: CampaignConfig, system: str, first: int, count: int, sample: TaskRecord,
     calibration: TaskRecord, *members: TaskRecord,
@@ -445,16 +542,14 @@ def _cago(
             summaries = [result.summary() for result in results]
         else:  # baselines: the sampled frames go to the reference as they are (a δ only when absolute)
             finals = [atoms.copy() for atoms in chosen]
-            if isinstance(config.cago.delta, float):
-                for atoms in finals:
-                    atoms.info.update(cago_delta=config.cago.delta)
-            summaries = [{"reason": "not optimised"} for _ in chosen]
+            delta = config.cago.delta if isinstance(config.cago.delta, float) else None
+            summaries = [{"reason": "not optimised", "delta": delta} for _ in chosen]
         seconds = (time.perf_counter() - begin) / len(tasks)
         for (k, spec, key), atoms, start, summary in zip(tasks, finals, chosen, summaries):
             atoms.info.update({name: value for name, value in start.info.items() if name not in atoms.info})
-            atoms.info.update(subset=list(subset))
             written = write(spec.directory / "structure.extxyz", [atoms])
-            records[k] = record_outcome(spec, key, Outcome(outputs={"structure": written}, summary=summary), seconds)
+            outcome = Outcome(outputs={"structure": written}, summary={**summary, "subset": list(subset)})
+            records[k] = record_outcome(spec, key, outcome, seconds)
     return [records[k] for k in range(first, first + count)]
 
 
@@ -463,6 +558,7 @@ def flatten(records: Sequence[TaskRecord | Sequence[TaskRecord]]) -> list[TaskRe
     return [r for item in records for r in (item if isinstance(item, (list, tuple)) else [item])]
 
 
+@stage_task("prefilter")
 def _prefilter(
     workdir: str, iteration: int, config: CampaignConfig, system: str, *cago_and_members: TaskRecord | list[TaskRecord]
 ) -> TaskRecord:
@@ -542,6 +638,7 @@ def _skipped(directory: Path) -> Outcome:
     return Outcome(summary={"skipped": True})
 
 
+@stage_task("reference")
 def _reference(
     workdir: str, iteration: int, config: CampaignConfig, system: str, task: str, structures: TaskRecord, index: int,
     gate: TaskRecord | None,
@@ -568,6 +665,7 @@ def _reference(
     return run_task(plan.spec, plan.inputs, plan.settings, body)
 
 
+@stage_task("reference")
 def _prepare_reference(
     workdir: str, iteration: int, config: CampaignConfig, site: SiteConfig, system: str, task: str,
     structures: TaskRecord, index: int, gate: TaskRecord | None,
@@ -591,6 +689,7 @@ def _prepare_reference(
     return {"command": shell_command(plan.spec.directory, program, site, "reference", "engine.log")}
 
 
+@stage_task("reference")
 def _collect_reference(
     workdir: str, iteration: int, config: CampaignConfig, system: str, task: str, structures: TaskRecord, index: int,
     gate: TaskRecord | None, prepared: dict, ran: int,
@@ -611,44 +710,57 @@ def _collect_reference(
     return run_task(plan.spec, plan.inputs, plan.settings, body)
 
 
+@stage_task("postfilter")
 def _postfilter(
-    workdir: str, iteration: int, config: CampaignConfig, system: str, *references_and_members: TaskRecord
+    workdir: str, iteration: int, config: CampaignConfig, system: str, *records: TaskRecord | list[TaskRecord]
 ) -> TaskRecord:
     """Drop labelled structures whose reference failed or has huge forces (reasons recorded);
-    measure the hit of every converged CAGO reference (one committee load, one prediction per
-    member subset)."""
+    measure the hit of every converged CAGO reference against the δ and member subset its CAGO
+    record names (one committee load, one prediction per member subset).
+
+    ``records``: the reference records, the members' and the CAGO tasks' (none before iteration 0).
+    """
     from cagoflow.cago import labelled_hits
     from cagoflow.filters import post_filter
 
     root = Path(workdir)
     spec = TaskSpec(root, "postfilter", iteration, system)
-    references = [r for r in references_and_members if r.stage == "reference"]
-    members = [r for r in references_and_members if r.stage == "train"]
+    records = flatten(records)
+    references = [r for r in records if r.stage == "reference"]
+    members = [r for r in records if r.stage == "train"]
+    cago = {r.task: r.summary for r in records if r.stage == "cago" and "subset" in r.summary}
     labelled = [r for r in references if "labelled" in r.outputs]
     files = [output(r, "labelled", root) for r in labelled]
     settings = config.filters.post.model_dump(mode="json")
 
     def body(directory: Path) -> Outcome:
         structures = [read(path)[0] for path in files]
-        converged = [atoms for atoms, r in zip(structures, labelled) if r.summary.get("status") == "converged"]
-        measured = [atoms for atoms in converged if "subset" in atoms.info]
+        measured = [(atoms, cago[r.task]) for atoms, r in zip(structures, labelled)
+                    if r.summary.get("status") == "converged" and r.task in cago]  # fmt: skip
         if measured and members:
-            for atoms, figures in zip(measured, labelled_hits(load_committee(config, members, root), measured)):
+            committee = load_committee(config, members, root)
+            subsets = [tuple(summary["subset"]) for _, summary in measured]
+            deltas = [summary.get("delta") for _, summary in measured]
+            for (atoms, _), figures in zip(measured, labelled_hits(committee, [a for a, _ in measured], subsets, deltas)):
                 atoms.info.update(figures)
         result = post_filter(structures, config.filters.post)
         kept = result.select(structures)
+        hits = [atoms.info for atoms, _ in measured]
         summary = {
             "attempted": sum(not r.summary.get("skipped") for r in references),
             "kept": len(kept),
             "rejected": {labelled[r.index].task: r.reason for r in result.rejected},
-            "hit_ratios": [atoms.info["hit_ratio"] for atoms in measured if "hit_ratio" in atoms.info],
-            "true_errors": [atoms.info["true_error"] for atoms in measured if "true_error" in atoms.info],
+            "hit_ratios": [info["hit_ratio"] for info in hits if "hit_ratio" in info],
+            "true_errors": [info["true_error"] for info in hits if "true_error" in info],
         }
         return Outcome(outputs={"kept": write(directory / "kept.extxyz", kept)} if kept else {}, summary=summary)
 
-    return run_task(spec, files + successful_models(members, root), settings, body)
+    inputs = files + successful_models(members, root)
+    targets = {task: {"subset": cago[task]["subset"], "delta": cago[task].get("delta")} for task in sorted(cago)}
+    return run_task(spec, inputs, {**settings, "cago": targets}, body)
 
 
+@stage_task("merge")
 def _merge(
     workdir: str, iteration: int, config: CampaignConfig, previous: TaskRecord | None, *postfilters: TaskRecord
 ) -> TaskRecord:
@@ -683,7 +795,6 @@ def _merge(
             extra = {k: atoms.info[k] for k in ("system", "true_error", "delta", "hit_ratio") if k in atoms.info}
             provenance.append(Provenance(iteration=max(iteration, 0), stage="initial" if iteration < 0 else "cago",
                                          engine=engine, parent=atoms.info.get("parent"), extra=extra))  # fmt: skip
-            atoms.info.pop("subset", None)
         Dataset(root / DATASET).append(kept, provenance)
         training_set = json.loads(before[0].read_text()) if before else []
         known = set(training_set)
@@ -705,6 +816,7 @@ def _merge(
 # --- evaluation: held-out errors, production MD per member, properties ------------------------------
 
 
+@stage_task("evaluate")
 def _benchmark(workdir: str, config: CampaignConfig, system: str) -> TaskRecord:
     """The held-out benchmark set of a system, made once: the campaign's labelled file
     (``benchmark``), or frames of an MD run driven by an ASE calculator (``structures``, to be
@@ -749,6 +861,7 @@ def benchmark_count(config: CampaignConfig) -> int:
     return 0 if generate is None else generate.frames
 
 
+@stage_task("evaluate")
 def _benchmark_labels(workdir: str, config: CampaignConfig, system: str, *references: TaskRecord) -> TaskRecord:
     """The labelled benchmark set of a system: its MD frames whose reference converged."""
     root = Path(workdir)
@@ -773,6 +886,7 @@ def _check_benchmark(benchmark: TaskRecord) -> None:
         raise StageFailed(f"evaluation: {benchmark.summary.get('message', 'no benchmark set')}")
 
 
+@stage_task("evaluate")
 def _evaluate_errors(
     workdir: str, iteration: int, config: CampaignConfig, system: str, benchmark: TaskRecord, *members: TaskRecord
 ) -> TaskRecord:
@@ -796,6 +910,7 @@ def _evaluate_errors(
     return run_task(spec, [references, *models], {"system": system}, body)
 
 
+@stage_task("evaluate")
 def _evaluate_md(
     workdir: str, iteration: int, config: CampaignConfig, system: str, member: int, *members: TaskRecord
 ) -> TaskRecord:
@@ -826,6 +941,7 @@ def _evaluate_md(
     return run_task(spec, [model, start_file], settings, body)
 
 
+@stage_task("evaluate")
 def _evaluate_summary(
     workdir: str, iteration: int, config: CampaignConfig, system: str, errors: TaskRecord, *productions: TaskRecord
 ) -> TaskRecord:

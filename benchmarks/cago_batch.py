@@ -63,7 +63,7 @@ def measure(committee, structures: list, cago_steps: int) -> tuple[float, float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", nargs="+", default=["analytic", "deepmd", "nequip", "allegro"])
+    parser.add_argument("--backends", nargs="+", default=["morse", "deepmd", "nequip", "allegro"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16, 64], help="structures optimised together (K)")
     parser.add_argument("--molecules", type=int, default=64, help="H2O per box")
     parser.add_argument("--members", type=int, default=3)
@@ -85,7 +85,7 @@ def main() -> None:
         folder = Path(name)
         files = None
         for backend in args.backends:
-            if backend == "analytic":
+            if backend == "morse":  # the fixed, untrained test committee
                 committee = MorseCommittee(MorseModel.for_symbols(["O", "H"], n_members=args.members, spread=0.05, seed=1))
             else:
                 files = files or labelled_frames(folder)

@@ -452,9 +452,9 @@ def part_lammps(args, work: Path) -> None:
     if not models:
         emit(work, "lammps", run=args.device, status="failed", reason="no trained DeePMD member")
         return
-    from cagoflow.engines.lammps import lammps_command
+    from cagoflow.engines.process import find_program
 
-    command = lammps_command()
+    command = (find_program("lmp"),)
     if shutil.which(command[0]) is None:
         emit(work, "lammps", run=args.device, status="failed", reason=f"no LAMMPS: {command[0]} not found")
         return

@@ -34,7 +34,7 @@ from rich.table import Table
 
 from cagoflow.apps.commands import shell_command, thread_environment
 from cagoflow.backends import TrainingSettings, get_backend
-from cagoflow.config import SiteConfig, machine_cores
+from cagoflow.executors.site import SiteConfig, machine_cores
 from common import labelled_frames
 
 #: The environment a campaign's driver gives its programs: this one without thread variables.

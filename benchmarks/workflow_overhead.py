@@ -24,7 +24,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from cagoflow.config import ExecutorConfig, SiteConfig
+from cagoflow.executors.site import ExecutorConfig, SiteConfig
 from cagoflow.records import executions
 
 
@@ -52,7 +52,7 @@ def per_task_seconds(kind: str, n: int) -> float:
         from cagoflow.executors.parsl_config import build_config
 
         site = SiteConfig(name=kind, executors={"local": ExecutorConfig(kind=kind, max_workers=2)})
-        parsl.load(build_config(site, Path(folder) / "runinfo", checkpoint=False))
+        parsl.load(build_config(site, Path(folder) / "runinfo"))
         try:
             app = python_app(trivial, executors=["local"])
             app(folder, -1).result()  # workers up

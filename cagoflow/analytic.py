@@ -4,6 +4,8 @@ The committee spread of such a model is smooth and known, which makes it the tes
 statistics, the calibration and the CAGO optimizer: fast, differentiable (torch, float64) and
 batched over structures and members in one call. :class:`MorseCalculator` is one member (or the
 unperturbed "truth") as an ordinary ASE calculator, used as a cheap reference engine in tests.
+A committee file names it ``backend: morse`` (:mod:`cagoflow.models`); the trainable Morse
+members of ``backend: analytic`` are :mod:`cagoflow.backends.analytic`.
 
 Energy of one member (eV):  E = Σ_{i<j} D_ij [e^{−2α_ij (r−r0_ij)} − 2 e^{−α_ij (r−r0_ij)}] · f_c(r),
 with a smooth (C², quintic) switch f_c from 1 at ``cutoff − switch_width`` to 0 at ``cutoff`` (Å).

@@ -550,24 +550,25 @@ def cago_hit(member_forces: np.ndarray, reference_forces: np.ndarray, delta: flo
     return CagoHit(true_error=true_force_error(member_forces, reference_forces), delta=delta)
 
 
-def labelled_hits(committee: Committee, labelled: Sequence[Atoms]) -> list[dict[str, float] | None]:
+def labelled_hits(
+    committee: Committee, labelled: Sequence[Atoms], subsets: Sequence[Sequence[int]], deltas: Sequence[float | None]
+) -> list[dict[str, float]]:
     """The hit figures of reference-labelled CAGO structures, in one prediction per member subset.
 
-    A structure names the members CAGO used in ``info["subset"]`` and its δ in
-    ``info["cago_delta"]``; its figures are :meth:`CagoHit.provenance`, or only the true error
-    when it has no δ (a baseline frame under a relative δ), or None when it names no subset.
+    Structure ``k`` was pushed by the members ``subsets[k]`` towards ``deltas[k]`` (eV/Å; None:
+    no δ, a baseline frame under a relative δ); its figures are :meth:`CagoHit.provenance`, or
+    only the true error when it has no δ.
     """
-    figures: list[dict[str, float] | None] = [None] * len(labelled)
+    figures: list[dict[str, float]] = [{} for _ in labelled]
     groups: dict[tuple[int, ...], list[int]] = {}
-    for index, atoms in enumerate(labelled):
-        if "subset" in atoms.info:
-            groups.setdefault(tuple(int(m) for m in np.atleast_1d(atoms.info["subset"])), []).append(index)
+    for index, subset in enumerate(subsets):
+        groups.setdefault(tuple(int(m) for m in subset), []).append(index)
     for subset, indices in groups.items():
         prediction = committee.subset(subset).predict([labelled[k] for k in indices])
         for position, k in enumerate(indices):
             forces, reference = prediction.structure_forces(position), labelled[k].get_forces()
-            if "cago_delta" in labelled[k].info:
-                figures[k] = cago_hit(forces, reference, float(labelled[k].info["cago_delta"])).provenance()
+            if deltas[k] is not None:
+                figures[k] = cago_hit(forces, reference, float(deltas[k])).provenance()
             else:
                 figures[k] = {"true_error": true_force_error(forces, reference)}
     return figures

@@ -19,17 +19,21 @@ energies and virials). The dimensionless ratio r/σ is called z below.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Final, Literal
 
 import numpy as np
 from ase import Atoms
+from pydantic import ConfigDict, Field, Strict, model_validator, with_config
 from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp, ndtri
 
 from cagoflow.committee import CommitteePrediction, force_sigma_hat, member_std, virial_from_stress
 from cagoflow.errors import InputError
+from cagoflow.geometry import shortest_pair_distances
+from cagoflow.inputs import FieldError, InputModel, validate_input
 from cagoflow.io import atomic_write_json, read_json, structure_labels
 
 #: σ̂ values below this floor (in the quantity's unit) are raised to it before taking logs.
@@ -47,12 +51,20 @@ _B_GRID_POINTS = 80
 #: Number of confidence levels p used for the miscalibration area.
 _AREA_GRID_POINTS = 1000
 #: Identifies the JSON files written by :meth:`CommitteeCalibration.save`.
-FILE_FORMAT = "cagoflow.committee-calibration"
-FILE_VERSION = 1
+FILE_FORMAT: Final = "cagoflow.committee-calibration"
+FILE_VERSION: Final = 1
 #: Units of the calibrated quantities.
 UNITS = {"forces": "eV/Å", "energies": "eV", "virials": "eV"}
 #: The 6 unique components (row, column) of a symmetric 3×3 virial, in Voigt order.
 _VOIGT_PAIRS = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+#: A finite number, no conversion from text or true/false (the unit depends on the field); the
+#: result classes below annotate their fields with these, so reading them back from JSON checks them.
+Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+#: A count or index, >= 0.
+Count = Annotated[int, Strict(), Field(ge=0)]
+#: A finite number > 0.
+Positive = Annotated[Finite, Field(gt=0)]
 
 
 # --- the power law ---------------------------------------------------------------------------
@@ -62,8 +74,8 @@ _VOIGT_PAIRS = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 class PowerLaw:
     """σ_cal = a · σ̂^b (σ̂ and σ_cal in the quantity's unit; a in unit^(1−b), b dimensionless)."""
 
-    a: float
-    b: float
+    a: Positive
+    b: Positive
 
     def __post_init__(self) -> None:
         for name in ("a", "b"):
@@ -159,6 +171,7 @@ def fit_power_law(sigma_hat: Any, residuals: Any, *, quantity: str | None = None
 # --- diagnostics -----------------------------------------------------------------------------
 
 
+@with_config(ConfigDict(extra="ignore"))  # the file also holds the derived ratio
 @dataclass(frozen=True)
 class CalibrationBin:
     """One bin of samples with similar σ_cal (all values in the quantity's unit).
@@ -174,14 +187,14 @@ class CalibrationBin:
         structures: distinct structures with samples in the bin (None: not recorded).
     """
 
-    sigma_cal_low: float
-    sigma_cal_high: float
-    sigma_cal_rms: float
-    rmse: float
-    count: int
-    ratio_low: float | None = None
-    ratio_high: float | None = None
-    structures: int | None = None
+    sigma_cal_low: Finite
+    sigma_cal_high: Finite
+    sigma_cal_rms: Finite
+    rmse: Finite
+    count: Count
+    ratio_low: Finite | None = None
+    ratio_high: Finite | None = None
+    structures: Count | None = None
 
     @property
     def ratio(self) -> float:
@@ -193,13 +206,13 @@ class CalibrationBin:
 class DataSummary:
     """What a calibration was fitted on (σ̂ and residuals in the quantity's unit)."""
 
-    n_samples: int
-    sigma_hat_min: float
-    sigma_hat_max: float
-    sigma_hat_rms: float
-    residual_min: float
-    residual_max: float
-    residual_rms: float
+    n_samples: Count
+    sigma_hat_min: Finite
+    sigma_hat_max: Finite
+    sigma_hat_rms: Finite
+    residual_min: Finite
+    residual_max: Finite
+    residual_rms: Finite
 
 
 @dataclass(frozen=True)
@@ -223,13 +236,13 @@ class CalibrationDiagnostics:
         summary: ranges and RMS of the data (None when not recorded).
     """
 
-    n_samples: int
-    std_r_before: float
-    std_r_after: float
-    miscalibration_area_before: float
-    miscalibration_area_after: float
+    n_samples: Count
+    std_r_before: Finite
+    std_r_after: Finite
+    miscalibration_area_before: Finite
+    miscalibration_area_after: Finite
     bins: list[CalibrationBin]
-    validity_limit: float | None
+    validity_limit: Finite | None
     summary: DataSummary | None = None
 
 
@@ -452,8 +465,11 @@ class CommitteeCalibration:
 
     @classmethod
     def load(cls, path: str | Path) -> "CommitteeCalibration":
-        """Read a file written by :meth:`save`; a malformed file raises :class:`InputError`."""
-        return _Reader(Path(path)).calibration(read_json(path))
+        """Read a file written by :meth:`save` (any version-1 file, see :class:`CalibrationJson`);
+        a malformed file raises one :class:`InputError` naming the file and the field."""
+        path = Path(path)
+        data = read_json(path)
+        return validate_input(CalibrationJson, data, file=path, text="", context={}).value()
 
 
 def per_atom_force_error(member_forces: Any, reference_forces: Any) -> np.ndarray:
@@ -502,8 +518,6 @@ def calibrate_committee(
     _check_references(prediction, references)
     labels = [structure_labels(atoms) for atoms in references]
     forces = _force_calibration(prediction, labels)
-    from cagoflow.geometry import shortest_pair_distances
-
     return CommitteeCalibration(
         forces=forces,
         energies=_energy_calibration(prediction, labels),
@@ -578,6 +592,70 @@ def _virial_calibration(
 
 
 # --- JSON ------------------------------------------------------------------------------------
+#
+# The file written by :meth:`CommitteeCalibration.save` is described by the pydantic models
+# below, whose entries are the result classes above (power law, diagnostics, bins, summary, their
+# fields annotated as finite numbers and counts); :meth:`CommitteeCalibration.load` validates a
+# file against them, so any problem is one
+# InputError naming the file and the field. Keys with a default may be missing: files of earlier
+# releases lack the bins' interval and structures, the contact distances and the test σ_cal.
+# ``ratio`` and ``force_validity_limit_eV_per_A`` are derived: written for readers, not read back.
+
+#: How σ_cal follows from σ̂, as written into every quantity's entry.
+FORMULA: Final = "sigma_cal = a * sigma_hat ** b"
+
+
+class QuantityJson(InputModel):
+    """:class:`QuantityCalibration` in the file."""
+
+    quantity: Literal["forces", "energies", "virials"]
+    unit: str
+    formula: Literal[FORMULA]
+    law: PowerLaw
+    diagnostics: CalibrationDiagnostics
+
+    def value(self) -> QuantityCalibration:
+        """The quantity's calibration as cagoflow holds it."""
+        return QuantityCalibration(self.quantity, self.law, self.diagnostics, self.unit)
+
+
+class CalibrationJson(InputModel):
+    """The file of a :class:`CommitteeCalibration`."""
+
+    format: Literal[FILE_FORMAT] = Field(..., description="identifies a committee calibration file")
+    version: Literal[FILE_VERSION] = Field(..., description="version of this file format")
+    members: list[Count]
+    n_structures: Count
+    n_atoms: Count
+    force_validity_limit_eV_per_A: Finite | None = Field(None, description="forces.diagnostics.validity_limit (derived)")
+    forces: QuantityJson
+    energies: QuantityJson | None
+    virials: QuantityJson | None
+    training_shortest_distances_A: dict[str, Finite] | None = None
+    force_test_sigma_cal_eV_per_A: list[Finite] | None = None
+
+    @model_validator(mode="after")
+    def _named_quantities(self) -> "CalibrationJson":
+        for key, unit in UNITS.items():
+            entry = getattr(self, key)
+            if entry is not None and (entry.quantity, entry.unit) != (key, unit):
+                raise FieldError(f"expected quantity {key!r} in {unit}, found {entry.quantity!r} in {entry.unit!r}", key)
+        return self
+
+    def value(self) -> CommitteeCalibration:
+        """The calibration as cagoflow holds it."""
+        return CommitteeCalibration(
+            forces=self.forces.value(),
+            energies=None if self.energies is None else self.energies.value(),
+            virials=None if self.virials is None else self.virials.value(),
+            members=tuple(self.members),
+            n_structures=self.n_structures,
+            n_atoms=self.n_atoms,
+            contact_distances=self.training_shortest_distances_A,
+            force_test_sigma_cal=None
+            if self.force_test_sigma_cal_eV_per_A is None
+            else tuple(self.force_test_sigma_cal_eV_per_A),
+        )
 
 
 def _quantity_to_dict(calibration: QuantityCalibration | None) -> dict[str, Any] | None:
@@ -588,7 +666,7 @@ def _quantity_to_dict(calibration: QuantityCalibration | None) -> dict[str, Any]
     return {
         "quantity": calibration.quantity,
         "unit": calibration.unit,
-        "formula": "sigma_cal = a * sigma_hat ** b",
+        "formula": FORMULA,
         "law": asdict(calibration.law),
         "diagnostics": diagnostics,
     }
@@ -610,131 +688,3 @@ def _calibration_to_dict(calibration: CommitteeCalibration) -> dict[str, Any]:
         if calibration.force_test_sigma_cal is None
         else list(calibration.force_test_sigma_cal),
     }
-
-
-@dataclass(frozen=True)
-class _Reader:
-    """Reads the JSON of a :class:`CommitteeCalibration`, naming file and field on errors."""
-
-    path: Path
-
-    def _fail(self, field: str, message: str) -> InputError:
-        return InputError(message, file=self.path, field=field)
-
-    @staticmethod
-    def _path(prefix: str, key: str) -> str:
-        return f"{prefix}.{key}" if prefix else key
-
-    def _get(self, data: Any, key: str, prefix: str) -> Any:
-        if not isinstance(data, dict):
-            raise self._fail(prefix or "<top level>", "expected a JSON object")
-        if key not in data:
-            raise self._fail(self._path(prefix, key), "missing field")
-        return data[key]
-
-    def number(self, data: Any, key: str, prefix: str = "") -> float:
-        value = self._get(data, key, prefix)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self._fail(self._path(prefix, key), f"expected a finite number, got {value!r}")
-        return float(value)
-
-    def optional_number(self, data: Any, key: str, prefix: str = "") -> float | None:
-        return None if self._get(data, key, prefix) is None else self.number(data, key, prefix)
-
-    def integer(self, data: Any, key: str, prefix: str = "") -> int:
-        value = self._get(data, key, prefix)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise self._fail(self._path(prefix, key), f"expected a non-negative integer, got {value!r}")
-        return value
-
-    def sequence(self, data: Any, key: str, prefix: str = "") -> list[Any]:
-        value = self._get(data, key, prefix)
-        if not isinstance(value, list):
-            raise self._fail(self._path(prefix, key), "expected a JSON list")
-        return value
-
-    def law(self, data: Any, prefix: str) -> PowerLaw:
-        a, b = self.number(data, "a", prefix), self.number(data, "b", prefix)
-        if a <= 0 or b <= 0:
-            raise self._fail(prefix, f"power-law parameters must be positive, got a={a}, b={b}")
-        return PowerLaw(a, b)
-
-    def bin(self, data: Any, prefix: str) -> CalibrationBin:
-        names = ("sigma_cal_low", "sigma_cal_high", "sigma_cal_rms", "rmse")
-        values = (self.number(data, name, prefix) for name in names)
-        optional = {  # written since the bins carry their uncertainty; older files have none
-            name: (self.optional_number(data, name, prefix) if name in data else None)
-            for name in ("ratio_low", "ratio_high")
-        }
-        structures = self.integer(data, "structures", prefix) if data.get("structures") is not None else None
-        return CalibrationBin(*values, count=self.integer(data, "count", prefix), structures=structures, **optional)
-
-    def summary(self, data: Any, prefix: str) -> DataSummary | None:
-        if data is None:
-            return None
-        names = ("sigma_hat_min", "sigma_hat_max", "sigma_hat_rms", "residual_min", "residual_max", "residual_rms")
-        values = (self.number(data, name, prefix) for name in names)
-        return DataSummary(self.integer(data, "n_samples", prefix), *values)
-
-    def diagnostics(self, data: Any, prefix: str) -> CalibrationDiagnostics:
-        bins = self.sequence(data, "bins", prefix)
-        return CalibrationDiagnostics(
-            n_samples=self.integer(data, "n_samples", prefix),
-            std_r_before=self.number(data, "std_r_before", prefix),
-            std_r_after=self.number(data, "std_r_after", prefix),
-            miscalibration_area_before=self.number(data, "miscalibration_area_before", prefix),
-            miscalibration_area_after=self.number(data, "miscalibration_area_after", prefix),
-            bins=[self.bin(item, f"{prefix}.bins[{k}]") for k, item in enumerate(bins)],
-            validity_limit=self.optional_number(data, "validity_limit", prefix),
-            summary=self.summary(data.get("summary"), f"{prefix}.summary"),
-        )
-
-    def quantity(self, data: Any, key: str, required: bool) -> QuantityCalibration | None:
-        value = self._get(data, key, "")
-        if value is None and not required:
-            return None
-        name = self._get(value, "quantity", key)
-        unit = self._get(value, "unit", key)
-        if name != key or unit != UNITS[key]:
-            raise self._fail(key, f"expected quantity {key!r} in {UNITS[key]}, got {name!r} in {unit!r}")
-        law = self.law(self._get(value, "law", key), f"{key}.law")
-        diagnostics = self.diagnostics(self._get(value, "diagnostics", key), f"{key}.diagnostics")
-        return QuantityCalibration(key, law, diagnostics, unit)
-
-    def calibration(self, data: Any) -> CommitteeCalibration:
-        if self._get(data, "format", "") != FILE_FORMAT:
-            raise self._fail("format", f"not a committee calibration file (expected format {FILE_FORMAT!r})")
-        if self._get(data, "version", "") != FILE_VERSION:
-            raise self._fail("version", f"unsupported version (expected {FILE_VERSION})")
-        members = self.sequence(data, "members")
-        if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in members):
-            raise self._fail("members", "expected a list of non-negative member indices")
-        return CommitteeCalibration(
-            forces=self.quantity(data, "forces", required=True),
-            energies=self.quantity(data, "energies", required=False),
-            virials=self.quantity(data, "virials", required=False),
-            members=tuple(members),
-            n_structures=self.integer(data, "n_structures"),
-            n_atoms=self.integer(data, "n_atoms"),
-            contact_distances=self.distances(data.get("training_shortest_distances_A")),
-            force_test_sigma_cal=self.values(data.get("force_test_sigma_cal_eV_per_A"), "force_test_sigma_cal_eV_per_A"),
-        )
-
-    def distances(self, value: Any) -> dict[str, float] | None:
-        """Shortest distance per species pair (optional: older files have none)."""
-        if value is None:
-            return None
-        key = "training_shortest_distances_A"
-        if not isinstance(value, dict):
-            raise self._fail(key, "expected a JSON object of species pair → distance (Å)")
-        return {str(name): self.number(value, name, key) for name in value}
-
-    def values(self, value: Any, key: str) -> tuple[float, ...] | None:
-        """A list of finite numbers (optional: older files have none)."""
-        if value is None:
-            return None
-        if not isinstance(value, list) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
-        ):
-            raise self._fail(key, "expected a JSON list of finite numbers")
-        return tuple(float(v) for v in value)

@@ -209,7 +209,7 @@ def cago(
     from cagoflow.cago import CagoSettings, run_cago_batch
     from cagoflow.cago_plots import plot_cago_progress
     from cagoflow.calibration import CommitteeCalibration
-    from cagoflow.config import load_settings
+    from cagoflow.inputs import load_settings
     from cagoflow.geometry import shortest_pair_distances
     from cagoflow.io import check_structures, read_structures, write_structures
     from cagoflow.models import load_committee_spec
@@ -343,9 +343,14 @@ def run(
     campaign: Path = typer.Argument(..., help="Campaign YAML."),
     site: Optional[Path] = typer.Option(None, "--site", help="Site-config YAML (default: local threads)."),
     workdir: Path = typer.Option(Path("runs/campaign"), "--workdir", "-w", help="Campaign work directory (continued if it exists)."),
+    force_unlock: bool = typer.Option(
+        False, "--force-unlock", help="Take the work directory's lock from a run that is gone but looks alive."
+    ),
 ) -> None:
-    """Run a campaign, or continue it where it stopped: finished tasks are never recomputed."""
-    from cagoflow.config import default_site, load_campaign, load_site
+    """Run a campaign, or continue it where it stopped: finished tasks are never recomputed.
+    One run at a time holds a work directory; a second refuses (exit code 2)."""
+    from cagoflow.campaign import load_campaign
+    from cagoflow.executors.site import default_site, load_site
     from cagoflow.workflows.campaign import run_campaign
 
     config = load_campaign(campaign)
@@ -357,8 +362,12 @@ def run(
         f"work directory {escape(str(workdir))}"
     )
     with _stage_progress() as (progress, hook):
-        run_campaign(config, site_config, workdir, hook)
+        run_campaign(config, site_config, workdir, hook, force_unlock=force_unlock, warn=_warn)
     _print_status(workdir)
+
+
+def _warn(message: str) -> None:
+    errors.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -426,6 +435,7 @@ def _print_status(workdir: Path) -> None:
     figures = campaign_figures(workdir)
     out = Console(width=min(console.width, STATUS_WIDTH) if console.is_terminal else STATUS_WIDTH, highlight=False)
     out.print(f"[bold]campaign in {escape(str(workdir))}[/] ({figures['iterations_asked']} iterations asked)")
+    out.print(escape(figures["run"]["words"]))
     for title, (heads, rows, notes) in (("tasks", progress_table(figures)), ("figures", science_table(figures))):
         table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
         for index, head in enumerate(heads):
@@ -473,7 +483,8 @@ def validate(
     site: Optional[Path] = typer.Option(None, "--site", help="Site-config YAML."),
 ) -> None:
     """Check a campaign and/or a site-config without running or submitting anything."""
-    from cagoflow.config import load_campaign, load_site
+    from cagoflow.campaign import load_campaign
+    from cagoflow.executors.site import load_site
 
     if campaign is None and site is None:
         raise InputError("nothing to validate: give a campaign YAML, --site SITE.yaml, or both")

@@ -116,7 +116,7 @@ class DifferentiableCommittee(Committee, Protocol):
     """A committee whose energies are differentiable torch functions of positions and cell.
 
     CAGO uses this for the exact gradient of its objective (double backpropagation through
-    forces = −∂E/∂x), see :mod:`cagoflow.autograd`.
+    forces = −∂E/∂x), see :class:`cagoflow.cago_gradients.ExactGradient`.
     """
 
     def torch_energy(self, structures: Sequence[Atoms]) -> MemberEnergyFunction:

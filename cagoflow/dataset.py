@@ -27,21 +27,24 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
+from typing import Annotated, Any, Final, Literal
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
+from pydantic import Field, PlainValidator, Strict, field_validator, model_validator
 
 from cagoflow.errors import InputError
 from cagoflow.hashing import structure_hash
+from cagoflow.inputs import FieldError, InputModel, validate_input
 from cagoflow.io import atomic_write_json, read_json, read_structures, structure_labels, write_structures
 
 INDEX_NAME = "index.json"
-INDEX_FORMAT = "cagoflow-dataset"
-INDEX_VERSION = 1
+INDEX_FORMAT: Final = "cagoflow-dataset"
+INDEX_VERSION: Final = 1
 #: ``atoms.info`` key holding the provenance dict of a stored structure.
 PROVENANCE_KEY = "provenance"
 _BATCH_NAME = "batch-{:05d}.extxyz"
@@ -316,7 +319,7 @@ class Dataset:
                 f"the index places structure {position} at position {entry.index}, "
                 f"but the batch file holds {len(batch)} structures",
                 file=batch_path,
-                field=f"entries[{position}].index",
+                field=f"entries.{position}.index",
             )
         atoms = batch[entry.index].copy()
         atoms.calc = SinglePointCalculator(atoms, **structure_labels(batch[entry.index]))
@@ -325,7 +328,7 @@ class Dataset:
                 f"structure {entry.index} of this file does not match its hash in the index "
                 "(the file was changed after it was appended)",
                 file=batch_path,
-                field=f"entries[{position}].hash",
+                field=f"entries.{position}.hash",
             )
         atoms.info[PROVENANCE_KEY] = entry.provenance.to_dict()
         return atoms
@@ -371,27 +374,6 @@ class Dataset:
         self._remove_stray_files()
         return AppendResult(added=tuple(hashes[i] for i in accepted), refused=tuple(refused), file=name)
 
-    def splits(
-        self,
-        n_members: int,
-        seed: int,
-        *,
-        test_fraction: float = 0.1,
-        train_fraction: float = 0.8,
-        validation_fraction: float = 0.1,
-        fixed_test: Collection[str] = (),
-    ) -> "Splits":
-        """Test set and per-member bootstrap splits of this dataset (see :func:`make_splits_for_hashes`)."""
-        return make_splits_for_hashes(
-            [entry.hash for entry in self._index.entries],
-            n_members,
-            seed,
-            test_fraction=test_fraction,
-            train_fraction=train_fraction,
-            validation_fraction=validation_fraction,
-            fixed_test=fixed_test,
-        )
-
     def _remove_stray_files(self) -> None:
         """Delete batch files the index does not list and temp files left by killed writes."""
         if not self.path.is_dir():
@@ -407,13 +389,14 @@ class Dataset:
     def _load_index(self) -> _Index:
         if not self.index_path.exists():
             return _Index()
-        index = _parse_index(read_json(self.index_path), self.index_path)
+        data = read_json(self.index_path)
+        index = validate_input(IndexJson, data, file=self.index_path, text="", context={}).value()
         for number, name in enumerate(index.batches):
             if not (self.path / name).is_file():
                 raise InputError(
                     f"the index references the batch file {name}, which does not exist in {self.path}",
                     file=self.index_path,
-                    field=f"batches[{number}]",
+                    field=f"batches.{number}",
                 )
         return index
 
@@ -429,64 +412,65 @@ def _broadcast_provenance(provenance: Provenance | Sequence[Provenance], n: int)
     return provenances
 
 
-# --- index parsing ---------------------------------------------------------------------------
+# --- index file ----------------------------------------------------------------------------
 
 
-def _parse_index(data: Any, path: Path) -> _Index:
-    """Validate the index JSON; every problem raises ``InputError`` naming the field."""
-
-    def fail(message: str, where: str | None = None) -> InputError:
-        return InputError(f"corrupt dataset index: {message}", file=path, field=where)
-
-    if not isinstance(data, dict):
-        raise fail("expected a JSON object")
-    if data.get("format") != INDEX_FORMAT:
-        raise fail(f"expected '{INDEX_FORMAT}', got {data.get('format')!r}", "format")
-    if data.get("version") != INDEX_VERSION:
-        raise fail(f"unsupported version {data.get('version')!r} (expected {INDEX_VERSION})", "version")
-    batches = data.get("batches")
-    if not isinstance(batches, list):
-        raise fail("expected a list of batch file names", "batches")
-    for number, name in enumerate(batches):
-        if name != _BATCH_NAME.format(number):
-            raise fail(f"expected {_BATCH_NAME.format(number)!r}, got {name!r}", f"batches[{number}]")
-    raw_entries = data.get("entries")
-    if not isinstance(raw_entries, list):
-        raise fail("expected a list of entries", "entries")
-    entries = tuple(_parse_entry(raw, number, fail) for number, raw in enumerate(raw_entries))
-    _check_entries(entries, set(batches), fail)
-    return _Index(tuple(batches), entries)
+def _provenance(value: Any) -> Provenance:
+    """A :class:`Provenance` from its dict (``ValueError`` names what is wrong)."""
+    return value if isinstance(value, Provenance) else Provenance.from_dict(value)
 
 
-def _parse_entry(raw: Any, number: int, fail: Callable[..., InputError]) -> DatasetEntry:
-    where = f"entries[{number}]"
-    if not isinstance(raw, dict):
-        raise fail("expected a JSON object", where)
-    for key, kind in (("hash", str), ("file", str), ("index", int)):
-        value = raw.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise fail(f"expected {kind.__name__}, got {value!r}", f"{where}.{key}")
-    if raw["index"] < 0:
-        raise fail(f"expected a non-negative position, got {raw['index']}", f"{where}.index")
-    try:
-        provenance = Provenance.from_dict(raw.get("provenance"))
-    except (ValueError, TypeError) as exc:
-        raise fail(str(exc), f"{where}.provenance") from None
-    return DatasetEntry(raw["hash"], raw["file"], raw["index"], provenance)
+class IndexEntryJson(InputModel):
+    """:class:`DatasetEntry` in the index file."""
+
+    hash: str = Field(..., description="content hash of the structure (cagoflow.hashing.structure_hash)")
+    file: str = Field(..., description="batch file holding the structure")
+    index: Annotated[int, Strict(), Field(ge=0)] = Field(..., description="position of the structure in its batch file")
+    provenance: Annotated[Provenance, PlainValidator(_provenance)] = Field(
+        ..., description="where the structure came from (Provenance.to_dict)"
+    )
+
+    def value(self) -> DatasetEntry:
+        """The entry as the dataset holds it."""
+        return DatasetEntry(self.hash, self.file, self.index, self.provenance)
 
 
-def _check_entries(entries: Sequence[DatasetEntry], batches: set[str], fail: Callable[..., InputError]) -> None:
-    seen_hashes: dict[str, int] = {}
-    seen_slots: set[tuple[str, int]] = set()
-    for number, entry in enumerate(entries):
-        if entry.file not in batches:
-            raise fail(f"batch file {entry.file!r} is not listed in 'batches'", f"entries[{number}].file")
-        if entry.hash in seen_hashes:
-            raise fail(f"hash repeats entry {seen_hashes[entry.hash]}", f"entries[{number}].hash")
-        if (entry.file, entry.index) in seen_slots:
-            raise fail(f"position {entry.index} of {entry.file} is listed twice", f"entries[{number}].index")
-        seen_hashes[entry.hash] = number
-        seen_slots.add((entry.file, entry.index))
+class IndexJson(InputModel):
+    """The index file of a dataset (``index.json``)."""
+
+    format: Literal[INDEX_FORMAT] = Field(..., description="identifies a dataset index")
+    version: Literal[INDEX_VERSION] = Field(..., description="version of the index format")
+    batches: list[str] = Field(..., description="batch files in append order: batch-00000.extxyz, batch-00001.extxyz, ...")
+    entries: list[IndexEntryJson] = Field(..., description="every stored structure, in append order")
+
+    @field_validator("batches")
+    @classmethod
+    def _numbered(cls, batches: list[str]) -> list[str]:
+        for number, name in enumerate(batches):
+            if name != _BATCH_NAME.format(number):
+                raise FieldError(f"expected {_BATCH_NAME.format(number)!r}, found {name!r}", number)
+        return batches
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "IndexJson":
+        """Every entry in a listed batch; no hash and no position in a batch listed twice."""
+        batches = set(self.batches)
+        seen_hashes: dict[str, int] = {}
+        seen_slots: set[tuple[str, int]] = set()
+        for number, entry in enumerate(self.entries):
+            if entry.file not in batches:
+                raise FieldError(f"batch file {entry.file!r} is not listed in 'batches'", "entries", number, "file")
+            if entry.hash in seen_hashes:
+                raise FieldError(f"hash repeats entry {seen_hashes[entry.hash]}", "entries", number, "hash")
+            if (entry.file, entry.index) in seen_slots:
+                raise FieldError(f"position {entry.index} of {entry.file} is listed twice", "entries", number, "index")
+            seen_hashes[entry.hash] = number
+            seen_slots.add((entry.file, entry.index))
+        return self
+
+    def value(self) -> _Index:
+        """The index as the dataset holds it."""
+        return _Index(tuple(self.batches), tuple(entry.value() for entry in self.entries))
 
 
 # --- splits ----------------------------------------------------------------------------------
@@ -632,32 +616,6 @@ def make_splits_for_hashes(
         _member_split(pool, np.random.default_rng(stream), train_fraction, validation_fraction) for stream in streams
     )
     return Splits(test=test, members=members, hashes=tuple(hashes))
-
-
-def make_splits(
-    n_structures: int,
-    n_members: int,
-    seed: int,
-    test_fraction: float = 0.1,
-    train_fraction: float = 0.8,
-    validation_fraction: float = 0.1,
-) -> Splits:
-    """:func:`make_splits_for_hashes` for positions ``0..n_structures-1`` (synthetic hashes).
-
-    Position ``i`` is hashed as ``"structure-{i}"``, so the test set stays stable as
-    ``n_structures`` grows. The returned ``hashes`` field is empty.
-    """
-    if n_structures < 0:
-        raise ValueError(f"n_structures must be >= 0, got {n_structures}")
-    splits = make_splits_for_hashes(
-        [f"structure-{i}" for i in range(n_structures)],
-        n_members,
-        seed,
-        test_fraction=test_fraction,
-        train_fraction=train_fraction,
-        validation_fraction=validation_fraction,
-    )
-    return Splits(test=splits.test, members=splits.members)
 
 
 def _check_split_arguments(

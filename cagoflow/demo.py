@@ -23,7 +23,7 @@ from cagoflow.calibration import CommitteeCalibration, calibrate_committee, per_
 from cagoflow.calibration_plots import plot_calibration
 from cagoflow.committee import force_sigma_hat
 from cagoflow.io import write_structures
-from cagoflow.models import AnalyticCommitteeSpec
+from cagoflow.models import MorseCommitteeSpec
 from cagoflow.structures import water_box
 
 #: ``progress(structure_index, step, sigma_cal_rms)`` during CAGO.
@@ -71,7 +71,7 @@ def label(structures: list[Atoms], calculator) -> list[Atoms]:
 def run_demo(output: Path, settings: DemoSettings = DemoSettings(), progress: DemoProgress | None = None) -> DemoResult:
     """Run the demonstration, writing calibrations, plots and CAGO structures into ``output``."""
     output.mkdir(parents=True, exist_ok=True)
-    spec = AnalyticCommitteeSpec(members=settings.members, spread=settings.spread, seed=settings.seed + 1)
+    spec = MorseCommitteeSpec(members=settings.members, spread=settings.spread, seed=settings.seed + 1)
     committee, truth = spec.build(), spec.truth()
     rng = np.random.default_rng(settings.seed)
     box = water_box(settings.n_molecules, seed=settings.seed)

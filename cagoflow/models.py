@@ -1,36 +1,44 @@
-"""Committee files: which backend and which parameters or model files make a committee.
+"""Committee files: which backend and which model files (or test parameters) make a committee.
 
-A committee file is a small YAML file. For trained members: ``backend: deepmd`` (or nequip,
-allegro, analytic-trained) and ``models: [member-00/frozen_model.pth, ...]`` (paths relative
-to the file), optionally ``device: cpu | cuda | auto``. The analytic test committee::
+A committee file is a small YAML file. Trained members, of any backend of
+:data:`cagoflow.backends.BACKENDS` (the names a campaign's ``committee.backend`` takes)::
 
-    backend: analytic
+    backend: deepmd     # analytic, deepmd, nequip or allegro
+    models: [member-00/frozen_model.pth, member-01/frozen_model.pth]   # relative to this file
+    device: auto        # auto (CUDA when available), cpu or cuda
+
+The untrained Morse test committee (:mod:`cagoflow.analytic`), the synthetic model of demos
+and tests::
+
+    backend: morse
     members: 4          # committee size M
     species: [O, H]
     spread: 0.05        # relative member-to-member spread of the Morse parameters
     seed: 1
 
 :func:`load_committee` reads one and returns an object of the
-:class:`cagoflow.committee.Committee` protocol. Every backend registers one builder here.
+:class:`cagoflow.committee.Committee` protocol.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
+from cagoflow.backends import BACKENDS, BackendName, check_backend_name, get_backend
 from cagoflow.committee import Committee
-from cagoflow.config import _read_yaml_mapping, _validate
-from cagoflow.inputs import InputModel
-from cagoflow.errors import InputError
+from cagoflow.inputs import InputModel, located_error, read_yaml_mapping, resolve_file, validate_input
+
+#: The ``backend`` of the untrained Morse test committee (a committee-file name only: it trains nothing).
+MORSE = "morse"
 
 
-class AnalyticCommitteeSpec(InputModel):
+class MorseCommitteeSpec(InputModel):
     """Morse pair potentials with member-wise perturbed parameters (:mod:`cagoflow.analytic`)."""
 
-    backend: Literal["analytic"] = "analytic"
+    backend: Literal["morse"] = MORSE
     members: int = Field(4, ge=2, description="committee size M")
     species: tuple[str, ...] = Field(("O", "H"), min_length=1, description="chemical symbols the model knows")
     spread: float = Field(0.05, gt=0, lt=1, description="relative spread of the Morse parameters across members")
@@ -52,35 +60,55 @@ class AnalyticCommitteeSpec(InputModel):
         return MorseCalculator(MorseModel.for_symbols(list(self.species), cutoff=self.cutoff))
 
 
-#: Committee file models by backend name ("module:Class" for those imported on first use).
-BACKENDS: dict[str, type[InputModel] | str] = {
-    "analytic": AnalyticCommitteeSpec,
-    "analytic-trained": "cagoflow.backends.analytic:AnalyticModelsSpec",
-    "deepmd": "cagoflow.backends.deepmd:DeepmdCommitteeSpec",
-    "nequip": "cagoflow.backends.nequip:NequipCommitteeSpec",
-    "allegro": "cagoflow.backends.nequip:AllegroCommitteeSpec",
-}
+class TrainedCommitteeSpec(InputModel):
+    """Trained member files of one backend; the backend's ``load`` checks that they are its models."""
+
+    backend: BackendName = Field(..., description="the backend that trained the members")
+    models: tuple[Path, ...] = Field(
+        ..., min_length=2, description="member model files, relative to the committee file; stored absolute"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to evaluate ('auto': CUDA if available)")
+
+    @field_validator("models")
+    @classmethod
+    def _model_files(cls, value: tuple[Path, ...], info: ValidationInfo) -> tuple[Path, ...]:
+        return tuple(resolve_file(path, info, "model file") for path in value)
+
+    def build(self) -> Committee:
+        return get_backend(self.backend).load(self.models, device=None if self.device == "auto" else self.device)
 
 
-def _spec_class(backend: str) -> type[InputModel]:
-    import importlib
-
-    spec = BACKENDS[backend]
-    if isinstance(spec, str):
-        module, name = spec.split(":")
-        spec = getattr(importlib.import_module(module), name)
-    return spec
+#: What a committee file holds.
+CommitteeSpec = MorseCommitteeSpec | TrainedCommitteeSpec
+#: Every ``backend`` a committee file may name.
+COMMITTEE_BACKENDS = (*BACKENDS, MORSE)
 
 
-def load_committee_spec(path: str | Path) -> InputModel:
+def _backend_of(data: dict[str, Any]) -> str:
+    """The committee file's backend; ValueError for an unknown name, or one of earlier versions
+    with the name to write now."""
+    backend = data.get("backend")
+    if backend == "analytic-trained":
+        raise ValueError("'analytic-trained' was renamed: write 'backend: analytic' (trained analytic members)")
+    if backend == "analytic" and "models" not in data:
+        keys = ", ".join(name for name in MorseCommitteeSpec.model_fields if name != "backend")
+        raise ValueError(
+            "'backend: analytic' now means trained analytic members listed under 'models'; "
+            f"for the untrained Morse test committee ({keys}) write 'backend: morse'"
+        )
+    return check_backend_name(backend, COMMITTEE_BACKENDS)
+
+
+def load_committee_spec(path: str | Path) -> CommitteeSpec:
     """Read and validate a committee file (errors name the file and field)."""
     path = Path(path)
-    data, text = _read_yaml_mapping(path, "committee", "name its backend", "backend")
-    backend = data.get("backend")
-    if backend not in BACKENDS:
-        expected = ", ".join(sorted(BACKENDS))
-        raise InputError(f"unknown backend {backend!r}; expected one of: {expected}", file=path, field="backend")
-    return _validate(_spec_class(backend), data, file=path, text=text, context={"base_dir": path.resolve().parent})
+    data, text = read_yaml_mapping(path, "committee", "name its backend", "backend")
+    try:
+        backend = _backend_of(data)
+    except ValueError as exc:
+        raise located_error(str(exc), ("backend",), path, text) from None
+    model = MorseCommitteeSpec if backend == MORSE else TrainedCommitteeSpec
+    return validate_input(model, data, file=path, text=text, context={"base_dir": path.resolve().parent})
 
 
 def load_committee(path: str | Path) -> Committee:

@@ -1,22 +1,19 @@
-"""Which frames CAGO starts from: random or most-uncertain picks, training set or MD.
+"""What CAGO starts from and with which members: random or most-uncertain frames, member subsets.
 
 The paper's protocol: in the first iterations CAGO starts from training-set structures (random
 picks), later from frames of committee MD (random picks, or the most uncertain ones as a
-baseline). All functions are pure; random choices come from ``np.random.default_rng(seed)``.
+baseline); each CAGO task pushes with a random subset of the committee. All functions are
+pure; random choices come from ``np.random.default_rng(seed)``.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from cagoflow.committee import CommitteePrediction, force_sigma_hat
-
-Source = Literal["training", "md"]
-Strategy = Literal["random", "max_uncertainty"]
-SOURCES: tuple[str, ...] = ("training", "md")
-STRATEGIES: tuple[str, ...] = ("random", "max_uncertainty")
 
 
 def random_frames(n_frames: int, k: int, seed: int) -> list[int]:
@@ -51,42 +48,37 @@ def structure_force_uncertainty(prediction: CommitteePrediction) -> np.ndarray:
         return np.sqrt(sums / natoms)
 
 
-def cago_source(iteration: int, first_md_iteration: int) -> Source:
-    """Where CAGO starts in ``iteration``: training structures before ``first_md_iteration``, then MD.
+@dataclass(frozen=True)
+class CagoSubsets:
+    """The committee members each CAGO task of an iteration uses.
 
-    In the paper (iterations counted from 1) ``first_md_iteration`` is 3.
+    Attributes:
+        tasks: task key ``"system/k"`` → index into ``subsets``.
+        subsets: the distinct member subsets (sorted member indices), in order of first use.
     """
-    return "training" if iteration < first_md_iteration else "md"
+
+    tasks: dict[str, int]
+    subsets: list[tuple[int, ...]]
 
 
-def select_cago_starts(
-    source: Source,
-    candidates: int | Sequence[object],
-    k: int,
-    seed: int,
-    strategy: Strategy = "random",
-    uncertainties: Sequence[float] | np.ndarray | None = None,
-) -> list[int]:
-    """Indices of the candidates (training structures or MD frames) CAGO starts from.
+def cago_subsets(n_models: int, subset_size: int, seeds: Mapping[str, int]) -> CagoSubsets:
+    """Draw ``subset_size`` distinct members out of ``n_models`` for every CAGO task.
 
-    ``candidates``: the candidate structures or their number. ``strategy="random"`` picks ``k``
-    at random (sorted indices, see :func:`random_frames`); ``"max_uncertainty"`` picks the ``k``
-    most uncertain (``uncertainties``, one per candidate, e.g. from
-    :func:`structure_force_uncertainty`; largest first). ``source`` is validated and recorded
-    by callers in the provenance; it does not change the pick.
+    ``seeds`` maps each task key ``"system/k"`` to its seed, in task order; task ``key`` uses
+    the members ``sorted(default_rng(seeds[key]).choice(n_models, subset_size, replace=False))``.
+    Tasks that draw the same members share one subset (one calibration per distinct subset).
     """
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    n_candidates = candidates if isinstance(candidates, (int, np.integer)) else len(candidates)
-    if strategy == "random":
-        return random_frames(int(n_candidates), k, seed)
-    if uncertainties is None:
-        raise ValueError("strategy 'max_uncertainty' needs one uncertainty per candidate")
-    if len(uncertainties) != n_candidates:
-        raise ValueError(f"got {len(uncertainties)} uncertainties for {n_candidates} {source} candidates")
-    return max_uncertainty_frames(uncertainties, k)
+    if not 1 <= subset_size <= n_models:
+        raise ValueError(f"subset_size must be in [1, n_models = {n_models}], got {subset_size}")
+    tasks: dict[str, int] = {}
+    subsets: list[tuple[int, ...]] = []
+    for key, seed in seeds.items():
+        draw = np.random.default_rng(seed).choice(n_models, size=subset_size, replace=False)
+        subset = tuple(sorted(int(member) for member in draw))
+        if subset not in subsets:
+            subsets.append(subset)
+        tasks[key] = subsets.index(subset)
+    return CagoSubsets(tasks, subsets)
 
 
 def _check_counts(n: int, k: int) -> None:

@@ -28,10 +28,9 @@ tasks of their executor with one clear :class:`~parsl.jobs.errors.TooManyJobFail
 Parsl notices a failed ``sbatch`` at its next strategy pass (≤ 5 s); a job that fails after
 submission at its next SLURM status poll (Parsl polls SLURM every 60 s).
 
-Memoization: apps declared with ``cache=True`` reuse results of identical calls; with
-``checkpoint=True`` each finished task is also written to ``run_dir/NNN/checkpoint`` and the
-checkpoints of all earlier runs in ``run_dir`` are loaded, so a re-run recomputes only what had
-not finished (failed tasks are never checkpointed).
+Memoization stays within one run (apps declared with ``cache=True`` reuse results of identical
+calls); no Parsl checkpoint is written or read: a continued campaign resumes from its own
+content-keyed task records (:mod:`cagoflow.records`).
 """
 
 from __future__ import annotations
@@ -55,9 +54,8 @@ from parsl.jobs.states import JobState, JobStatus
 from parsl.launchers import SimpleLauncher, SingleNodeLauncher, SrunLauncher
 from parsl.launchers.base import Launcher
 from parsl.providers import LocalProvider, SlurmProvider
-from parsl.utils import get_all_checkpoints
 
-from cagoflow.config import PARSL_DEFAULT_THREADS, ExecutorConfig, SiteConfig, SlurmProviderConfig
+from cagoflow.executors.site import PARSL_DEFAULT_THREADS, ExecutorConfig, SiteConfig, SlurmProviderConfig
 
 __all__ = ["BLOCK_FAILURE_WINDOW", "RetryingSlurmProvider", "build_config", "fail_on_block_failures"]
 
@@ -74,21 +72,15 @@ _LAUNCHERS: Mapping[str, type[Launcher]] = {
 _FAILED_STATES = (JobState.FAILED, JobState.MISSING)
 
 
-def build_config(site: SiteConfig, run_dir: Path, *, checkpoint: bool = True) -> Config:
+def build_config(site: SiteConfig, run_dir: Path) -> Config:
     """The Parsl configuration of ``site``, with Parsl's run files under ``run_dir``.
 
-    ``site.retries`` becomes Parsl's retry budget per task. ``checkpoint=False`` keeps
-    memoization within the run only: no checkpoint is read from earlier runs or written.
+    ``site.retries`` becomes Parsl's retry budget per task; memoization holds within the run only.
     Nothing is submitted or started here (a ``SlurmProvider`` does run ``sacct`` once to decide
     between ``sacct`` and ``squeue`` for job status).
     """
     run_dir = Path(run_dir).absolute()
-    if checkpoint:
-        memoizer = BasicMemoizer(
-            checkpoint_mode="task_exit", checkpoint_files=get_all_checkpoints(str(run_dir)), memoize=True
-        )
-    else:
-        memoizer = BasicMemoizer(checkpoint_mode=None, checkpoint_files=[], memoize=True)
+    memoizer = BasicMemoizer(checkpoint_mode=None, checkpoint_files=[], memoize=True)
     executors = [_executor(label, executor) for label, executor in site.executors.items()]
     return Config(executors=executors, memoizer=memoizer, retries=site.retries, run_dir=str(run_dir))
 

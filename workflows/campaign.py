@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from cagoflow.config import CampaignConfig, SiteConfig
+from cagoflow.campaign import CampaignConfig
+from cagoflow.executors.site import SiteConfig
 from cagoflow.errors import CagoflowError
 from cagoflow.io import atomic_write_json
 from cagoflow.workflows.status import STOPPED_NAME
@@ -106,7 +107,7 @@ def submit_iteration(dag: Dag, iteration: int, merged, previous: list, benchmark
     members = []
     for m in range(config.committee.size):
         prepared = dag.submit("train", apps.prepare_training, workdir, iteration, config, dag.site, m, split, previous[m])
-        ran = apps.run_training(prepared)
+        ran = apps.run_train(prepared)
         members.append(dag.submit("train", apps.collect_training, workdir, iteration, m, prepared, ran))
     calibration = dag.submit("calibrate", apps.calibrate, workdir, iteration, config, split, *members)
     summaries = {system: evaluate(dag, iteration, system, bench, members) for system, bench in benchmarks.items()}
@@ -115,8 +116,7 @@ def submit_iteration(dag: Dag, iteration: int, merged, previous: list, benchmark
     for system in sorted(config.systems):
         md = []
         if source.source == "md":
-            md = [dag.submit("md", apps.md, workdir, iteration, config, system, r, *members)
-                  for r in range(config.md.replicas)]  # fmt: skip
+            md = [molecular_dynamics(dag, iteration, system, r, members) for r in range(config.md.replicas)]
         sample = dag.submit("sample", apps.sample, workdir, iteration, config, system, split, *md, *members)
         groups = [
             (first, count, dag.submit("cago", apps.cago, workdir, iteration, config, system, first, count, sample, calibration, *members))
@@ -128,9 +128,20 @@ def submit_iteration(dag: Dag, iteration: int, merged, previous: list, benchmark
             for first, count, group in groups
             for k in range(count)
         ]
-        postfilters.append(dag.submit("postfilter", apps.postfilter, workdir, iteration, config, system, *references, *members))
+        cago = [g for _, _, g in groups]
+        postfilters.append(dag.submit("postfilter", apps.postfilter, workdir, iteration, config, system, *references, *members, *cago))
     merged = dag.submit("merge", apps.merge, workdir, iteration, config, merged, *postfilters)
     return merged, members, summaries
+
+
+def molecular_dynamics(dag: Dag, iteration: int, system: str, replica: int, members: list):
+    """An MD task: in-process (ASE), or prepare → LAMMPS as the site starts it → collect."""
+    config, apps, workdir = dag.config, dag.apps, dag.workdir
+    if config.md.engine == "ase":
+        return dag.submit("md", apps.md, workdir, iteration, config, system, replica, *members)
+    prepared = apps.prepare_md(workdir, iteration, config, dag.site, system, replica, *members)
+    ran = apps.run_md(prepared)
+    return dag.submit("md", apps.collect_md, workdir, iteration, config, system, replica, prepared, ran, *members)
 
 
 def evaluate(dag: Dag, iteration: int, system: str, bench, members: list):
@@ -182,29 +193,51 @@ def root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def run_campaign(config: CampaignConfig, site: SiteConfig, workdir: Path, hook: ProgressHook | None = None) -> None:
-    """Run (or continue) ``config`` in ``workdir`` on ``site``; raise CampaignFailed on a stage failure."""
+def run_campaign(
+    config: CampaignConfig, site: SiteConfig, workdir: Path, hook: ProgressHook | None = None, *,
+    force_unlock: bool = False, warn: Callable[[str], None] | None = None,
+) -> None:  # fmt: skip
+    """Run (or continue) ``config`` in ``workdir`` on ``site``; raise CampaignFailed on a stage failure.
+
+    The run holds the work directory's lock (:mod:`cagoflow.workflows.lock`) from before it
+    writes anything until it ends: a second run refuses with
+    :class:`~cagoflow.workflows.lock.CampaignLocked`; ``force_unlock`` takes the lock of a run
+    that is gone but looks alive. ``warn`` gets the warning of a lock taken over.
+    """
     import parsl
 
     from cagoflow.apps import make_apps
     from cagoflow.apps.tasks import StageFailed
     from cagoflow.executors.parsl_config import build_config
+    from cagoflow.workflows.lock import CampaignLock
 
     workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(workdir / "campaign.json", config.model_dump(mode="json"))
-    parsl.load(build_config(site, workdir / "runinfo", checkpoint=False))  # resume comes from our records
+    lock = CampaignLock(workdir)
+    lock.acquire(force=force_unlock)
     try:
-        dag = Dag(make_apps(site), config, site, str(workdir), hook)
+        for warning in lock.warnings:
+            (warn or _log_warning)(warning)
+        atomic_write_json(workdir / "campaign.json", config.model_dump(mode="json"))
+        parsl.load(build_config(site, workdir / "runinfo"))  # resume comes from our records
         try:
-            build(dag)
-            for _, future in dag.futures:  # the evaluation of the last iteration too, not only its merge
-                future.result()
-        except Exception as exc:  # a stage failed: report its own message
-            cause = root_cause(exc)
-            if not isinstance(cause, (StageFailed, CagoflowError)):
-                cause = f"a task raised {type(cause).__name__}: {cause} (the traceback is in {workdir / 'runinfo'})"
-            raise CampaignFailed(f"the campaign stopped: {cause}") from None
+            dag = Dag(make_apps(site), config, site, str(workdir), hook)
+            try:
+                build(dag)
+                for _, future in dag.futures:  # the evaluation of the last iteration too, not only its merge
+                    future.result()
+            except Exception as exc:  # a stage failed: report its own message
+                cause = root_cause(exc)
+                if not isinstance(cause, (StageFailed, CagoflowError)):
+                    cause = f"a task raised {type(cause).__name__}: {cause} (the traceback is in {workdir / 'runinfo'})"
+                raise CampaignFailed(f"the campaign stopped: {cause}") from None
+        finally:
+            parsl.dfk().cleanup()
+            parsl.clear()
     finally:
-        parsl.dfk().cleanup()
-        parsl.clear()
+        lock.release()
+
+
+def _log_warning(message: str) -> None:
+    import logging
+
+    logging.getLogger("cagoflow").warning(message)

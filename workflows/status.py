@@ -1,7 +1,8 @@
 """What a campaign's work directory says about it: no Parsl, no scheduler, only the records.
 
 A task directory with a record is done or failed; one without a record is running (or was
-interrupted: the next ``cagoflow run`` redoes it). :func:`campaign_figures` gathers what a
+interrupted: the next ``cagoflow run`` redoes it); :func:`run_state` says whether a run holds
+the directory. :func:`campaign_figures` gathers what a
 chemist looks at, per iteration and system, as one JSON-ready dict; ``cagoflow status`` (its
 tables: :func:`progress_table`, :func:`science_table`), ``cagoflow status --json`` and
 ``cagoflow report`` all read that dict, so they cannot disagree.
@@ -10,6 +11,7 @@ tables: :func:`progress_table`, :func:`science_table`), ``cagoflow status --json
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,16 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 from cagoflow.errors import InputError
 from cagoflow.io import read_json
 from cagoflow.records import RECORD_NAME, TaskRecord, read_record
-
-#: Stages in the order an iteration runs them (as they appear in the work directory).
-STAGE_ORDER = (
-    "initial", "split", "train", "calibrate", "evaluate", "md", "sample", "cago", "prefilter", "reference", "postfilter",
-    "merge",
-)  # fmt: skip
-
-#: Short column heads of the progress table; a stage not named here is shown by its name.
-STAGE_HEADS = {"initial": "init", "calibrate": "calib", "evaluate": "eval", "prefilter": "pre", "reference": "ref",
-               "postfilter": "post"}  # fmt: skip
+from cagoflow.stages import STAGE_BY_NAME, STAGE_ORDER
 
 #: Written by the campaign when a convergence criterion stopped it early: {"iteration", "reason"}.
 STOPPED_NAME = "stopped.json"
@@ -244,7 +237,28 @@ def campaign_figures(workdir: Path) -> dict[str, Any]:
         "stages": ordered_stages(iterations),
         "iterations": [_iteration_figures(it, systems, [r for i, r in failures if i == it.iteration]) for it in iterations],
         "stopped": stopped(workdir),
+        "run": run_state(workdir),
     }
+
+
+def run_state(workdir: Path) -> dict[str, Any]:
+    """Whether a ``cagoflow run`` holds the work directory (:mod:`cagoflow.workflows.lock`):
+    ``held``, the holder's ``state`` (alive, dead, stale), ``host``, ``pid``, ``started`` (Unix s),
+    ``heartbeat_age`` (s) and the same in ``words``."""
+    from cagoflow.workflows.lock import read_lock
+
+    holder = read_lock(Path(workdir))
+    if holder is None:
+        return {"held": False, "words": "no run holds this work directory"}
+    state = holder.state()
+    now = time.time()
+    words = {
+        "alive": f"a run holds this work directory: {holder.describe(now)}",
+        "dead": f"a run that is gone left its lock ({holder.describe(now)}); the next run takes it over",
+        "stale": f"a run whose heartbeat stopped left its lock ({holder.describe(now)}); the next run takes it over",
+    }[state]
+    return {"held": state == "alive", "state": state, "host": holder.host, "pid": holder.pid, "started": holder.started,
+            "heartbeat_age": now - holder.heartbeat, "words": words}  # fmt: skip
 
 
 def _iteration_figures(it: IterationStatus, systems: list[str], failures: list[TaskRecord]) -> dict[str, Any]:
@@ -296,9 +310,9 @@ def iteration_label(iteration: int) -> str:
 def progress_table(figures: Mapping[str, Any]) -> TextTable:
     """Tasks done (+failed, +running) per iteration and stage."""
     stages = figures["stages"]
-    heads = ["iter", *(STAGE_HEADS.get(name, name) for name in stages)]
+    heads = ["iter", *(STAGE_BY_NAME[name].column if name in STAGE_BY_NAME else name for name in stages)]
     rows = [[iteration_label(f["iteration"]), *(counts(f["stages"].get(name)) for name in stages)] for f in figures["iterations"]]
-    short = ", ".join(f"{head} = {name}" for name, head in STAGE_HEADS.items() if name in stages)
+    short = ", ".join(f"{STAGE_BY_NAME[name].head} = {name}" for name in stages if name in STAGE_BY_NAME and STAGE_BY_NAME[name].head)
     return heads, rows, [f"tasks done (+failed, +running), skipped ones not counted; {short}"]
 
 

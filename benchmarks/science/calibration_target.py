@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import json
 import subprocess
 import sys
 import time

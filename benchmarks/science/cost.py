@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cagoflow.records import all_records
-from cagoflow.workflows.status import STAGE_ORDER
+from cagoflow.stages import STAGE_ORDER
 
 UNITS = {"train": "member", "cago": "structure", "reference": "structure", "evaluate": "task", "md": "trajectory"}
 

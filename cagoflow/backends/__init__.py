@@ -4,16 +4,23 @@ A backend is a pure template (ASE's calculator-template idea): it writes the tra
 into a work directory and names the commands to run there, then reads the results back.
 Who runs the commands — :func:`train` here, a Parsl bash app on a cluster — is decided
 elsewhere. The command names (``dp``, ``nequip-train``) can be replaced by the site-config.
+
+The backends are listed once, in :data:`BACKENDS`; campaigns and committee files name them
+from there.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
+import importlib
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Annotated, Any, Iterable, Literal, Mapping, Protocol, Sequence, runtime_checkable
+
+from pydantic import AfterValidator
 
 from cagoflow.committee import Committee
 
@@ -54,7 +61,7 @@ class TrainingResult:
 
 @runtime_checkable
 class Backend(Protocol):
-    """One MLIP package (DeePMD-kit, NequIP, Allegro)."""
+    """One MLIP package (DeePMD-kit, NequIP, Allegro, the analytic Morse fit)."""
 
     name: str
 
@@ -69,7 +76,9 @@ class Backend(Protocol):
         ...
 
     def load(self, models: Sequence[Path], device: str | None = None) -> Committee:
-        """A committee of the given member models (device: "cpu", "cuda"; None: CUDA if available)."""
+        """A committee of the given member models (device: "cpu", "cuda"; None: CUDA if available).
+
+        A file that is not a model of this backend raises InputError naming it."""
         ...
 
 
@@ -134,8 +143,10 @@ def train(
     return TrainingResult(result.status, result.model, result.metrics, result.message, time.perf_counter() - start)
 
 
-#: Backend classes by name, as "module:Class" (imported on first use: the MLIP packages are large).
-BACKENDS = {
+#: The backends by name, as "module:Class" (imported on first use: the MLIP packages are large).
+#: The one list of backends: a campaign's ``committee.backend`` (:data:`BackendName`) and a
+#: committee file's ``backend`` (:mod:`cagoflow.models`) are checked against it.
+BACKENDS: dict[str, str] = {
     "analytic": "cagoflow.backends.analytic:AnalyticBackend",
     "deepmd": "cagoflow.backends.deepmd:DeepmdBackend",
     "nequip": "cagoflow.backends.nequip:NequipBackend",
@@ -143,9 +154,22 @@ BACKENDS = {
 }
 
 
-def get_backend(name: str) -> Backend:
-    """The backend called ``name`` (see :data:`BACKENDS`)."""
-    import importlib
+def check_backend_name(name: str, known: Iterable[str] = BACKENDS) -> str:
+    """``name`` when it is one of ``known`` (default: :data:`BACKENDS`); else a ValueError that
+    lists them, with the closest as a hint."""
+    choices = list(known)
+    if name in choices:
+        return name
+    close = difflib.get_close_matches(str(name), choices, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ValueError(f"unknown backend {name!r}{hint}; expected one of: {', '.join(choices)}")
 
-    module, cls = BACKENDS[name].split(":")
+
+#: A pydantic field type: the name of a backend of :data:`BACKENDS`.
+BackendName = Annotated[str, AfterValidator(check_backend_name)]
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name`` (see :data:`BACKENDS`), with its default settings."""
+    module, cls = BACKENDS[check_backend_name(name)].split(":")
     return getattr(importlib.import_module(module), cls)()

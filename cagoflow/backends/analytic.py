@@ -22,6 +22,13 @@ The model file (JSON, eV, 1/Å, Å)::
      "training": {"seed": .., "steps": .., "iterations": .., "converged": .., "init_model": ..}}
 
 Metrics are root-mean-square errors: energy per atom in eV/atom, force components in eV/Å.
+
+Both files the backend shares with its trainer are described here, once, as pydantic models:
+``input.json`` (:class:`TrainingInput`, with :class:`AnalyticHyperparameters`) and ``model.json``
+(:class:`ModelFile`); the trainer imports them from here. A committee file of trained members::
+
+    backend: analytic
+    models: [member-00/model.json, member-01/model.json]
 """
 
 from __future__ import annotations
@@ -30,18 +37,18 @@ import math
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, Literal, Mapping, Sequence, TypeVar
 
 import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, Strict, ValidationInfo, field_validator, model_validator
 
 from cagoflow.analytic import MorseCommittee, MorseModel
 from cagoflow.backends import TrainingResult, TrainingSettings, tail
 from cagoflow.committee import CommitteePrediction
-from cagoflow.inputs import InputModel, resolve_file
 from cagoflow.errors import InputError
+from cagoflow.inputs import FieldError, InputModel, validate_input
 from cagoflow.geometry import pair_name
 from cagoflow.io import atomic_write_json, read_json
 
@@ -117,105 +124,181 @@ class ReferencedMorseCommittee(MorseCommittee):
         return energy
 
 
-# --- the model file ------------------------------------------------------------------------
+# --- the files: hyperparameters, the trainer's input, the model -------------------------------
+
+#: Numbers of the files (units by field); strict: neither true/false nor strings are taken for numbers.
+Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Positive = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+
+
+def _distinct_symbols(symbols: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [s for s in symbols if s not in atomic_numbers or s == "X"]
+    if unknown:
+        raise ValueError(f"not chemical symbols: {unknown}")
+    if len(set(symbols)) != len(symbols):
+        raise ValueError(f"expected distinct chemical symbols, found {list(symbols)}")
+    return symbols
+
+
+#: Distinct chemical symbols, at least one.
+Symbols = Annotated[tuple[str, ...], Field(min_length=1), AfterValidator(_distinct_symbols)]
+
+
+class AnalyticHyperparameters(InputModel):
+    """The hyperparameters of the analytic trainer (:mod:`cagoflow.backends.analytic_train`);
+    a campaign's ``committee.hyperparameters`` may set any of them."""
+
+    cutoff: Positive = Field(5.0, description="pair cutoff, Å")
+    switch_width: Positive = Field(1.0, description="width of the smooth switch-off below the cutoff, Å")
+    energy_weight: NonNegative = Field(1.0, description="w_E of the energy-per-atom term of the loss, per (eV/atom)²")
+    force_weight: NonNegative = Field(1.0, description="w_F of the force term of the loss, per (eV/Å)²")
+    perturbation: NonNegative = Field(0.1, description="relative (log-normal) spread of a fresh member's start")
+    log_every: Annotated[int, Strict()] = Field(10, ge=1, description="iterations between log lines")
+    tolerance: Positive = Field(
+        1e-10, description="L-BFGS's tolerance_change: an iteration that changes the loss or θ by less ends the fit"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AnalyticHyperparameters:
+        if self.switch_width > self.cutoff:
+            raise FieldError(f"switch_width ({self.switch_width}) exceeds cutoff ({self.cutoff})", "switch_width")
+        if self.energy_weight == 0 and self.force_weight == 0:
+            raise FieldError("energy_weight and force_weight are both zero: nothing to fit", "force_weight")
+        return self
+
+
+class TrainingInput(InputModel):
+    """``input.json``: what the trainer fits, written by :meth:`AnalyticBackend.write_training_input`.
+
+    Relative paths start at the file's folder; read (with ``base_dir`` in the context) they are
+    joined to it. ``hyperparameters.model_fields_set`` tells which were given.
+    """
+
+    train_file: Path = Field(..., description="labelled training structures (extxyz; energy eV, forces eV/Å)")
+    validation_file: Path = Field(..., description="labelled validation structures")
+    type_map: Symbols = Field(..., description="the species the model knows (every species of the data must be in it)")
+    seed: Annotated[int, Strict()] = Field(..., description="the member's seed (perturbs the starting parameters)")
+    steps: Annotated[int, Strict()] = Field(..., ge=0, description="the most L-BFGS iterations (0: the starting model)")
+    preset: Literal["tiny", "paper"] = Field("tiny", description="recorded; changes nothing")
+    hyperparameters: AnalyticHyperparameters = Field(default_factory=AnalyticHyperparameters)
+    init_model: Path | None = Field(None, description="a previous model.json to start from (fine-tuning)")
+    model_file: Path = Field(Path(MODEL_FILE), validate_default=True, description="the trained member's file")
+    log_file: Path = Field(Path(LOG_FILE), validate_default=True, description="the trainer's log")
+
+    @field_validator("train_file", "validation_file", "init_model", "model_file", "log_file")
+    @classmethod
+    def _relative_to_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        base = (info.context or {}).get("base_dir")
+        return value if value is None or base is None else Path(base) / value
+
+
+def _species_pairs(symbols: Sequence[str]) -> list[tuple[int, int, str]]:
+    """(i, j, "A-B") of every species pair i ≤ j of ``symbols`` (ordered by atomic number)."""
+    return [(i, j, pair_name(a, symbols[j])) for i, a in enumerate(symbols) for j in range(i, len(symbols))]
+
+
+class PairParameters(InputModel):
+    """One species pair's Morse parameters in the model file."""
+
+    D: Positive = Field(..., description="well depth, eV")
+    alpha: Positive = Field(..., description="width, 1/Å")
+    r0: Positive = Field(..., description="equilibrium distance, Å")
+
+
+class ModelFile(InputModel):
+    """``model.json``: one trained member (see the module's docstring)."""
+
+    format: Literal[MODEL_FORMAT] = Field(..., description=f"'{MODEL_FORMAT}' for an analytic Morse model file")
+    version: Literal[MODEL_VERSION] = Field(..., description=f"the format's version (this cagoflow reads {MODEL_VERSION})")
+    species: Symbols = Field(..., description="the species the model knows")
+    cutoff: Positive = Field(..., description="pair cutoff, Å")
+    switch_width: Positive = Field(..., description="width of the switch-off below the cutoff, Å")
+    pairs: dict[str, PairParameters] = Field(..., description='parameters by species pair, e.g. "H-O"')
+    reference_energies: dict[str, Finite] = Field(default_factory=dict, description="eV per atom (missing: 0)")
+    metrics: dict[str, Annotated[float, Strict()]] = Field(default_factory=dict, description="final RMSEs")
+    training: dict[str, Any] = Field(default_factory=dict, description="how the member was trained (notes)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelFile:
+        if self.switch_width > self.cutoff:
+            raise FieldError(f"switch_width ({self.switch_width}) exceeds cutoff ({self.cutoff})", "switch_width")
+        missing = [pair for _, _, pair in _species_pairs(self._symbols()) if pair not in self.pairs]
+        if missing:
+            raise FieldError(f"no parameters for the pairs {missing}", "pairs")
+        unknown = sorted(set(self.reference_energies) - set(self.species))
+        if unknown:
+            raise FieldError(f"species {unknown} are not among the species {list(self.species)}", "reference_energies")
+        return self
+
+    def _symbols(self) -> list[str]:
+        return sorted(self.species, key=lambda s: atomic_numbers[s])
+
+    @classmethod
+    def of(cls, model: ReferencedMorseModel, metrics: Mapping[str, float], training: Mapping[str, Any]) -> ModelFile:
+        """Member 0 of ``model`` (parameters as Python floats), with its metrics and training notes."""
+        symbols = species_symbols(model.species)
+        pairs = {
+            pair: {name: float(getattr(model, name)[0, i, j]) for name in PairParameters.model_fields}
+            for i, j, pair in _species_pairs(symbols)
+        }
+        return cls(
+            format=MODEL_FORMAT,
+            version=MODEL_VERSION,
+            species=tuple(symbols),
+            cutoff=float(model.cutoff),
+            switch_width=float(model.switch_width),
+            pairs=pairs,
+            reference_energies={s: float(model.reference_energies[0, k]) for k, s in enumerate(symbols)},
+            metrics={name: float(value) for name, value in metrics.items()},
+            training=dict(training),
+        )
+
+    def model(self) -> ReferencedMorseModel:
+        """The member as a model of M = 1, species in order of atomic number."""
+        symbols = self._symbols()
+        n = len(symbols)
+        arrays = {name: np.zeros((1, n, n)) for name in PairParameters.model_fields}
+        for i, j, pair in _species_pairs(symbols):
+            for name in arrays:
+                arrays[name][0, i, j] = arrays[name][0, j, i] = getattr(self.pairs[pair], name)
+        return ReferencedMorseModel(
+            species=tuple(atomic_numbers[s] for s in symbols),
+            cutoff=self.cutoff,
+            switch_width=self.switch_width,
+            reference_energies=np.array([[self.reference_energies.get(s, 0.0) for s in symbols]]),
+            **arrays,
+        )
+
+
+_FileT = TypeVar("_FileT", bound=InputModel)
+
+
+def read_json_file(schema: type[_FileT], path: str | Path) -> _FileT:
+    """A JSON file validated as ``schema`` (relative paths start at its folder); any problem is one
+    InputError naming the file and field."""
+    path = Path(path)
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise InputError(f"expected a JSON object, found {type(data).__name__}", file=path)
+    return validate_input(schema, data, file=path, text="", context={"base_dir": path.resolve().parent})
 
 
 def species_symbols(species: Sequence[int]) -> list[str]:
     return [chemical_symbols[z] for z in species]
 
 
-def model_data(model: ReferencedMorseModel, member: int = 0) -> dict[str, Any]:
-    """The parameters of one member as the model file's mapping (without metrics)."""
-    symbols = species_symbols(model.species)
-    pairs = {}
-    for ia, sa in enumerate(symbols):
-        for ib in range(ia, len(symbols)):
-            pairs[pair_name(sa, symbols[ib])] = {
-                name: float(getattr(model, name)[member, ia, ib]) for name in ("D", "alpha", "r0")
-            }
-    return {
-        "format": MODEL_FORMAT,
-        "version": MODEL_VERSION,
-        "species": symbols,
-        "cutoff": float(model.cutoff),
-        "switch_width": float(model.switch_width),
-        "pairs": pairs,
-        "reference_energies": {s: float(model.reference_energies[member, k]) for k, s in enumerate(symbols)},
-    }
-
-
 def write_model_file(
     path: str | Path, model: ReferencedMorseModel, metrics: Mapping[str, float], training: Mapping[str, Any]
 ) -> Path:
     """Write one member (member 0 of ``model``), its final errors and training notes, atomically."""
-    data = model_data(model)
-    data["metrics"] = {name: float(value) for name, value in metrics.items()}
-    data["training"] = dict(training)
-    return atomic_write_json(path, data)
-
-
-def _finite_number(value: Any, what: str, path: Path, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"{what} must be a finite number, found {value!r}", file=path)
-    if positive and value <= 0:
-        raise InputError(f"{what} must be positive, found {value!r}", file=path)
-    return float(value)
+    return atomic_write_json(path, ModelFile.of(model, metrics, training).model_dump())
 
 
 def read_model_file(path: str | Path) -> tuple[ReferencedMorseModel, dict[str, float]]:
     """One trained member (a model of M = 1) and its metrics; a bad file raises InputError naming it."""
-    path = Path(path)
-    data = read_json(path)
-    if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
-        raise InputError(f"not an analytic Morse model file (expected \"format\": \"{MODEL_FORMAT}\")", file=path)
-    if data.get("version") != MODEL_VERSION:
-        raise InputError(f"model file version {data.get('version')!r}; this cagoflow reads {MODEL_VERSION}", file=path)
-    symbols = data.get("species")
-    if (
-        not isinstance(symbols, list)
-        or not symbols
-        or any(s not in atomic_numbers for s in symbols)
-        or len(set(symbols)) != len(symbols)
-    ):
-        raise InputError(f"'species' must be a list of distinct chemical symbols, found {symbols!r}", file=path)
-    symbols = sorted(symbols, key=lambda s: atomic_numbers[s])
-    cutoff = _finite_number(data.get("cutoff"), "'cutoff'", path, positive=True)
-    switch_width = _finite_number(data.get("switch_width"), "'switch_width'", path, positive=True)
-    if switch_width > cutoff:
-        raise InputError(f"'switch_width' ({switch_width}) exceeds 'cutoff' ({cutoff})", file=path)
-    n = len(symbols)
-    arrays = {name: np.zeros((1, n, n)) for name in ("D", "alpha", "r0")}
-    pairs = data.get("pairs")
-    if not isinstance(pairs, dict):
-        raise InputError("'pairs' must be a mapping like {\"H-O\": {\"D\": .., \"alpha\": .., \"r0\": ..}}", file=path)
-    for ia, sa in enumerate(symbols):
-        for ib in range(ia, n):
-            name = pair_name(sa, symbols[ib])
-            pair = pairs.get(name)
-            if not isinstance(pair, dict):
-                raise InputError(f"'pairs' has no parameters for the pair {name}", file=path)
-            for parameter in ("D", "alpha", "r0"):
-                value = _finite_number(pair.get(parameter), f"pairs.{name}.{parameter}", path, positive=True)
-                arrays[parameter][0, ia, ib] = arrays[parameter][0, ib, ia] = value
-    references = data.get("reference_energies", {})
-    if not isinstance(references, dict) or set(references) - set(symbols):
-        raise InputError(f"'reference_energies' must map the species {symbols} to eV, found {references!r}", file=path)
-    reference_energies = np.array(
-        [[_finite_number(references.get(s, 0.0), f"reference_energies.{s}", path) for s in symbols]]
-    )
-    metrics = data.get("metrics", {})
-    if not isinstance(metrics, dict):
-        raise InputError("'metrics' must be a mapping of names to numbers", file=path)
-    model = ReferencedMorseModel(
-        species=tuple(atomic_numbers[s] for s in symbols),
-        D=arrays["D"],
-        alpha=arrays["alpha"],
-        r0=arrays["r0"],
-        cutoff=cutoff,
-        switch_width=switch_width,
-        reference_energies=reference_energies,
-    )
-    return model, {str(k): v for k, v in metrics.items()}
+    content = read_json_file(ModelFile, path)
+    return content.model(), dict(content.metrics)
 
 
 def combine_members(models: Sequence[ReferencedMorseModel], files: Sequence[Path]) -> ReferencedMorseModel:
@@ -247,9 +330,8 @@ def combine_members(models: Sequence[ReferencedMorseModel], files: Sequence[Path
 class AnalyticBackend:
     """The Morse trainer as a :class:`cagoflow.backends.Backend` (no external program needed).
 
-    ``settings.hyperparameters`` may set ``cutoff`` (Å), ``switch_width`` (Å), ``energy_weight``,
-    ``force_weight``, ``perturbation``, ``log_every``, ``tolerance`` (see
-    :mod:`cagoflow.backends.analytic_train`); the preset is recorded but changes nothing.
+    ``settings.hyperparameters`` may set any of :class:`AnalyticHyperparameters`; the preset is
+    recorded but changes nothing.
     ``python`` is the interpreter that runs the trainer (the site-config may replace it).
     """
 
@@ -262,26 +344,20 @@ class AnalyticBackend:
         self, train_file: Path, validation_file: Path, workdir: Path, settings: TrainingSettings
     ) -> list[list[str]]:
         """Write ``workdir/input.json``; unknown or invalid hyperparameters raise InputError."""
-        from cagoflow.backends.analytic_train import check_hyperparameters
-
-        try:
-            hyperparameters = check_hyperparameters(settings.hyperparameters)
-        except ValueError as exc:
-            raise InputError(f"analytic backend: {exc}", field="hyperparameters") from None
-        workdir = Path(workdir)
         data = {
-            "train_file": str(Path(train_file).resolve()),
-            "validation_file": str(Path(validation_file).resolve()),
-            "type_map": list(settings.type_map),
+            "train_file": Path(train_file).resolve(),
+            "validation_file": Path(validation_file).resolve(),
+            "type_map": settings.type_map,
             "seed": settings.seed,
             "steps": settings.steps,
             "preset": settings.preset,
-            "hyperparameters": hyperparameters,
-            "init_model": None if settings.init_model is None else str(Path(settings.init_model).resolve()),
-            "model_file": MODEL_FILE,
-            "log_file": LOG_FILE,
+            "hyperparameters": dict(settings.hyperparameters),
+            "init_model": None if settings.init_model is None else Path(settings.init_model).resolve(),
+            "model_file": Path(MODEL_FILE),
+            "log_file": Path(LOG_FILE),
         }
-        atomic_write_json(workdir / INPUT_FILE, data)
+        inputs = validate_input(TrainingInput, data, file=None, text="", context={})
+        atomic_write_json(Path(workdir) / INPUT_FILE, inputs.model_dump(mode="json", exclude_unset=True))
         return [[self.python, "-m", "cagoflow.backends.analytic_train", INPUT_FILE]]
 
     def read_training_result(self, workdir: Path) -> TrainingResult:
@@ -316,23 +392,3 @@ class AnalyticBackend:
 
 def _is_finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-# --- committee file ------------------------------------------------------------------------
-
-
-class AnalyticModelsSpec(InputModel):
-    """A committee of trained analytic members (``model.json`` files of :class:`AnalyticBackend`)."""
-
-    backend: Literal["analytic-trained"] = "analytic-trained"
-    models: tuple[Path, ...] = Field(
-        ..., min_length=2, description="member model files (model.json), relative to the committee file"
-    )
-
-    @field_validator("models")
-    @classmethod
-    def _model_files(cls, value: tuple[Path, ...], info: ValidationInfo) -> tuple[Path, ...]:
-        return tuple(resolve_file(path, info, "model file") for path in value)
-
-    def build(self) -> ReferencedMorseCommittee:
-        return AnalyticBackend().load(self.models)

@@ -2,16 +2,12 @@
 
     python -m cagoflow.backends.analytic_train input.json
 
-``input.json`` (written by :meth:`cagoflow.backends.analytic.AnalyticBackend.write_training_input`;
-relative paths start at its folder):
-
-- ``train_file``, ``validation_file``: labelled structures (extxyz; energy eV, forces eV/Å);
-- ``type_map``: the species the model knows (every species of the data must be in it);
-- ``seed``: the member's seed (perturbation of the starting parameters);
-- ``steps``: the most L-BFGS iterations (0: evaluate and write the starting model);
-- ``hyperparameters``: any of :data:`DEFAULT_HYPERPARAMETERS`;
-- ``init_model``: a previous ``model.json`` to start from (fine-tuning), or null;
-- ``model_file``, ``log_file``: the outputs (default ``model.json``, ``train.log``).
+``input.json`` (:class:`cagoflow.backends.analytic.TrainingInput`, written by
+:meth:`cagoflow.backends.analytic.AnalyticBackend.write_training_input`; relative paths start at
+its folder) names the labelled training and validation structures, the type map, the member's
+seed, the most L-BFGS iterations (0: evaluate and write the starting model), the
+hyperparameters (:class:`cagoflow.backends.analytic.AnalyticHyperparameters`), a previous
+``model.json`` to start from (fine-tuning) and the outputs (``model.json``, ``train.log``).
 
 The parameters θ = (ln D, ln α, ln r0 of every species pair; the reference energy of every
 species) minimise
@@ -40,37 +36,23 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence, TextIO
+from typing import Any, Iterator, Sequence, TextIO
 
 import numpy as np
-from ase.data import atomic_numbers
 
 from cagoflow.analytic import MorseModel, PairList, build_pairs, pair_energies
 from cagoflow.backends.analytic import (
-    LOG_FILE,
-    MODEL_FILE,
+    AnalyticHyperparameters,
     ReferencedMorseModel,
+    TrainingInput,
+    read_json_file,
     read_model_file,
     species_symbols,
     write_model_file,
 )
 from cagoflow.errors import InputError
-from cagoflow.io import read_json, read_structures
+from cagoflow.io import read_structures
 
-#: Hyperparameters and their defaults: pair ``cutoff`` and ``switch_width`` (Å); the weights
-#: w_E, w_F of the energy-per-atom and force terms of the loss (eV²/atom² and eV²/Å²); the
-#: relative (log-normal) spread of the starting parameters; iterations between log lines; and
-#: the stopping tolerance (L-BFGS's ``tolerance_change``: an iteration that changes the loss, or
-#: any variable, by less than this ends the fit).
-DEFAULT_HYPERPARAMETERS: dict[str, float | int] = {
-    "cutoff": 5.0,
-    "switch_width": 1.0,
-    "energy_weight": 1.0,
-    "force_weight": 1.0,
-    "perturbation": 0.1,
-    "log_every": 10,
-    "tolerance": 1e-10,
-}
 #: L-BFGS stops when every gradient component is below this (loss units per unit of θ).
 GRADIENT_TOLERANCE = 1e-12
 #: Physical range of the fitted pair parameters: D (eV), α (1/Å); r0 lies between R0_MIN Å and
@@ -84,108 +66,6 @@ class TrainingError(Exception):
     """The fit cannot run or did not converge to finite numbers (exit code 1)."""
 
 
-# --- input --------------------------------------------------------------------------------
-
-
-def check_hyperparameters(values: Mapping[str, Any]) -> dict[str, float | int]:
-    """The given hyperparameters, checked (unknown names and bad values raise ValueError)."""
-    checked: dict[str, float | int] = {}
-    for name, value in values.items():
-        if name not in DEFAULT_HYPERPARAMETERS:
-            known = ", ".join(sorted(DEFAULT_HYPERPARAMETERS))
-            raise ValueError(f"unknown hyperparameter {name!r}; known: {known}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"hyperparameter {name!r} must be a finite number, found {value!r}")
-        if name == "log_every":
-            if int(value) != value or value < 1:
-                raise ValueError(f"hyperparameter 'log_every' must be a positive integer, found {value!r}")
-            checked[name] = int(value)
-            continue
-        if name in ("cutoff", "switch_width", "tolerance") and value <= 0:
-            raise ValueError(f"hyperparameter {name!r} must be positive, found {value!r}")
-        if name in ("energy_weight", "force_weight", "perturbation") and value < 0:
-            raise ValueError(f"hyperparameter {name!r} must not be negative, found {value!r}")
-        checked[name] = float(value)
-    if "cutoff" in checked and "switch_width" in checked and checked["switch_width"] > checked["cutoff"]:
-        raise ValueError(f"switch_width ({checked['switch_width']}) exceeds cutoff ({checked['cutoff']})")
-    if checked.get("energy_weight", 1.0) == 0 and checked.get("force_weight", 1.0) == 0:
-        raise ValueError("energy_weight and force_weight are both zero: nothing to fit")
-    return checked
-
-
-@dataclass(frozen=True)
-class TrainingInput:
-    """The contents of ``input.json``, paths absolute; ``hyperparameters`` as given (not filled)."""
-
-    train_file: Path
-    validation_file: Path
-    type_map: tuple[str, ...]
-    seed: int
-    steps: int
-    hyperparameters: dict[str, float | int]
-    init_model: Path | None
-    model_file: Path
-    log_file: Path
-    preset: str = "tiny"
-
-
-def read_input(path: str | Path) -> TrainingInput:
-    """Read and check ``input.json`` (InputError naming the file and key)."""
-    path = Path(path)
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise InputError("expected a JSON object", file=path)
-    base = path.resolve().parent
-
-    def required(key: str) -> Any:
-        if key not in data:
-            raise InputError("missing key", file=path, field=key)
-        return data[key]
-
-    def file(key: str, default: str | None = None) -> Path | None:
-        value = data.get(key, default) if default is not None else required(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value:
-            raise InputError(f"expected a file path, found {value!r}", file=path, field=key)
-        return base / value
-
-    def integer(key: str, minimum: int | None = None) -> int:
-        value = required(key)
-        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-            at_least = "" if minimum is None else f" ≥ {minimum}"
-            raise InputError(f"expected an integer{at_least}, found {value!r}", file=path, field=key)
-        return value
-
-    type_map = required("type_map")
-    if not isinstance(type_map, list) or not type_map or len(set(map(str, type_map))) != len(type_map):
-        message = f"expected a list of distinct chemical symbols, found {type_map!r}"
-        raise InputError(message, file=path, field="type_map")
-    unknown = [s for s in type_map if s not in atomic_numbers or s == "X"]
-    if unknown:
-        raise InputError(f"not chemical symbols: {unknown}", file=path, field="type_map")
-    hyperparameters = data.get("hyperparameters") or {}
-    if not isinstance(hyperparameters, dict):
-        raise InputError(f"expected a mapping, found {hyperparameters!r}", file=path, field="hyperparameters")
-    try:
-        hyperparameters = check_hyperparameters(hyperparameters)
-    except ValueError as exc:
-        raise InputError(str(exc), file=path, field="hyperparameters") from None
-    init_model = data.get("init_model")
-    return TrainingInput(
-        train_file=file("train_file"),
-        validation_file=file("validation_file"),
-        type_map=tuple(type_map),
-        seed=integer("seed"),
-        steps=integer("steps", minimum=0),
-        hyperparameters=hyperparameters,
-        init_model=None if init_model is None else file("init_model"),
-        model_file=file("model_file", MODEL_FILE),
-        log_file=file("log_file", LOG_FILE),
-        preset=str(data.get("preset", "tiny")),
-    )
-
-
 # --- the starting model -------------------------------------------------------------------
 
 
@@ -196,7 +76,7 @@ def starting_model(settings: TrainingInput) -> tuple[ReferencedMorseModel, bool]
     ``exp(perturbation · N(0, 1))`` (seeded). Fine-tuning: ``init_model`` as it is (it must know
     every species of the type map and keep its cutoff and switch width).
     """
-    given = settings.hyperparameters
+    hyper = settings.hyperparameters
     if settings.init_model is not None:
         model, _ = read_model_file(settings.init_model)
         missing = sorted(set(settings.type_map) - set(species_symbols(model.species)))
@@ -204,25 +84,21 @@ def starting_model(settings: TrainingInput) -> tuple[ReferencedMorseModel, bool]
             message = f"the initial model has no parameters for {missing} of the type map"
             raise InputError(message, file=settings.init_model)
         for name in ("cutoff", "switch_width"):
-            if name in given and given[name] != getattr(model, name):
+            if name in hyper.model_fields_set and getattr(hyper, name) != getattr(model, name):
                 raise InputError(
                     f"fine-tuning keeps the initial model's {name} ({getattr(model, name)} Å), "
-                    f"but the hyperparameters ask for {given[name]} Å",
+                    f"but the hyperparameters ask for {getattr(hyper, name)} Å",
                     file=settings.init_model,
                 )
         return model, False
-    hyper = {**DEFAULT_HYPERPARAMETERS, **given}
-    if hyper["switch_width"] > hyper["cutoff"]:
-        message = f"switch_width ({hyper['switch_width']}) exceeds cutoff ({hyper['cutoff']})"
-        raise InputError(message, field="hyperparameters")
-    base = MorseModel.for_symbols(list(settings.type_map), cutoff=hyper["cutoff"], switch_width=hyper["switch_width"])
+    base = MorseModel.for_symbols(list(settings.type_map), cutoff=hyper.cutoff, switch_width=hyper.switch_width)
     rng = np.random.default_rng(settings.seed)
     n = len(base.species)
     upper = np.triu_indices(n)
     arrays = {}
     for name in ("D", "alpha", "r0"):
         values = getattr(base, name).copy()
-        factors = np.exp(hyper["perturbation"] * rng.standard_normal(len(upper[0])))
+        factors = np.exp(hyper.perturbation * rng.standard_normal(len(upper[0])))
         values[0][upper] *= factors
         values[0].T[upper] = values[0][upper]
         arrays[name] = values
@@ -409,7 +285,7 @@ def fit(
     validation: LabelledSet,
     *,
     steps: int,
-    hyperparameters: Mapping[str, float | int],
+    hyperparameters: AnalyticHyperparameters,
     log: TextIO,
 ) -> FitResult:
     """Minimise the weighted loss from ``start`` with at most ``steps`` L-BFGS iterations (torch,
@@ -418,8 +294,8 @@ def fit(
 
     parameters = Parameters(start)
     theta = torch.tensor(parameters.pack(start), dtype=torch.float64, requires_grad=True)
-    w_energy, w_force = float(hyperparameters["energy_weight"]), float(hyperparameters["force_weight"])
-    log_every = int(hyperparameters["log_every"])
+    w_energy, w_force = hyperparameters.energy_weight, hyperparameters.force_weight
+    log_every = hyperparameters.log_every
 
     def closure() -> Any:
         energy_mse, force_mse = errors(parameters, theta, train, create_graph=True)
@@ -443,7 +319,7 @@ def fit(
         lr=1.0,
         history_size=20,
         tolerance_grad=GRADIENT_TOLERANCE,
-        tolerance_change=float(hyperparameters["tolerance"]),
+        tolerance_change=hyperparameters.tolerance,
         line_search_fn="strong_wolfe",
     )
     iterations, converged = 0, steps == 0
@@ -488,8 +364,8 @@ def train(settings: TrainingInput, log: TextIO) -> FitResult:
     settings.model_file.unlink(missing_ok=True)  # a failed run must not leave an older model behind
     train_set = labelled_set(settings.train_file, model)
     validation_set = labelled_set(settings.validation_file, model)
-    hyperparameters = {**DEFAULT_HYPERPARAMETERS, **settings.hyperparameters}
-    hyperparameters.update(cutoff=model.cutoff, switch_width=model.switch_width)
+    geometry = {"cutoff": model.cutoff, "switch_width": model.switch_width}  # fine-tuning: the initial model's
+    hyperparameters = settings.hyperparameters.model_copy(update=geometry)
     if fresh:
         model = fit_reference_energies(model, train_set)
     origin = f"fine-tuning {settings.init_model}" if settings.init_model else f"seed {settings.seed}"
@@ -508,7 +384,7 @@ def train(settings: TrainingInput, log: TextIO) -> FitResult:
         "converged": result.converged,
         "stop_reason": result.stop_reason,
         "loss": result.loss,
-        "hyperparameters": hyperparameters,
+        "hyperparameters": hyperparameters.model_dump(),
         "init_model": None if settings.init_model is None else str(settings.init_model),
         "train_file": str(settings.train_file),
         "validation_file": str(settings.validation_file),
@@ -531,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("input", type=Path, help="the training input (input.json)")
     args = parser.parse_args(argv)
     try:
-        settings = read_input(args.input)
+        settings = read_json_file(TrainingInput, args.input)
         settings.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(settings.log_file, "w") as log:
             try:

@@ -35,20 +35,18 @@ import json
 import logging
 import math
 import shutil
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
-from pydantic import Field, ValidationInfo, field_validator
 
 from cagoflow.backends import TrainingResult, TrainingSettings, batch_atoms_for, deep_merge, tail
 from cagoflow.committee import CommitteePrediction
-from cagoflow.inputs import InputModel, resolve_file
+from cagoflow.engines.process import find_program
 from cagoflow.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -286,14 +284,14 @@ class DeepmdBackend:
 
     Args:
         command: how to start DeePMD-kit's CLI (a site-config may wrap it, e.g. in srun);
-            None: :func:`dp_command`.
+            None: ``dp`` (:func:`~cagoflow.engines.process.find_program`).
         batch_atoms: atoms per model call at most when predicting (None: by device).
     """
 
     name = "deepmd"
 
     def __init__(self, command: Sequence[str] | None = None, batch_atoms: int | None = None):
-        self.command = tuple(command) if command is not None else dp_command()
+        self.command = tuple(command) if command is not None else (find_program("dp"),)
         self.batch_atoms = batch_atoms
 
     def write_training_input(
@@ -358,15 +356,6 @@ class DeepmdBackend:
 
     def load(self, models: Sequence[Path], device: str | None = None) -> "DeepmdCommittee":
         return DeepmdCommittee.from_files(models, device=device, batch_atoms=self.batch_atoms)
-
-
-def dp_command() -> tuple[str, ...]:
-    """``dp`` from PATH; else the one installed next to this Python (a venv not activated)."""
-    if shutil.which("dp") is None:
-        sibling = Path(sys.executable).parent / "dp"
-        if sibling.is_file():
-            return (str(sibling),)
-    return ("dp",)
 
 
 def _start_from(init_model: Path, type_map: Sequence[str]) -> tuple[list[str], dict[str, Any] | None]:
@@ -621,29 +610,3 @@ class DeepmdCommittee:
             return stacked.to(device=positions.device, dtype=positions.dtype)
 
         return energy
-
-
-# --- committee file --------------------------------------------------------------------------------
-
-
-class DeepmdCommitteeSpec(InputModel):
-    """DeePMD-kit models (frozen .pth or checkpoints .pt), e.g.::
-
-        backend: deepmd
-        models: [member-0/frozen_model.pth, member-1/frozen_model.pth, member-2/frozen_model.pth]
-        device: auto
-    """
-
-    backend: Literal["deepmd"] = "deepmd"
-    models: tuple[Path, ...] = Field(
-        ..., min_length=2, description="member model files, relative to the committee file; stored absolute"
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to evaluate ('auto': CUDA if available)")
-
-    @field_validator("models")
-    @classmethod
-    def _model_files(cls, value: tuple[Path, ...], info: ValidationInfo) -> tuple[Path, ...]:
-        return tuple(resolve_file(path, info, "model file") for path in value)
-
-    def build(self) -> DeepmdCommittee:
-        return DeepmdCommittee.from_files(self.models, device=None if self.device == "auto" else self.device)

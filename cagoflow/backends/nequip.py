@@ -51,11 +51,10 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from ase import Atoms
 from ase.io import iread
-from pydantic import Field, ValidationInfo, field_validator
 
 from cagoflow.backends import TrainingResult, TrainingSettings, batch_atoms_for, deep_merge
 from cagoflow.committee import CommitteePrediction
-from cagoflow.inputs import InputModel, resolve_file
+from cagoflow.engines.process import find_program
 from cagoflow.errors import InputError
 
 ModelFamily = Literal["nequip", "allegro"]
@@ -341,19 +340,6 @@ def _fine_tuning_checkpoint(path: Path) -> Path:
     return checkpoint.resolve()
 
 
-def _program(command: Sequence[str]) -> list[str]:
-    """``command`` with its program found on PATH, else next to this Python (an unactivated venv)."""
-    import shutil
-    import sys
-
-    program, *rest = command
-    if shutil.which(program) is None and "/" not in program:
-        sibling = Path(sys.executable).parent / program
-        if sibling.exists():
-            program = str(sibling)
-    return [program, *rest]
-
-
 def _checkpoint_of(path: Path) -> Path | None:
     """``X.ckpt`` for ``X.ckpt`` or ``X.nequip.pt2`` (None for other names)."""
     name = path.name
@@ -401,7 +387,7 @@ class NequipBackend:
         config = training_config(self.name, Path(train_file), Path(validation_file), workdir, settings)
         (workdir / CONFIG_NAME).write_text(yaml.safe_dump(config, sort_keys=False))
         seed = int(config.get("seed", settings.seed))
-        train = [*_program(self.train_command), "-cp", str(workdir), "-cn", CONFIG_NAME]
+        train = [find_program(self.train_command[0]), *self.train_command[1:], "-cp", str(workdir), "-cn", CONFIG_NAME]
         train += [f"seed={seed}", f"hydra.run.dir={workdir}"]
         last = workdir / LAST_CHECKPOINT_NAME
         if last.exists():
@@ -411,7 +397,7 @@ class NequipBackend:
         if self.compile_device is not None:
             commands.append(
                 [
-                    *_program(self.compile_command),
+                    find_program(self.compile_command[0]), *self.compile_command[1:],
                     str(workdir / CHECKPOINT_NAME),
                     str(workdir / COMPILED_NAME),
                     "--mode",
@@ -844,36 +830,3 @@ def _energy_module(model):
         if isinstance(module, ForceStressOutput):
             return module.func
     raise InputError("this NequIP model has no ForceStressOutput (forces by autograd): it cannot give CAGO gradients")
-
-
-# --- committee files ------------------------------------------------------------------------
-
-
-class _NequipFamilySpec(InputModel):
-    models: tuple[Path, ...] = Field(
-        ...,
-        min_length=2,
-        description="member model files (.nequip.pt2 with its .ckpt twin, or .ckpt), relative to this file",
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA when available")
-
-    @field_validator("models")
-    @classmethod
-    def _model_files(cls, value: tuple[Path, ...], info: ValidationInfo) -> tuple[Path, ...]:
-        return tuple(resolve_file(path, info, "model file") for path in value)
-
-    def build(self) -> NequipCommittee:
-        backend = NequipBackend(name=self.backend)  # type: ignore[attr-defined]
-        return backend.load(self.models, device=None if self.device == "auto" else self.device)
-
-
-class NequipCommitteeSpec(_NequipFamilySpec):
-    """A committee of NequIP models (:mod:`cagoflow.backends.nequip`)."""
-
-    backend: Literal["nequip"] = "nequip"
-
-
-class AllegroCommitteeSpec(_NequipFamilySpec):
-    """A committee of Allegro models (:mod:`cagoflow.backends.nequip`)."""
-
-    backend: Literal["allegro"] = "allegro"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from cagoflow.config import ReferenceConfig, SystemConfig
+    from cagoflow.campaign import ReferenceConfig, SystemConfig
     from cagoflow.engines.reference import InProcessReference
 
 

@@ -80,21 +80,20 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 from ase import Atoms
 
 from cagoflow.engines.md_settings import MDStage
 from cagoflow.engines.ase_md import MDResult, _stability_check, initial_velocities
-from cagoflow.engines.process import run_logged
+from cagoflow.engines.process import find_program, run_logged
 from cagoflow.errors import InputError
 
 __all__ = [
@@ -112,7 +111,7 @@ __all__ = [
     "SCREEN_FILE",
     "LammpsMD",
     "external_command",
-    "lammps_command",
+    "lammps_template",
     "lammps_environment",
     "lammps_pair_styles",
     "main",
@@ -238,6 +237,14 @@ class LammpsMD:
     def arguments(self) -> list[str]:
         """Arguments after the site's command (``lmp``, or :func:`external_command` for fix external)."""
         return ["-in", INPUT_FILE, "-log", LOG_FILE]
+
+    def argv(self, command: Sequence[str] | None = None, python: str | None = None) -> list[str]:
+        """The whole command line: natively ``command`` (None: ``lmp`` as
+        :func:`~cagoflow.engines.process.find_program` finds it), through fix external the
+        driver of ``python`` (None: this one), then :meth:`arguments`."""
+        if self.mode == "external":
+            return [*external_command(python), *self.arguments()]
+        return [*(command or (find_program("lmp"),)), *self.arguments()]
 
     def species(self, atoms: Atoms) -> tuple[str, ...]:
         """LAMMPS type order: :attr:`type_map` (checked against ``atoms``) or first appearance."""
@@ -546,15 +553,6 @@ def resolve_mode(
     return "external"
 
 
-def lammps_command() -> tuple[str, ...]:
-    """``lmp`` from PATH; else the one installed next to this Python (a venv not activated)."""
-    if shutil.which("lmp") is None:
-        sibling = Path(sys.executable).parent / "lmp"
-        if sibling.is_file():
-            return (str(sibling),)
-    return ("lmp",)
-
-
 def external_command(python: str | None = None) -> tuple[str, ...]:
     """The command of the fix external driver (arguments: :meth:`LammpsMD.arguments`)."""
     return (python or sys.executable, "-m", "cagoflow.engines.lammps")
@@ -628,11 +626,9 @@ def lammps_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
 # --- the local runner ---------------------------------------------------------------------------
 
 
-def run_lammps(
-    atoms: Atoms,
+def lammps_template(
     committee_file: str | Path,
     stage: MDStage,
-    directory: str | Path,
     *,
     seed: int,
     command: Sequence[str] | None = None,
@@ -641,39 +637,18 @@ def run_lammps(
     density_range: tuple[float, float] | None = (0.25, 2.0),
     mode: Literal["auto", "native", "external"] = "auto",
     driver: Driver | None = None,
-    python: str | None = None,
-    env: Mapping[str, str] | None = None,
-    timeout: float | None = None,
-) -> MDResult:
-    """Run committee MD of ``stage`` from ``atoms`` in LAMMPS here; return its frames.
-
-    Args:
-        atoms: starting structure (not modified).
-        committee_file: committee file (:mod:`cagoflow.models`).
-        stage: the MD settings.
-        directory: run directory (created; outputs of an earlier run there are replaced).
-        seed: seed of the initial velocities.
-        command: how to start LAMMPS (None: :func:`lammps_command`); used natively and to look
-            up the pair styles.
-        check_interval, min_distance, density_range: stability checks, as in
-            :func:`cagoflow.engines.ase_md.run_md`.
-        mode: "auto" (native when possible), "native" or "external" (see :func:`resolve_mode`).
-        driver: "first" or "mean" (see :class:`LammpsMD`).
-        python: the Python that runs the fix external driver (None: this one).
-        env: extra environment variables (see :func:`lammps_environment`).
-        timeout: seconds (None: no limit); the process group is killed when it runs out.
-
-    A failed or unstable run is a result (``stable=False`` and the reason); inputs that cannot
-    run (a bad committee file, a pair style this LAMMPS lacks, NPT without a cell) raise.
-    """
+) -> LammpsMD:
+    """The run of ``stage`` with the committee of ``committee_file``, its mode resolved
+    (:func:`resolve_mode`) against the pair styles of the LAMMPS that ``command`` starts (None:
+    ``lmp``); the other arguments as in :class:`LammpsMD`. A bad committee file or a pair style
+    this LAMMPS lacks raise InputError."""
     from cagoflow.models import load_committee_spec
 
-    command = tuple(command) if command else lammps_command()
     backend = str(load_committee_spec(committee_file).backend)
     styles = None
     if mode != "external" and backend in NATIVE_PAIR_STYLES:
-        styles = lammps_pair_styles(command)
-    template = LammpsMD(
+        styles = lammps_pair_styles(tuple(command or (find_program("lmp"),)))
+    return LammpsMD(
         stage,
         Path(committee_file),
         seed=seed,
@@ -683,17 +658,51 @@ def run_lammps(
         min_distance=min_distance,
         density_range=density_range,
     )
+
+
+def run_lammps(
+    atoms: Atoms,
+    committee_file: str | Path,
+    stage: MDStage,
+    directory: str | Path,
+    *,
+    command: Sequence[str] | None = None,
+    python: str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    **settings: Any,
+) -> MDResult:
+    """Run committee MD of ``stage`` from ``atoms`` in LAMMPS here and now (tests, the command
+    line); a campaign runs the same template through the site's command (:mod:`cagoflow.apps`).
+
+    Args:
+        atoms: starting structure (not modified).
+        committee_file: committee file (:mod:`cagoflow.models`).
+        stage: the MD settings.
+        directory: run directory (created; outputs of an earlier run there are replaced).
+        command: how to start LAMMPS (None: ``lmp``); used natively and to look up the pair styles.
+        python: the Python that runs the fix external driver (None: this one).
+        env: extra environment variables (see :func:`lammps_environment`).
+        timeout: seconds (None: no limit); the process group is killed when it runs out.
+        settings: ``seed`` (of the initial velocities; required), ``check_interval``,
+            ``min_distance``, ``density_range`` (stability checks, as in
+            :func:`cagoflow.engines.ase_md.run_md`), ``mode`` ("auto": native when possible,
+            "native", "external"; see :func:`resolve_mode`) and ``driver`` ("first" or "mean"),
+            as :func:`lammps_template` takes them.
+
+    A failed or unstable run is a result (``stable=False`` and the reason); inputs that cannot
+    run (a bad committee file, a pair style this LAMMPS lacks, NPT without a cell) raise.
+    """
+    template = lammps_template(committee_file, stage, command=command, **settings)
     directory = Path(directory)
     start = time.monotonic()
     template.write_input(directory, atoms)
-    launcher = command if template.mode == "native" else external_command(python)
-    argv = [*launcher, *template.arguments()]
     environment = lammps_environment(env)
     if template.mode == "external":  # the driver imports this very cagoflow, installed or not
         package_root = str(Path(__file__).resolve().parents[2])
         paths = [part for part in environment.get("PYTHONPATH", "").split(os.pathsep) if part]
         environment["PYTHONPATH"] = os.pathsep.join([package_root, *(p for p in paths if p != package_root)])
-    run = run_logged(argv, directory, directory / SCREEN_FILE, environment, timeout)
+    run = run_logged(template.argv(command, python), directory, directory / SCREEN_FILE, environment, timeout)
     if not run.started:
         return MDResult([], False, run.problem, 0, time.monotonic() - start)
     note = f"{run.problem}: " if run.problem else ""
@@ -998,5 +1007,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _restart_with_library_path() -> None:
+    """Start this driver again with the venv's ``libmpi`` on LD_LIBRARY_PATH when it is missing
+    there (the loader reads it at process start only), so any launcher can start the driver."""
+    environment = lammps_environment()
+    if environment.get("LD_LIBRARY_PATH", "") != os.environ.get("LD_LIBRARY_PATH", ""):
+        os.execve(sys.executable, [sys.executable, "-m", "cagoflow.engines.lammps", *sys.argv[1:]], environment)
+
+
 if __name__ == "__main__":
+    _restart_with_library_path()
     sys.exit(main())

@@ -1,6 +1,6 @@
 """Settings of one MD run (ensemble, temperature, pressure, length), shared by every MD engine.
 
-A campaign's MD schedule is a list of these (see :mod:`cagoflow.config`); the production MD
+A campaign's MD schedule is a list of these (see :mod:`cagoflow.campaign`); the production MD
 of the evaluation stage uses one. Units: K, bar, fs.
 """
 

@@ -2,19 +2,31 @@
 
 One mechanism for every engine that runs locally (CP2K, LAMMPS): :func:`run_logged` never
 raises for a program that cannot start or runs out of time; it says so in :class:`ProgramRun`,
-and the engine turns that into its own failed result.
+and the engine turns that into its own failed result. :func:`find_program` finds a program
+the way every engine and trainer does.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-__all__ = ["ProgramRun", "run_logged"]
+__all__ = ["ProgramRun", "find_program", "run_logged"]
+
+
+def find_program(name: str) -> str:
+    """``name`` as found on PATH; else the program installed next to this Python (a venv that
+    is not activated); else ``name`` itself (the shell reports it missing). A path is kept."""
+    if "/" in name or shutil.which(name) is not None:
+        return name
+    sibling = Path(sys.executable).parent / name
+    return str(sibling) if sibling.is_file() else name
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 from ase import Atoms
 
-from cagoflow.config import TBLITE_METHODS
+from cagoflow.campaign import TBLITE_METHODS
 from cagoflow.engines.ase_reference import label_with_calculator
 from cagoflow.engines.reference import ReferenceResult
 from cagoflow.errors import InputError
@@ -30,7 +30,7 @@ class TbliteReference:
     """Reference engine on tblite's ASE calculator.
 
     Args:
-        method: one of :data:`cagoflow.config.TBLITE_METHODS` ("GFN1-xTB", "GFN2-xTB", "IPEA1-xTB").
+        method: one of :data:`cagoflow.campaign.TBLITE_METHODS` ("GFN1-xTB", "GFN2-xTB", "IPEA1-xTB").
         accuracy: tblite's numerical accuracy (smaller is tighter; 1.0 is tblite's default).
         electronic_temperature: Fermi smearing temperature, K.
         max_iterations: SCF iterations before the calculation counts as not converged.

@@ -21,7 +21,7 @@ from cagoflow.apps.commands import (
     shell_command,
     time_limit,
 )
-from cagoflow.config import SiteConfig, default_site
+from cagoflow.executors.site import SiteConfig, default_site
 from real_components import require_module
 
 

@@ -12,7 +12,7 @@ from real_components import require_command
 
 from cagoflow.apps import make_apps
 from cagoflow.apps.commands import exit_status, resource_specification, shell_command
-from cagoflow.config import SiteConfig
+from cagoflow.executors.site import SiteConfig
 from cagoflow.engines.cp2k import OUTPUT_FILE, Cp2kReference, Cp2kSettings
 from cagoflow.engines.reference import ReferenceStatus
 from cagoflow.executors.parsl_config import build_config
@@ -46,7 +46,7 @@ def site() -> SiteConfig:
 @pytest.fixture
 def parsl_on(tmp_path):
     def load(site_config: SiteConfig):
-        parsl.load(build_config(site_config, tmp_path / "runinfo", checkpoint=False))
+        parsl.load(build_config(site_config, tmp_path / "runinfo"))
 
     yield load
     parsl.dfk().cleanup()

@@ -332,12 +332,10 @@ def test_labelled_hits_one_prediction_per_subset(committee, small_box):
 
     truth = MorseCalculator(MorseModel.for_symbols(["O", "H"]))
     structures = label([water_box(4, seed=seed) for seed in range(3)], truth)
-    structures[0].info.update(subset=[0, 1], cago_delta=0.2)
-    structures[1].info.update(subset=[1, 2])  # a baseline frame under a relative δ
     counting = NoExactGradient(committee)
-    figures = labelled_hits(counting, structures)
+    figures = labelled_hits(counting, structures, [[0, 1], [1, 2], [0, 1]], [0.2, None, 0.3])  # 1: a baseline frame under a relative δ
     expected = cago_hit(committee.subset([0, 1]).predict([structures[0]]).forces, structures[0].get_forces(), 0.2)
     assert figures[0] == pytest.approx(expected.provenance())
     assert set(figures[1]) == {"true_error"} and figures[1]["true_error"] > 0
-    assert figures[2] is None
-    assert counting.calls == [1, 1]
+    assert figures[2]["delta"] == 0.3 and figures[2]["hit_ratio"] == pytest.approx(figures[2]["true_error"] / 0.3)
+    assert counting.calls == [2, 1]  # one prediction per subset: structures 0 and 2 together

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +29,7 @@ from cagoflow.committee import CommitteePrediction, force_sigma_hat
 from cagoflow.errors import InputError
 
 N_SAMPLES = 20000
+DATA = Path(__file__).parents[1] / "data"
 
 
 def synthetic(a: float, b: float, seed: int, n: int = N_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
@@ -290,6 +293,72 @@ def test_load_malformed_json_names_file(tmp_path):
     with pytest.raises(InputError) as info:
         CommitteeCalibration.load(tmp_path / "missing.json")
     assert "missing.json" in str(info.value)
+
+
+def test_file_of_this_version_still_loads(tmp_path):
+    """tests/data/calibration-v1.json: the subset (0, 2, 4) of a 6-member synthetic committee on
+    12 boxes of 3 H2O, with contact distances from 5 training boxes, written by save() before
+    load() used pydantic (commit 0a7fb97); loading and saving it again gives the same file."""
+    original = DATA / "calibration-v1.json"
+    calibration = CommitteeCalibration.load(original)
+
+    assert calibration.members == (0, 2, 4) and (calibration.n_structures, calibration.n_atoms) == (12, 108)
+    assert calibration.forces.law == PowerLaw(1.1828266670489707, 1.0126555010336906)
+    assert calibration.force_validity_limit == 2.0560145906917064
+    assert calibration.contact_distances == {
+        "H-H": 1.1963328059025253, "H-O": 0.7927520494161426, "O-O": 2.2338591725211026
+    }  # fmt: skip
+    assert len(calibration.force_test_sigma_cal) == 108 and calibration.force_test_sigma_cal[0] == 0.014855
+    assert calibration.energies is not None and calibration.virials is not None
+    assert calibration.save(tmp_path / "again.json").read_text() == original.read_text()
+
+
+def without(data: Any, keys: set[str]) -> Any:
+    """``data`` (parsed JSON) with ``keys`` removed at every depth."""
+    if isinstance(data, dict):
+        return {key: without(value, keys) for key, value in data.items() if key not in keys}
+    if isinstance(data, list):
+        return [without(value, keys) for value in data]
+    return data
+
+
+def test_file_of_the_first_version_still_loads(tmp_path):
+    """tests/data/calibration-v1-fffe0cb.json: written by the first release (commit fffe0cb),
+    before bins had an uncertainty and the file had contact distances and test σ_cal."""
+    original = DATA / "calibration-v1-fffe0cb.json"
+    calibration = CommitteeCalibration.load(original)
+
+    assert calibration.contact_distances is None and calibration.force_test_sigma_cal is None
+    assert all(item.ratio_low is None and item.structures is None for item in calibration.forces.diagnostics.bins)
+    later = {"ratio_low", "ratio_high", "structures", "training_shortest_distances_A", "force_test_sigma_cal_eV_per_A"}
+    again = json.loads(calibration.save(tmp_path / "again.json").read_text())
+    assert without(again, later) == json.loads(original.read_text())
+
+
+@pytest.mark.parametrize(
+    "change, field, message",
+    [
+        (lambda d: d.update(format="cagoflow-dataset"), "format", "expected 'cagoflow.committee-calibration'"),
+        (lambda d: d.update(version=2), "version", "expected 1, found 2"),
+        (lambda d: d.update(members=[0, -2]), "members.1", "greater than or equal to 0"),
+        (lambda d: d["energies"].update(quantity="forces"), "energies", "expected quantity 'energies' in eV"),
+        (lambda d: d["forces"].update(unit="eV"), "forces", "expected quantity 'forces' in eV/Å"),
+        (lambda d: d["forces"]["law"].update(a=0), "forces.law.a", "greater than 0"),
+        (lambda d: d["virials"]["diagnostics"]["bins"][0].update(count=2.5), "virials.diagnostics.bins.0.count", "integer"),
+        (lambda d: d["forces"]["diagnostics"].update(std_r_after=None), "forces.diagnostics.std_r_after", "number"),
+        (lambda d: d.pop("virials"), "virials", "missing required key"),
+        (lambda d: d.update(training_shortest_distances_A={"H-H": "1.0"}), "training_shortest_distances_A.H-H", "number"),
+        (lambda d: d["forces"].update(sigma=1.0), "forces.sigma", "unknown key 'sigma'"),
+    ],
+)
+def test_corrupt_file_names_file_and_field(tmp_path, change, field, message):
+    data = json.loads((DATA / "calibration-v1.json").read_text())
+    change(data)
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=message) as info:
+        CommitteeCalibration.load(path)
+    assert info.value.field == field and info.value.file == str(path)
 
 
 # --- plots -----------------------------------------------------------------------------------

@@ -33,11 +33,11 @@ from typer.testing import CliRunner
 
 from cagoflow.calibration import CommitteeCalibration
 from cagoflow.cli import app
-from cagoflow.config import STAGES
+from cagoflow.stages import STAGES
 from cagoflow.committee import force_sigma_hat
 from cagoflow.demo import label
 from cagoflow.io import read_structures, write_structures
-from cagoflow.models import AnalyticCommitteeSpec, load_committee
+from cagoflow.models import MorseCommitteeSpec, load_committee
 from cagoflow.structures import water_box
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ LOCAL_SITE = ROOT / "site-configs" / "local-threads.yaml"
 COMMANDS = ("run", "status", "report", "calibrate", "cago", "validate")
 #: The driver's commands given something that is not a campaign, and what they must say.
 DRIVER = {"run": "does not exist", "status": "not a campaign work directory", "report": "not a campaign work directory"}
-COMMITTEE = {"backend": "analytic", "members": 3, "species": ["O", "H"], "spread": 0.05, "seed": 1}
+COMMITTEE = {"backend": "morse", "members": 3, "species": ["O", "H"], "spread": 0.05, "seed": 1}
 SUBSET = (0, 1)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -225,11 +225,11 @@ class Inputs:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
-    """Committee file (analytic, 3 members), a labelled test set of 30 rattled water boxes, 2 starts."""
+    """Committee file (the Morse test committee, 3 members), a labelled test set of 30 rattled water boxes, 2 starts."""
     folder = tmp_path_factory.mktemp("cli")
     committee = folder / "c.yaml"
     committee.write_text(yaml.safe_dump(COMMITTEE))
-    truth = AnalyticCommitteeSpec(**COMMITTEE).truth()
+    truth = MorseCommitteeSpec(**COMMITTEE).truth()
     box = water_box(4)
     rng = np.random.default_rng(0)
     rattled = []
@@ -297,7 +297,7 @@ def jobs(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[J
     taken = jobs.folder / "taken"
     taken.write_text("a file, not a folder")
     jobs.submit("calibrate:output-is-a-file", "calibrate", "-c", committee, "-s", test_set, "-o", taken, meta=taken)
-    carbon = write_structures(jobs.folder / "co-labelled.extxyz", label([_co_dimer()], AnalyticCommitteeSpec(species=("C", "O")).truth()))
+    carbon = write_structures(jobs.folder / "co-labelled.extxyz", label([_co_dimer()], MorseCommitteeSpec(species=("C", "O")).truth()))
     jobs.submit("calibrate:species", "calibrate", "-c", committee, "-s", carbon, "-o", out, meta=carbon)
 
     bad_json = jobs.folder / "broken-calibration.json"

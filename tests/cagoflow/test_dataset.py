@@ -6,6 +6,8 @@ import copy
 import dataclasses
 import json
 import pickle
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +23,6 @@ from cagoflow.dataset import (
     MemberSplit,
     Provenance,
     Splits,
-    make_splits,
     make_splits_for_hashes,
     split_draw,
 )
@@ -43,6 +44,7 @@ def water(number: int, *, labelled: bool = True, stress: bool = False) -> Atoms:
     return atoms
 
 
+DATA = Path(__file__).parents[1] / "data"
 CAGO = Provenance(2, "cago", "tblite", parent="abc123", extra={"true_error": 0.123, "delta": 0.1})
 INITIAL = Provenance(iteration=0, stage="initial", engine="cp2k")
 
@@ -131,6 +133,32 @@ def test_index_round_trip(tmp_path):
     data = json.loads((tmp_path / "index.json").read_text())
     assert data["format"] == "cagoflow-dataset" and len(data["entries"]) == 3
     assert water(2) in reopened and structure_hash(water(5)) not in reopened
+
+
+def test_index_of_an_earlier_version_still_opens(tmp_path):
+    """tests/data/dataset-v1: two batches appended (water(0..3) below) before the index was read
+    with pydantic (commit 0a7fb97); the same structures and provenance come back."""
+    shutil.copytree(DATA / "dataset-v1", tmp_path / "dataset")
+    ds = Dataset.open(tmp_path / "dataset")
+    cago = Provenance(2, "cago", "tblite", parent="abc123", extra={"true_error": 0.123, "delta": 0.1, "hit_ratio": 1.23})
+    md = Provenance(2, "md", "tblite", extra={"steps": 37, "hit": True, "note": "it's fine", "gap": None})
+    expected = [
+        (water(0, stress=True), INITIAL, "batch-00000.extxyz", 0),
+        (water(1), INITIAL, "batch-00000.extxyz", 1),
+        (water(2), cago, "batch-00001.extxyz", 0),
+        (water(3), md, "batch-00001.extxyz", 1),
+    ]
+
+    assert ds.batch_files == ("batch-00000.extxyz", "batch-00001.extxyz")
+    assert ds.entries == tuple(DatasetEntry(structure_hash(a), name, k, prov) for a, prov, name, k in expected)
+    for stored, (original, provenance, _, _) in zip(ds.structures(), expected):
+        np.testing.assert_allclose(stored.positions, original.positions, atol=1e-8)
+        assert stored.get_potential_energy() == original.get_potential_energy()
+        np.testing.assert_allclose(stored.get_forces(), original.get_forces(), atol=1e-8)
+        assert Provenance.from_info(stored.info) == provenance
+    np.testing.assert_allclose(ds.structures([0])[0].get_stress(), expected[0][0].get_stress(), atol=1e-12)
+    assert ds.append([water(4)], INITIAL).file == "batch-00002.extxyz"
+    assert len(Dataset.open(tmp_path / "dataset")) == 5
 
 
 # --- refusals ----------------------------------------------------------------------------
@@ -278,7 +306,7 @@ def test_missing_batch_file_raises_input_error(tmp_path):
         Dataset.open(tmp_path)
 
     assert info.value.file == str(tmp_path / "index.json")
-    assert info.value.field == "batches[1]"
+    assert info.value.field == "batches.1"
 
 
 def test_corrupt_index_raises_input_error(tmp_path):
@@ -288,13 +316,38 @@ def test_corrupt_index_raises_input_error(tmp_path):
 
     data["entries"][0]["hash"] = 42
     index.write_text(json.dumps(data))
-    with pytest.raises(InputError, match="expected str") as info:
+    with pytest.raises(InputError, match="expected a valid string, found 42") as info:
         Dataset(tmp_path)
-    assert info.value.field == "entries[0].hash" and info.value.file == str(index)
+    assert info.value.field == "entries.0.hash" and info.value.file == str(index)
 
     index.write_text('{"format": "cagoflow-dataset", "entries": [')
     with pytest.raises(InputError, match="not valid JSON"):
         Dataset(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "change, field, message",
+    [
+        (lambda d: d.update(format="cagoflow.committee-calibration"), "format", "expected 'cagoflow-dataset'"),
+        (lambda d: d.update(version=2), "version", "expected 1, found 2"),
+        (lambda d: d["batches"].reverse(), "batches.0", "expected 'batch-00000.extxyz'"),
+        (lambda d: d["entries"][1].update(index=-1), "entries.1.index", "greater than or equal to 0"),
+        (lambda d: d["entries"][1].update(file="batch-00007.extxyz"), "entries.1.file", "not listed in 'batches'"),
+        (lambda d: d["entries"][3].update(hash=d["entries"][0]["hash"]), "entries.3.hash", "repeats entry 0"),
+        (lambda d: d["entries"][1].update(index=0), "entries.1.index", "listed twice"),
+        (lambda d: d["entries"][2]["provenance"].pop("stage"), "entries.2.provenance", "lacks the key"),
+        (lambda d: d["entries"][2].update(extra=1), "entries.2.extra", "unknown key 'extra'"),
+    ],
+)
+def test_inconsistent_index_names_the_field(tmp_path, change, field, message):
+    shutil.copytree(DATA / "dataset-v1", tmp_path / "dataset")
+    index = tmp_path / "dataset" / "index.json"
+    data = json.loads(index.read_text())
+    change(data)
+    index.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=message) as info:
+        Dataset.open(tmp_path / "dataset")
+    assert info.value.field == field and info.value.file == str(index)
 
 
 def test_changed_batch_file_is_detected(tmp_path):
@@ -303,7 +356,7 @@ def test_changed_batch_file_is_detected(tmp_path):
     write_structures(tmp_path / "batch-00000.extxyz", [water(5)])
     with pytest.raises(InputError, match="does not match its hash") as info:
         ds.structures()
-    assert info.value.field == "entries[0].hash"
+    assert info.value.field == "entries.0.hash"
 
 
 def test_open_requires_existing_dataset(tmp_path):
@@ -317,14 +370,19 @@ def test_open_requires_existing_dataset(tmp_path):
 # --- splits ------------------------------------------------------------------------------
 
 
+def names(n: int) -> list[str]:
+    """Stand-in content hashes of ``n`` structures."""
+    return [f"structure-{i}" for i in range(n)]
+
+
 def test_splits_are_reproducible_and_seed_dependent():
-    assert make_splits(200, 4, seed=7) == make_splits(200, 4, seed=7)
-    assert make_splits(200, 4, seed=7) != make_splits(200, 4, seed=8)
+    assert make_splits_for_hashes(names(200), 4, seed=7) == make_splits_for_hashes(names(200), 4, seed=7)
+    assert make_splits_for_hashes(names(200), 4, seed=7) != make_splits_for_hashes(names(200), 4, seed=8)
 
 
 def test_split_sizes_bootstrap_and_disjointness():
     n = 1000
-    splits = make_splits(n, 3, seed=1)
+    splits = make_splits_for_hashes(names(n), 3, seed=1)
 
     expected_test = tuple(i for i in range(n) if split_draw(1, f"structure-{i}") < 0.1)
     assert splits.test == expected_test
@@ -356,8 +414,8 @@ def test_test_set_is_stable_when_dataset_grows():
 
 
 def test_small_datasets_get_one_test_structure_that_can_be_kept():
-    assert make_splits(0, 2, seed=0) == Splits(test=(), members=(MemberSplit((), ()), MemberSplit((), ())))
-    one = make_splits(1, 2, seed=0)
+    assert make_splits_for_hashes([], 2, seed=0) == Splits(test=(), members=(MemberSplit((), ()), MemberSplit((), ())))
+    one = make_splits_for_hashes(names(1), 2, seed=0)
     assert one.test == () and one.members[0] == MemberSplit(train=(0,), validation=())
     two = make_splits_for_hashes(["a", "b"], 2, seed=0)
     assert len(two.test) == 1
@@ -370,11 +428,11 @@ def test_small_datasets_get_one_test_structure_that_can_be_kept():
 def test_dataset_splits_follow_content_hashes(tmp_path):
     ds = Dataset(tmp_path)
     ds.append([water(i) for i in range(30)], INITIAL)
-    before = ds.splits(3, seed=11, test_fraction=0.2)
+    before = make_splits_for_hashes([e.hash for e in ds.entries], 3, seed=11, test_fraction=0.2)
     ds.append([water(i) for i in range(30, 60)], CAGO)
-    after = ds.splits(3, seed=11, test_fraction=0.2)
+    after = make_splits_for_hashes([e.hash for e in ds.entries], 3, seed=11, test_fraction=0.2)
 
-    assert before == make_splits_for_hashes([e.hash for e in ds.entries[:30]], 3, 11, test_fraction=0.2)
+    assert before.hashes == tuple(e.hash for e in ds.entries[:30])
     assert set(before.test_hashes) == set(after.test_hashes) & set(before.hashes)
     assert len(after.test) > len(before.test) >= 1
 

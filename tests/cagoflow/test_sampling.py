@@ -1,4 +1,4 @@
-"""Tests of cagoflow.sampling: reproducible picks, ordering, per-structure uncertainty."""
+"""Tests of cagoflow.sampling: reproducible picks, ordering, per-structure uncertainty, member subsets."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 
 from cagoflow.committee import CommitteePrediction, committee_statistics
 from cagoflow.sampling import (
-    cago_source,
+    CagoSubsets,
+    cago_subsets,
     max_uncertainty_frames,
     random_frames,
-    select_cago_starts,
     structure_force_uncertainty,
 )
 
@@ -66,23 +66,47 @@ def test_structure_force_uncertainty_ranks_frames():
     assert max_uncertainty_frames(structure_force_uncertainty(prediction), 3) == [1, 2, 0]
 
 
-def test_select_cago_starts():
-    candidates = [f"frame-{i}" for i in range(50)]
-    assert select_cago_starts("training", candidates, 5, seed=9) == random_frames(50, 5, seed=9)
-    assert select_cago_starts("md", 50, 5, seed=9) == random_frames(50, 5, seed=9)
-    sigma = np.linspace(0.0, 1.0, 50)
-    assert select_cago_starts("md", candidates, 3, seed=9, strategy="max_uncertainty", uncertainties=sigma) == [
-        49,
-        48,
-        47,
-    ]
-    with pytest.raises(ValueError, match="needs one uncertainty"):
-        select_cago_starts("md", candidates, 3, seed=9, strategy="max_uncertainty")
-    with pytest.raises(ValueError, match="3 uncertainties for 50 md candidates"):
-        select_cago_starts("md", candidates, 3, seed=9, strategy="max_uncertainty", uncertainties=[1, 2, 3])
-    with pytest.raises(ValueError, match="source"):
-        select_cago_starts("lammps", candidates, 3, seed=9)  # type: ignore[arg-type]
+def test_max_uncertainty_frames_of_a_ramp():
+    assert max_uncertainty_frames(np.linspace(0.0, 1.0, 50), 3) == [49, 48, 47]
 
 
-def test_cago_source_follows_the_paper_protocol():
-    assert [cago_source(i, first_md_iteration=3) for i in (1, 2, 3, 4)] == ["training", "training", "md", "md"]
+def inline_subsets(n_models: int, subset_size: int, seeds: dict[str, int]) -> tuple[dict[str, int], list[tuple]]:
+    """The subset choice as apps/stages.py _calibrate wrote it inline (the reference)."""
+    tasks, subsets = {}, []
+    for key, seed in seeds.items():
+        rng = np.random.default_rng(seed)
+        subset = tuple(sorted(rng.choice(n_models, size=subset_size, replace=False).tolist()))
+        if subset not in subsets:
+            subsets.append(subset)
+        tasks[key] = subsets.index(subset)
+    return tasks, subsets
+
+
+SEEDS = {f"{system}/{k}": 1000 * n + 7 * k for n, system in enumerate(("water", "ice")) for k in range(12)}
+
+
+@pytest.mark.parametrize("n_models, subset_size", [(8, 4), (3, 2), (5, 5), (6, 1)])
+def test_cago_subsets_as_drawn_inline(n_models, subset_size):
+    chosen = cago_subsets(n_models, subset_size, SEEDS)
+
+    assert (chosen.tasks, chosen.subsets) == inline_subsets(n_models, subset_size, SEEDS)
+    assert chosen == cago_subsets(n_models, subset_size, dict(SEEDS))  # deterministic
+    assert list(chosen.tasks) == list(SEEDS)
+    for subset in chosen.subsets:
+        assert len(subset) == subset_size and len(set(subset)) == subset_size  # distinct members
+        assert list(subset) == sorted(subset) and 0 <= subset[0] and subset[-1] < n_models
+    assert len(set(chosen.subsets)) == len(chosen.subsets)  # each subset once
+    used = list(dict.fromkeys(chosen.tasks.values()))
+    assert used == list(range(len(chosen.subsets)))  # numbered in order of first use
+
+
+def test_cago_subsets_share_and_differ():
+    few = cago_subsets(3, 2, SEEDS)  # 3 possible pairs for 24 tasks: tasks share subsets
+    assert len(few.subsets) <= 3 < len(few.tasks)
+    assert cago_subsets(5, 5, SEEDS).subsets == [(0, 1, 2, 3, 4)]
+    assert len(cago_subsets(20, 3, SEEDS).subsets) > 1
+    assert cago_subsets(8, 4, {}) == CagoSubsets({}, [])
+    with pytest.raises(ValueError, match="subset_size"):
+        cago_subsets(4, 5, SEEDS)
+    with pytest.raises(ValueError, match="subset_size"):
+        cago_subsets(4, 0, SEEDS)

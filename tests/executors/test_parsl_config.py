@@ -23,7 +23,8 @@ from parsl.jobs.states import JobState, JobStatus
 from parsl.launchers import SimpleLauncher, SingleNodeLauncher, SrunLauncher
 from parsl.providers import LocalProvider, SlurmProvider
 
-from cagoflow.config import STAGES, SiteConfig, default_site, load_site
+from cagoflow.executors.site import SiteConfig, default_site, load_site
+from cagoflow.stages import STAGES
 from cagoflow.executors.parsl_config import build_config, fail_on_block_failures
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,19 +85,16 @@ def test_threads_site_and_memoizer(tmp_path: Path) -> None:
     config = build_config(_site("local-threads"), tmp_path)
     (executor,) = config.executors
     assert isinstance(executor, ThreadPoolExecutor) and executor.label == "local" and executor.max_threads == 2
-    assert config.memoizer.memoize and config.memoizer.checkpoint_mode == "task_exit"
-    assert list(config.memoizer.checkpoint_files) == []
+    assert config.memoizer.memoize and config.memoizer.checkpoint_mode is None
 
 
-def test_checkpoints_of_earlier_runs_are_loaded(tmp_path: Path) -> None:
+def test_checkpoints_of_earlier_runs_are_never_read(tmp_path: Path) -> None:
+    """A continued campaign resumes from its task records, never from Parsl checkpoints."""
     for run in ("000", "001"):
         (tmp_path / run / "checkpoint").mkdir(parents=True)
-    (tmp_path / "002").mkdir()  # a run that wrote no checkpoint
     config = build_config(default_site(), tmp_path)
-    assert list(config.memoizer.checkpoint_files) == [str(tmp_path / run / "checkpoint") for run in ("000", "001")]
-    fresh = build_config(default_site(), tmp_path, checkpoint=False)
-    assert fresh.memoizer.checkpoint_mode is None and list(fresh.memoizer.checkpoint_files) == []
-    assert fresh.memoizer.memoize
+    assert config.memoizer.checkpoint_mode is None and list(config.memoizer.checkpoint_files) == []
+    assert config.memoizer.memoize
 
 
 def test_local_htex_site() -> None:
@@ -329,7 +327,7 @@ def test_slurm_cpu_and_gpu_partitions(slurm_cluster: None, tmp_path: Path) -> No
     """ci-slurm.yaml on the real cluster: apps routed by label run in jobs of both partitions."""
     sacct = subprocess.run(["sacct", "-X"], capture_output=True, text=True, timeout=30)
     assert sacct.returncode != 0 and "accounting storage is disabled" in sacct.stderr.lower()
-    config = build_config(_site("ci-slurm"), tmp_path / "runinfo", checkpoint=False)
+    config = build_config(_site("ci-slurm"), tmp_path / "runinfo")
     where_cpu, shell_cpu = _apps("cpu")
     where_gpu, shell_gpu = _apps("gpu")
     start = time.monotonic()
@@ -370,7 +368,7 @@ def test_slurm_mpi_executor(slurm_cluster: None, tmp_path: Path) -> None:
     )
     app = bash_app(mpi_hello, executors=["reference"])
     spec = {"num_nodes": 1, "num_ranks": ranks, "ranks_per_node": ranks}
-    with _loaded(build_config(site, tmp_path / "runinfo", checkpoint=False)):
+    with _loaded(build_config(site, tmp_path / "runinfo")):
         future = app(parsl_resource_specification=spec, stdout=str(tmp_path / "out"), stderr=str(tmp_path / "err"))
         assert future.result(timeout=150) == 0
     lines = sorted((tmp_path / "out").read_text().splitlines())
@@ -385,7 +383,7 @@ def _failing_site(**provider: object) -> SiteConfig:
 def _fails_clearly(site: SiteConfig, run_dir: Path, within_s: float) -> str:
     app = python_app(_remote("def ping():\n    return 1\n"), executors=["broken"])
     start = time.monotonic()
-    with _loaded(build_config(site, run_dir, checkpoint=False)):
+    with _loaded(build_config(site, run_dir)):
         future = app()
         with pytest.raises(Exception) as failure:
             future.result(timeout=within_s)

@@ -1,4 +1,4 @@
-"""Threads per task: derived from the site-config (cagoflow.config: ExecutorConfig.worker_cores,
+"""Threads per task: derived from the site-config (cagoflow.executors.site: ExecutorConfig.worker_cores,
 task_threads; SiteConfig.program_threads, python_threads), and python apps that really run with
 them on a Parsl thread pool and on a local HighThroughputExecutor (cagoflow.apps.with_threads)."""
 
@@ -16,7 +16,7 @@ from parsl import python_app
 
 from cagoflow.apps import with_threads
 from cagoflow.apps.commands import thread_environment
-from cagoflow.config import ExecutorConfig, SiteConfig, load_site, machine_cores
+from cagoflow.executors.site import ExecutorConfig, SiteConfig, load_site, machine_cores
 from cagoflow.executors.parsl_config import build_config
 
 SITES = Path(__file__).resolve().parents[2] / "site-configs"
@@ -146,7 +146,7 @@ def _probe():
 
 @contextmanager
 def _loaded(site: SiteConfig, run_dir: Path) -> Iterator[None]:
-    parsl.load(build_config(site, run_dir, checkpoint=False))
+    parsl.load(build_config(site, run_dir))
     try:
         yield
     finally:

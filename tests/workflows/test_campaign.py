@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cagoflow.config import default_site, load_campaign
+from cagoflow.campaign import load_campaign
+from cagoflow.executors.site import default_site
 from cagoflow.dataset import Dataset
 from cagoflow.records import all_records, executions
 from cagoflow.workflows.campaign import CampaignFailed, run_campaign
@@ -182,3 +183,20 @@ def test_independent_systems_grow_one_dataset_side_by_side(tmp_path, write_campa
     assert len(by_system["water"]) + len(by_system["dense"]) == len(entries)
     cago_tasks = {r.task.split("/")[0] for r in all_records(workdir) if r.stage == "cago" and r.iteration == 0}
     assert {task.rsplit("-", 1)[0] for task in cago_tasks} == {"water", "dense"}, cago_tasks
+
+
+def test_lammps_md_through_fix_external_runs_as_a_program_of_the_md_stage(tmp_path, write_campaign):
+    """MD in LAMMPS with analytic members: prepare → the fix external driver in a bash app → collect."""
+    from real_components import require_module
+
+    require_module("lammps")
+    campaign = write_campaign(tmp_path, iterations=1, **{"md.engine": "lammps", "sampling.cago_from": {"source": "md"}})
+    workdir = tmp_path / "work"
+    run_campaign(load_campaign(campaign), default_site(), workdir)
+    (md,) = [r for r in all_records(workdir) if r.stage == "md"]
+    assert md.status == "done" and md.summary["stable"] and md.summary["frames"] == 4, md.summary
+    run = workdir / "iter-000" / "md" / md.task / "lammps"
+    assert "fix_modify" in (run / "in.lammps").read_text() and (run / "exit-status").read_text().strip() == "0"
+    assert md.seconds > 0.1  # the driver's own wall time
+    cago = [r for r in all_records(workdir) if r.stage == "cago"]
+    assert len(cago) == 2 and all(r.summary["subset"] for r in cago)  # CAGO started from the LAMMPS frames

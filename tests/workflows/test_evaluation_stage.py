@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cagoflow.config import default_site, load_campaign
+from cagoflow.campaign import load_campaign
+from cagoflow.executors.site import default_site
 from cagoflow.dataset import Dataset
 from cagoflow.records import all_records, executions
 from cagoflow.workflows.campaign import run_campaign

@@ -1,5 +1,6 @@
-"""A whole campaign with a real MLIP: DeePMD-kit members trained by `dp`, CAGO with their exact
-gradients, GFN1-xTB references, and the evaluation stage — two iterations, tiny settings."""
+"""A whole campaign with a real MLIP: DeePMD-kit members trained by `dp`, committee MD in LAMMPS
+(DeePMD's own pair style) started by the site's command, CAGO with the members' exact gradients,
+GFN1-xTB references, and the evaluation stage — two iterations, tiny settings."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cagoflow.config import default_site, load_campaign
+from cagoflow.campaign import load_campaign
+from cagoflow.engines.process import find_program
+from cagoflow.executors.site import EngineCommand, EnginesConfig, default_site
 from cagoflow.records import all_records
 from cagoflow.workflows.campaign import run_campaign
 from real_components import require_command, require_module
@@ -28,11 +31,19 @@ def deepmd_campaign(tmp_path_factory, write_campaign) -> Path:
     require_module("deepmd")
     require_module("tblite")
     require_command("dp")
+    require_module("lammps")
     folder = tmp_path_factory.mktemp("deepmd-campaign")
+    # the site's own LAMMPS: a wrapper that logs every start, then runs the venv's lmp
+    wrapper = folder / "site-lmp"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {folder / "lmp-calls.log"}\nexec {find_program("lmp")} "$@"\n')
+    wrapper.chmod(0o755)
+    site = default_site().model_copy(update={"engines": EnginesConfig(lammps=EngineCommand(command=str(wrapper)))})
     campaign = write_campaign(
         folder,
         iterations=2,
         committee=TINY_DEEPMD,
+        md={"engine": "lammps", "schedule": {"ensemble": "nvt", "temperature": 300, "steps": 40, "timestep": 0.5,
+                                             "dump_interval": 10}},
         sampling={"per_iteration": 2, "cago_from": {"source": "md", "subset": "all"}},
         cago={"delta": {"relative": 1.5}, "max_steps": 10, "structures_per_task": 2},
         dataset={"min_test": 3},
@@ -41,8 +52,20 @@ def deepmd_campaign(tmp_path_factory, write_campaign) -> Path:
             "production": {"replicas": 1, "md": {"steps": 60, "timestep": 0.5, "dump_interval": 10}, "check_interval": 20},
         },
     )
-    run_campaign(load_campaign(campaign), default_site(), folder / "work")
+    run_campaign(load_campaign(campaign), site, folder / "work")
     return folder / "work"
+
+
+def test_md_ran_in_lammps_as_the_site_starts_it(deepmd_campaign):
+    md = [r for r in all_records(deepmd_campaign) if r.stage == "md"]
+    assert len(md) == 2 and all(r.status == "done" and r.summary["frames"] == 4 for r in md), [r.summary for r in md]
+    calls = (deepmd_campaign.parent / "lmp-calls.log").read_text().splitlines()
+    assert sum("-in in.lammps" in line for line in calls) == 2  # one LAMMPS run per MD task, through the site's command
+    for record in md:
+        run = deepmd_campaign / f"iter-{record.iteration:03d}" / "md" / record.task / "lammps"
+        assert "pair_style deepmd" in (run / "in.lammps").read_text()  # native: DeePMD's own pair style
+        assert (run / "exit-status").read_text().strip() == "0"
+        assert record.seconds > 0.1  # LAMMPS's own wall time
 
 
 def test_members_are_real_deepmd_models_fine_tuned_across_iterations(deepmd_campaign):

@@ -24,13 +24,15 @@ from cagoflow.backends import Backend, TrainingSettings
 from cagoflow.backends import analytic_train
 from cagoflow.backends.analytic import (
     AnalyticBackend,
-    AnalyticModelsSpec,
+    AnalyticHyperparameters,
     ReferencedMorseCommittee,
-    model_data,
+    TrainingInput,
+    read_json_file,
     read_model_file,
+    write_model_file,
 )
-from cagoflow.config import _validate
 from cagoflow.errors import InputError
+from cagoflow.models import load_committee
 from cagoflow.io import atomic_write_json, read_structures, write_structures
 from cagoflow.structures import water_box
 
@@ -249,20 +251,59 @@ def test_bad_training_data_exits_with_a_message(kind, data, tmp_path, capsys):
 def test_bad_input_file_exits_with_a_message(tmp_path, capsys):
     atomic_write_json(tmp_path / "input.json", {"train_file": "t.extxyz", "type_map": ["O", "H"]})
     assert analytic_train.main([str(tmp_path / "input.json")]) == 1
-    assert "at field 'validation_file': missing key" in capsys.readouterr().err
+    assert "at field 'validation_file': missing required key" in capsys.readouterr().err
+    atomic_write_json(tmp_path / "input.json", {"train_file": "t", "validation_file": "v", "type_map": ["O", "X"]})
+    assert analytic_train.main([str(tmp_path / "input.json")]) == 1
+    assert "at field 'type_map': not chemical symbols: ['X']" in capsys.readouterr().err
     assert analytic_train.main([str(tmp_path / "missing.json")]) == 1
     assert "file does not exist" in capsys.readouterr().err
 
 
 def test_write_training_input_refuses_unknown_hyperparameters(data, tmp_path):
-    with pytest.raises(InputError, match="unknown hyperparameter 'cut_off'"):
+    with pytest.raises(InputError, match="unknown key 'cut_off' \\(did you mean 'cutoff'\\?\\)") as error:
         AnalyticBackend().write_training_input(
             data.train, data.validation, tmp_path, settings(hyperparameters={"cut_off": 4.0})
         )
+    assert error.value.field == "hyperparameters.cut_off"
     with pytest.raises(InputError, match="switch_width"):
         AnalyticBackend().write_training_input(
             data.train, data.validation, tmp_path, settings(hyperparameters={"cutoff": 2.0, "switch_width": 3.0})
         )
+    assert not (tmp_path / "input.json").exists()
+
+
+@pytest.mark.parametrize(
+    "given, field, message",
+    [
+        ({"cutoff": True}, "cutoff", "expected a valid number"),
+        ({"cutoff": "5"}, "cutoff", "expected a valid number"),
+        ({"tolerance": 0.0}, "tolerance", "greater than 0"),
+        ({"perturbation": -0.1}, "perturbation", "greater than or equal to 0"),
+        ({"force_weight": float("inf")}, "force_weight", "finite"),
+        ({"log_every": 2.5}, "log_every", "valid integer"),
+        ({"log_every": 0}, "log_every", "greater than or equal to 1"),
+        ({"cutoff": 0.5}, "switch_width", "switch_width (1.0) exceeds cutoff (0.5)"),
+        ({"energy_weight": 0, "force_weight": 0.0}, "force_weight", "both zero"),
+    ],
+)
+def test_bad_hyperparameters_name_the_field(data, tmp_path, given, field, message):
+    with pytest.raises(InputError) as error:
+        AnalyticBackend().write_training_input(data.train, data.validation, tmp_path, settings(hyperparameters=given))
+    assert error.value.field == f"hyperparameters.{field}" and message in error.value.detail
+
+
+def test_input_file_holds_the_given_hyperparameters_only(data, tmp_path):
+    """Defaults stay in the schema; the trainer still knows which were given (fine-tuning checks them)."""
+    given = {"cutoff": 4, "log_every": 5}
+    AnalyticBackend().write_training_input(data.train, data.validation, tmp_path, settings(hyperparameters=given))
+    content = json.loads((tmp_path / "input.json").read_text())
+    assert content["hyperparameters"] == {"cutoff": 4.0, "log_every": 5}
+    assert (content["model_file"], content["log_file"], content["init_model"]) == ("model.json", "train.log", None)
+    assert content["train_file"] == str(data.train.resolve())
+    inputs = read_json_file(TrainingInput, tmp_path / "input.json")
+    assert inputs.hyperparameters.model_fields_set == {"cutoff", "log_every"}
+    assert inputs.hyperparameters == AnalyticHyperparameters(cutoff=4.0, log_every=5)
+    assert inputs.model_file == tmp_path.resolve() / "model.json"
 
 
 # --- fine-tuning ---------------------------------------------------------------------------
@@ -322,7 +363,7 @@ def test_loaded_committee_equals_the_fitted_members(data, member_a, member_b):
 
 def test_load_refuses_members_with_different_cutoffs(member_a, tmp_path):
     model, _ = read_model_file(member_a)
-    atomic_write_json(tmp_path / "other.json", model_data(replace(model, cutoff=4.0)))
+    write_model_file(tmp_path / "other.json", replace(model, cutoff=4.0), {}, {})
     with pytest.raises(InputError, match="must share cutoff") as error:
         AnalyticBackend().load([member_a, tmp_path / "other.json"])
     assert error.value.file == str(tmp_path / "other.json")
@@ -341,7 +382,7 @@ def test_read_training_result_failures(member_a, tmp_path):
     content["pairs"]["H-O"]["D"] = -1.0
     atomic_write_json(tmp_path / "model.json", content)
     result = AnalyticBackend().read_training_result(tmp_path)
-    assert result.status == "failed" and "pairs.H-O.D must be positive" in result.message
+    assert result.status == "failed" and "at field 'pairs.H-O.D': expected a value greater than 0" in result.message
 
 
 def test_read_training_result_success(member_a):
@@ -350,18 +391,51 @@ def test_read_training_result_success(member_a):
     assert result.metrics == json.loads(member_a.read_text())["metrics"]
 
 
-def test_models_spec_resolves_paths_and_builds(member_a, member_b, tmp_path):
+def test_committee_file_of_trained_members(member_a, member_b, tmp_path):
+    """``backend: analytic`` names trained members in a committee file, as in a campaign."""
     for name, member in (("a.json", member_a), ("b.json", member_b)):
         (tmp_path / name).write_text(member.read_text())
+    (tmp_path / "committee.yaml").write_text("backend: analytic\nmodels: [a.json, b.json]\n")
+    committee = load_committee(tmp_path / "committee.yaml")
+    assert isinstance(committee, ReferencedMorseCommittee) and committee.n_members == 2
+    structures = [water_box(2)]
+    expected = AnalyticBackend().load([member_a, member_b]).predict(structures)
+    np.testing.assert_array_equal(committee.predict(structures).energies, expected.energies)
 
-    def spec(models: list[str]) -> AnalyticModelsSpec:
-        data = {"backend": "analytic-trained", "models": models}
-        context = {"base_dir": tmp_path}
-        return _validate(AnalyticModelsSpec, data, file=tmp_path / "committee.yaml", text="", context=context)
 
-    assert spec(["a.json", "b.json"]).models == (tmp_path / "a.json", tmp_path / "b.json")
-    assert spec(["a.json", "b.json"]).build().n_members == 2
-    with pytest.raises(InputError, match="does not exist"):
-        spec(["a.json", "c.json"])
-    with pytest.raises(InputError, match="models"):
-        spec(["a.json"])
+# --- files written by earlier versions -------------------------------------------------------
+
+DATA = Path(__file__).parents[2] / "data"
+
+
+def test_stored_model_file_of_version_1_loads_with_the_same_numbers():
+    """tests/data/analytic-model-v1.json was written by the trainer before the model file got its schema."""
+    model, metrics = read_model_file(DATA / "analytic-model-v1.json")
+    assert model.species == (1, 8) and model.cutoff == 4.5 and model.switch_width == 0.8
+    h_h, h_o, o_o = (0.09542566982012708, 1.586335807765712, 1.5158193989741486), (
+        0.8378380661567307, 1.6189434302630155, 0.9754491149464564), (
+        0.10169660765830163, 1.554968103041032, 1.6178892931196749)  # fmt: skip
+    for k, name in enumerate(("D", "alpha", "r0")):
+        expected = [[[h_h[k], h_o[k]], [h_o[k], o_o[k]]]]
+        assert getattr(model, name).tolist() == expected
+    assert model.reference_energies.tolist() == [[-12.35949182370261, -6.179745911851305]]
+    assert metrics == {
+        "train_energy_per_atom": 0.004738796879693857,
+        "train_forces": 0.02732082480825435,
+        "validation_energy_per_atom": 0.004231229833048204,
+        "validation_forces": 0.039832736686323506,
+    }
+
+
+def test_stored_input_file_of_version_1_reads_the_same():
+    """tests/data/analytic-input-v1.json was written by AnalyticBackend before the input file got its schema."""
+    settings = read_json_file(TrainingInput, DATA / "analytic-input-v1.json")
+    assert settings.train_file == DATA.resolve() / "train.extxyz"
+    assert settings.validation_file == DATA.resolve() / "validation.extxyz"
+    assert settings.init_model == DATA.resolve() / "analytic-model-v1.json"
+    assert settings.model_file == DATA.resolve() / "member" / "model.json"
+    assert settings.log_file == DATA.resolve() / "member" / "train.log"
+    assert (settings.type_map, settings.seed, settings.steps, settings.preset) == (("H", "O"), 7, 40, "paper")
+    given = {"energy_weight": 0.5, "log_every": 4, "perturbation": 0.2, "tolerance": 1e-8}
+    assert settings.hyperparameters.model_dump(exclude_unset=True) == given
+    assert settings.hyperparameters == AnalyticHyperparameters(**given)

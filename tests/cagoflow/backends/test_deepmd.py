@@ -25,12 +25,12 @@ from cagoflow.backends.deepmd import (
     LCURVE,
     DeepmdBackend,
     DeepmdCommittee,
-    DeepmdCommitteeSpec,
     read_lcurve,
 )
 from cagoflow.cago_objective import Geometry, Objective, Problem
 from cagoflow.committee import Committee, DifferentiableCommittee
 from cagoflow.errors import InputError
+from cagoflow.models import load_committee
 from cagoflow.structures import water_box
 from real_components import require_module
 
@@ -192,26 +192,6 @@ def test_training_result_from_learning_curve(tmp_path):
     assert diverged.status == "failed" and "non-finite" in diverged.message and "nan" in diverged.message
     (tmp_path / LCURVE).unlink()
     assert backend.read_training_result(tmp_path).status == "failed"
-
-
-def test_committee_file_spec(tmp_path):
-    for name in ("a.pth", "b.pth"):
-        (tmp_path / "models" / name).parent.mkdir(exist_ok=True)
-        (tmp_path / "models" / name).write_bytes(b"")
-    context = {"base_dir": tmp_path}
-    spec = DeepmdCommitteeSpec.model_validate(
-        {"backend": "deepmd", "models": ["models/a.pth", "models/b.pth"]}, context=context
-    )
-    assert spec.models == ((tmp_path / "models/a.pth").resolve(), (tmp_path / "models/b.pth").resolve())
-    assert spec.device == "auto"
-    with pytest.raises(ValueError, match="at least 2"):
-        DeepmdCommitteeSpec.model_validate({"backend": "deepmd", "models": ["models/a.pth"]}, context=context)
-    with pytest.raises(ValueError, match="does not exist"):
-        DeepmdCommitteeSpec.model_validate({"backend": "deepmd", "models": ["models/a.pth", "c.pth"]}, context=context)
-    with pytest.raises(ValueError, match="device"):
-        DeepmdCommitteeSpec.model_validate(
-            {"backend": "deepmd", "models": ["models/a.pth", "models/b.pth"], "device": "tpu"}, context=context
-        )
 
 
 # --- training ---------------------------------------------------------------------------------------
@@ -415,9 +395,7 @@ def test_partly_periodic_structures_are_refused(committee):
 
 
 def test_committee_file_builds_the_committee(trained, tmp_path):
-    spec = DeepmdCommitteeSpec.model_validate(
-        {"backend": "deepmd", "models": [str(result.model) for result in trained], "device": "cpu"},
-        context={"base_dir": tmp_path},
-    )
-    built = spec.build()
+    models = ", ".join(str(result.model) for result in trained)
+    (tmp_path / "committee.yaml").write_text(f"backend: deepmd\nmodels: [{models}]\ndevice: cpu\n")
+    built = load_committee(tmp_path / "committee.yaml")
     assert isinstance(built, DeepmdCommittee) and built.n_members == 2 and built.device == "cpu"

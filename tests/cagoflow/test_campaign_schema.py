@@ -1,8 +1,7 @@
-"""Tests of cagoflow.config (campaign and site schemas, loaders) and cagoflow.structures."""
+"""Tests of cagoflow.campaign (the campaign schema and its loader) and cagoflow.inputs (schedules, YAML)."""
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -11,26 +10,16 @@ import numpy as np
 import pytest
 import yaml
 from ase import Atoms
-from ase.geometry import get_distances
 from ase.io import read, write
 from pydantic import ValidationError
 
-from cagoflow.config import (
-    STAGES,
-    CampaignConfig,
-    CommitteeConfig,
-    ExecutorConfig,
-    MDConfig,
-    SiteConfig,
-    TrainingStage,
-    default_site,
-    load_campaign,
-    load_site,
-    schedule_at,
-)
+from cagoflow.campaign import CampaignConfig, CommitteeConfig, MDConfig, TrainingStage, load_campaign
+from cagoflow.executors.site import ExecutorConfig, default_site, load_site
+from cagoflow.stages import STAGES
+from cagoflow.inputs import schedule_at
 from cagoflow.errors import InputError
-from cagoflow.geometry import min_interatomic_distance
 from cagoflow.structures import water_box
+from input_errors import DELETE, assert_input_error, case, edited
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "water" / "campaign.yaml"
@@ -64,44 +53,12 @@ def write_campaign(tmp_path: Path, data: dict[str, Any] | str, structures: Atoms
     return path
 
 
-DELETE = object()
-
-
-def edited(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """A deep copy of ``base`` with values set at dotted paths (``DELETE`` removes the key)."""
-    data = copy.deepcopy(base)
-    for dotted, value in changes.items():
-        *parents, last = [int(part) if part.isdigit() else part for part in dotted.split(".")]
-        node = data
-        for part in parents:
-            node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
-        if value is DELETE:
-            del node[last]
-        else:
-            node[last] = value
-    return data
-
-
 def changed(changes: dict[str, Any]) -> dict[str, Any]:
     return edited(BASE_CAMPAIGN, changes)
 
 
-def case(name: str, data: Any, field: str | None, *words: str) -> Any:
-    return pytest.param(data, field, words, id=name)
-
-
-def assert_input_error(path: Path, field: str | None, *words: str, loader=load_campaign) -> InputError:
-    with pytest.raises(InputError) as info:
-        loader(path)
-    error = info.value
-    assert path.name in str(error), str(error)
-    assert error.file == str(path)
-    if field is not None:
-        assert error.field == field, str(error)
-        assert field in str(error)
-    for word in words:
-        assert word in str(error), str(error)
-    return error
+def assert_campaign_error(path: Path, field: str | None, *words: str) -> InputError:
+    return assert_input_error(path, field, *words, loader=load_campaign)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,64 +291,64 @@ BROKEN_CAMPAIGNS = [
 def test_broken_campaign(
     tmp_path: Path, small_water: Atoms, data: Any, field: str | None, words: tuple[str, ...]
 ) -> None:
-    assert_input_error(write_campaign(tmp_path, data, small_water), field, *words)
+    assert_campaign_error(write_campaign(tmp_path, data, small_water), field, *words)
 
 
 def test_several_errors_are_counted(tmp_path: Path, small_water: Atoms) -> None:
     data = changed({"seed": -1, "cago.delta": -1, "cago.tolerance": 2})
-    error = assert_input_error(write_campaign(tmp_path, data, small_water), "seed")
+    error = assert_campaign_error(write_campaign(tmp_path, data, small_water), "seed")
     assert "2 more error(s)" in str(error) and "cago.delta" in str(error)
 
 
 def test_missing_structure_file(tmp_path: Path) -> None:
     path = write_campaign(tmp_path, BASE_CAMPAIGN)
-    assert_input_error(path, "systems.water.structures", "water.extxyz", "does not exist")
+    assert_campaign_error(path, "systems.water.structures", "water.extxyz", "does not exist")
 
 
 def test_structure_file_with_overlapping_atoms(tmp_path: Path) -> None:
     path = write_campaign(tmp_path, BASE_CAMPAIGN, _overlapping())
-    assert_input_error(path, "systems.water.structures", "overlapping atoms", "water.extxyz", "line")
+    assert_campaign_error(path, "systems.water.structures", "overlapping atoms", "water.extxyz", "line")
 
 
 def test_unreadable_structure_file(tmp_path: Path) -> None:
     path = write_campaign(tmp_path, BASE_CAMPAIGN)
     (tmp_path / "water.extxyz").write_bytes(b"\x00\xff\xfe garbage \x01" * 20)
-    assert_input_error(path, "systems.water.structures", "water.extxyz", "cannot parse")
+    assert_campaign_error(path, "systems.water.structures", "water.extxyz", "cannot parse")
 
 
 def test_structure_path_is_a_directory(tmp_path: Path) -> None:
     path = write_campaign(tmp_path, BASE_CAMPAIGN)
     (tmp_path / "water.extxyz").mkdir()
-    assert_input_error(path, "systems.water.structures", "directory")
+    assert_campaign_error(path, "systems.water.structures", "directory")
 
 
 def test_labelled_structures_need_labels(tmp_path: Path, small_water: Atoms) -> None:
     data = changed({"systems.water.labelled": True})
-    assert_input_error(write_campaign(tmp_path, data, small_water), "systems.water.structures", "reference energy")
+    assert_campaign_error(write_campaign(tmp_path, data, small_water), "systems.water.structures", "reference energy")
 
 
 def test_molecule_with_cell_optimisation(tmp_path: Path) -> None:
     molecule = Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
     path = write_campaign(tmp_path, BASE_CAMPAIGN, molecule)
-    assert_input_error(path, "cago.optimize_cell", "not periodic")
+    assert_campaign_error(path, "cago.optimize_cell", "not periodic")
     path.write_text(yaml.safe_dump(changed({"cago.optimize_cell": False})))
     assert load_campaign(path).systems["water"].structures.name == "water.extxyz"
 
 
 def test_campaign_file_missing(tmp_path: Path) -> None:
-    assert_input_error(tmp_path / "nowhere.yaml", None, "does not exist")
+    assert_campaign_error(tmp_path / "nowhere.yaml", None, "does not exist")
 
 
 def test_campaign_path_is_a_directory(tmp_path: Path) -> None:
     folder = tmp_path / "campaign.yaml"
     folder.mkdir()
-    assert_input_error(folder, None, "found a directory")
+    assert_campaign_error(folder, None, "found a directory")
 
 
 def test_campaign_file_is_binary(tmp_path: Path) -> None:
     path = tmp_path / "campaign.yaml"
     path.write_bytes(bytes(range(256)) * 4)
-    assert_input_error(path, None, "binary")
+    assert_campaign_error(path, None, "binary")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
@@ -399,154 +356,6 @@ def test_campaign_file_without_permission(tmp_path: Path, small_water: Atoms) ->
     path = write_campaign(tmp_path, BASE_CAMPAIGN, small_water)
     path.chmod(0)
     try:
-        assert_input_error(path, None, "permission denied")
+        assert_campaign_error(path, None, "permission denied")
     finally:
         path.chmod(0o644)
-
-
-# ---------------------------------------------------------------------------------------------
-# Site configs
-# ---------------------------------------------------------------------------------------------
-
-SLURM_SITE: dict[str, Any] = {
-    "name": "cluster",
-    "executors": {
-        "cpu": {"kind": "htex_slurm", "max_workers": 4, "provider": {"partition": "cpu", "walltime": "02:00:00"}},
-        "gpu": {
-            "kind": "htex_slurm",
-            "available_accelerators": [0, 1],
-            "provider": {"partition": "gpu", "gpus_per_node": 2, "walltime": "48:00:00", "exclusive": False},
-        },
-        "dft": {"kind": "mpi", "max_workers": 2, "provider": {"partition": "cpu", "nodes_per_block": 2}},
-    },
-    "stages": {"default": "cpu", "train": "gpu", "md": "gpu", "cago": "gpu", "reference": "dft"},
-    "engines": {"cp2k": {"threads": 2, "env": {"OMP_STACKSIZE": "64M", "CP2K_DATA_DIR": 1}}},
-}
-
-
-def write_site(tmp_path: Path, data: dict[str, Any] | str) -> Path:
-    path = tmp_path / "site.yaml"
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def site_changed(changes: dict[str, Any]) -> dict[str, Any]:
-    return edited(SLURM_SITE, changes)
-
-
-def test_slurm_site_loads(tmp_path: Path) -> None:
-    site = load_site(write_site(tmp_path, SLURM_SITE))
-    assert site.executor_for("train") == "gpu" and site.executor_for("merge") == "cpu"
-    assert site.executor_for("reference") == "dft"
-    gpu = site.executors["gpu"]
-    assert gpu.available_accelerators == ["0", "1"] and gpu.launcher == "single_node"
-    assert gpu.provider is not None and gpu.provider.walltime_seconds == 48 * 3600 and not gpu.provider.exclusive
-    assert site.executors["dft"].launcher == "simple"
-    assert site.engines.cp2k.command == "cp2k.psmp" and site.engines.cp2k.threads == 2
-    assert site.engines.cp2k.env == {"OMP_STACKSIZE": "64M", "CP2K_DATA_DIR": "1"}
-
-
-BROKEN_SITES = [
-    case(
-        "unknown-executor",
-        site_changed({"stages.train": "gpus"}),
-        "stages.train", "'gpus'", "did you mean 'gpu'", "cpu, gpu, dft",
-    ),
-    case(
-        "bad-walltime",
-        site_changed({"executors.gpu.provider.walltime": "2h"}),
-        "executors.gpu.provider.walltime", "HH:MM:SS", "'2h'",
-    ),
-    case(
-        "walltime-minutes",
-        site_changed({"executors.cpu.provider.walltime": "01:75:00"}),
-        "executors.cpu.provider.walltime", "HH:MM:SS",
-    ),
-    case("unknown-stage", site_changed({"stages.trian": "gpu"}), "stages.trian", "did you mean 'train'"),
-    case("stages-without-default", site_changed({"stages.default": DELETE}), "stages", "calibrate", "default"),
-    case(
-        "slurm-without-provider",
-        site_changed({"executors.cpu.provider": DELETE}),
-        "executors.cpu.provider", "needs a provider",
-    ),
-    case(
-        "threads-with-provider",
-        site_changed({"executors.cpu.kind": "threads"}),
-        "executors.cpu.provider", "takes no provider",
-    ),
-    case("bad-kind", site_changed({"executors.cpu.kind": "htex"}), "executors.cpu.kind", "'htex_slurm'"),
-    case(
-        "multi-node-single-launcher",
-        site_changed({"executors.cpu.provider.nodes_per_block": 2}),
-        "executors.cpu.provider.launcher", "srun",
-    ),
-    case(
-        "mpi-with-srun-launcher",
-        site_changed({"executors.dft.provider.launcher": "srun"}),
-        "executors.dft.provider.launcher", "simple",
-    ),
-    case(
-        "more-accelerators-than-gpus",
-        site_changed({"executors.gpu.available_accelerators": 4}),
-        "executors.gpu.available_accelerators", "gpus_per_node 2",
-    ),
-    case(
-        "blocks",
-        site_changed({"executors.cpu.provider.min_blocks": 3, "executors.cpu.provider.max_blocks": 2}),
-        "executors.cpu.provider.min_blocks", "exceeds max_blocks",
-    ),
-    case("no-executors", {"executors": {}}, "executors", "at least one executor"),
-    case("empty-site", "", "executors", "must define its executors"),
-    case("bad-yaml", "executors:\n  cpu: {kind: threads\n", None, "malformed YAML", "line"),
-]  # fmt: skip
-
-
-@pytest.mark.parametrize(("data", "field", "words"), BROKEN_SITES)
-def test_broken_site(tmp_path: Path, data: Any, field: str | None, words: tuple[str, ...]) -> None:
-    assert_input_error(write_site(tmp_path, data), field, *words, loader=load_site)
-
-
-def test_site_executor_for_unknown_stage() -> None:
-    with pytest.raises(ValueError):
-        default_site().executor_for("relax")
-
-
-def test_site_with_only_executors_runs_everything_on_the_first() -> None:
-    site = SiteConfig(executors={"a": {"kind": "htex_local"}, "b": {"kind": "threads"}})
-    assert set(site.stage_executors.values()) == {"a"}
-
-
-# ---------------------------------------------------------------------------------------------
-# water_box
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("n_molecules", [1, 8, 16, 28, 64])
-def test_water_box_density_and_distances(n_molecules: int) -> None:
-    atoms = water_box(n_molecules, seed=3)
-    assert len(atoms) == 3 * n_molecules and atoms.pbc.all()
-    assert atoms.cell.cellpar()[3:] == pytest.approx([90, 90, 90])
-    assert density_g_cm3(atoms) == pytest.approx(1.0, rel=0.01)
-    molecule = np.repeat(np.arange(n_molecules), 3)
-    _, distances = get_distances(atoms.positions, cell=atoms.cell, pbc=True)
-    other = molecule[:, None] != molecule[None, :]
-    if n_molecules > 1:
-        assert distances[other].min() >= 1.5
-        oxygens = atoms.numbers == 8
-        assert distances[np.ix_(oxygens, oxygens)][other[np.ix_(oxygens, oxygens)]].min() >= 2.5
-    assert min_interatomic_distance(atoms) > 0.9
-
-
-def test_water_box_is_reproducible_and_seeded() -> None:
-    assert np.array_equal(water_box(8, seed=5).positions, water_box(8, seed=5).positions)
-    assert not np.allclose(water_box(8, seed=5).positions, water_box(8, seed=6).positions)
-
-
-def test_water_box_density_sets_the_edge() -> None:
-    assert water_box(16, density_g_cm3=0.5).get_volume() == pytest.approx(2 * water_box(16).get_volume())
-
-
-@pytest.mark.parametrize(("n_molecules", "density"), [(0, 1.0), (4, 0.0), (4, -1.0)])
-def test_water_box_refuses_impossible_arguments(n_molecules: int, density: float) -> None:
-    with pytest.raises(ValueError):
-        water_box(n_molecules, density_g_cm3=density)
