@@ -331,6 +331,11 @@ class MDPlan:
     def start_structure(self) -> Atoms:
         return read(self.start)[0]
 
+    @property
+    def committee_file(self) -> Path:
+        """The committee file a LAMMPS run of this task reads (:mod:`cagoflow.models`)."""
+        return self.spec.directory / "committee.yaml"
+
 
 def plan_md(workdir: str, iteration: int, config: CampaignConfig, system: str, replica: int, members: Sequence[TaskRecord]) -> MDPlan:
     """The MD task of one replica from the system's first starting structure (either engine)."""
@@ -381,7 +386,7 @@ def lammps_md(plan: MDPlan, config: CampaignConfig, iteration: int, mode: str):
     """The LAMMPS template of an MD task whose mode ("native" or "external") is known."""
     from cagoflow.engines.lammps import LammpsMD
 
-    return LammpsMD(config.md_stage(iteration), plan.spec.directory / "committee.yaml", mode=mode, **plan.options)
+    return LammpsMD(config.md_stage(iteration), plan.committee_file, mode=mode, **plan.options)
 
 
 @stage_task("md")
@@ -404,9 +409,9 @@ def _prepare_md(
         return {"key": key, "command": "true", "mode": "none"}
     prepare_directory(plan.spec.directory)
     models = [str(path) for path in successful_models(members, root)]
-    atomic_write_text(plan.spec.directory / "committee.yaml", yaml_text({"backend": config.committee.backend, "models": models}))
+    atomic_write_text(plan.committee_file, yaml_text({"backend": config.committee.backend, "models": models}))
     template = lammps_template(
-        plan.spec.directory / "committee.yaml", config.md_stage(iteration), command=site_program(site, "md", "lmp"),
+        plan.committee_file, config.md_stage(iteration), command=site_program(site, "md", "lmp"),
         **plan.options,
     )  # fmt: skip
     directory = plan.spec.directory / LAMMPS_RUN

@@ -22,18 +22,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 from ase import Atoms
-from pydantic import ConfigDict, Field, Strict, model_validator, with_config
+from pydantic import ConfigDict, Field, model_validator, with_config
 from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp, ndtri
 
 from cagoflow.committee import CommitteePrediction, force_sigma_hat, member_std, virial_from_stress
 from cagoflow.errors import InputError
 from cagoflow.geometry import shortest_pair_distances
-from cagoflow.inputs import FieldError, InputModel, validate_input
+from cagoflow.inputs import Count, FieldError, Finite, InputModel, Positive, validate_input
 from cagoflow.io import atomic_write_json, read_json, structure_labels
 
 #: σ̂ values below this floor (in the quantity's unit) are raised to it before taking logs.
@@ -57,14 +57,6 @@ FILE_VERSION: Final = 1
 UNITS = {"forces": "eV/Å", "energies": "eV", "virials": "eV"}
 #: The 6 unique components (row, column) of a symmetric 3×3 virial, in Voigt order.
 _VOIGT_PAIRS = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
-
-#: A finite number, no conversion from text or true/false (the unit depends on the field); the
-#: result classes below annotate their fields with these, so reading them back from JSON checks them.
-Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
-#: A count or index, >= 0.
-Count = Annotated[int, Strict(), Field(ge=0)]
-#: A finite number > 0.
-Positive = Annotated[Finite, Field(gt=0)]
 
 
 # --- the power law ---------------------------------------------------------------------------
@@ -595,7 +587,7 @@ def _virial_calibration(
 #
 # The file written by :meth:`CommitteeCalibration.save` is described by the pydantic models
 # below, whose entries are the result classes above (power law, diagnostics, bins, summary, their
-# fields annotated as finite numbers and counts); :meth:`CommitteeCalibration.load` validates a
+# fields annotated with the strict numbers of :mod:`cagoflow.inputs`); :meth:`CommitteeCalibration.load` validates a
 # file against them, so any problem is one
 # InputError naming the file and the field. Keys with a default may be missing: files of earlier
 # releases lack the bins' interval and structures, the contact distances and the test σ_cal.

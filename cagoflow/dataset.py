@@ -35,11 +35,11 @@ from typing import Annotated, Any, Final, Literal
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from pydantic import Field, PlainValidator, Strict, field_validator, model_validator
+from pydantic import Field, PlainValidator, field_validator, model_validator
 
 from cagoflow.errors import InputError
 from cagoflow.hashing import structure_hash
-from cagoflow.inputs import FieldError, InputModel, validate_input
+from cagoflow.inputs import Count, FieldError, InputModel, validate_input
 from cagoflow.io import atomic_write_json, read_json, read_structures, structure_labels, write_structures
 
 INDEX_NAME = "index.json"
@@ -425,7 +425,7 @@ class IndexEntryJson(InputModel):
 
     hash: str = Field(..., description="content hash of the structure (cagoflow.hashing.structure_hash)")
     file: str = Field(..., description="batch file holding the structure")
-    index: Annotated[int, Strict(), Field(ge=0)] = Field(..., description="position of the structure in its batch file")
+    index: Count = Field(..., description="position of the structure in its batch file")
     provenance: Annotated[Provenance, PlainValidator(_provenance)] = Field(
         ..., description="where the structure came from (Provenance.to_dict)"
     )

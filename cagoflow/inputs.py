@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, ValidationError, ValidationInfo
 
 from cagoflow.errors import InputError
 
 __all__ = [
-    "IMPORT_PATH", "NAME_PATTERN", "FieldError", "InputModel", "Name", "ScheduleEntry", "check_schedule",
+    "IMPORT_PATH", "NAME_PATTERN", "Count", "FieldError", "Finite", "InputModel", "Name", "NonNegative", "Positive", "ScheduleEntry", "check_schedule",
     "load_settings", "located_error", "read_yaml_mapping", "resolve_file", "schedule_at", "schedule_input",
     "validate_input",
 ]  # fmt: skip
@@ -35,6 +35,13 @@ __all__ = [
 #: Names used in directory names: systems, executors, campaigns, sites.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+#: Numbers as files read back hold them (units by field): strict, so neither true/false nor text
+#: is taken for a number. A finite float; one > 0; one >= 0; a count or index >= 0.
+Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Positive = Annotated[Finite, Field(gt=0)]
+NonNegative = Annotated[Finite, Field(ge=0)]
+Count = Annotated[int, Strict(), Field(ge=0)]
 
 #: An import path ``package.module:Class`` (an ASE calculator named in a settings file).
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

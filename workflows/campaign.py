@@ -9,6 +9,7 @@ crash, a SIGKILL, a lost SLURM job — redoes exactly what had not finished.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -195,14 +196,14 @@ def root_cause(exc: BaseException) -> BaseException:
 
 def run_campaign(
     config: CampaignConfig, site: SiteConfig, workdir: Path, hook: ProgressHook | None = None, *,
-    force_unlock: bool = False, warn: Callable[[str], None] | None = None,
+    force_unlock: bool = False, warn: Callable[[str], None] = logging.getLogger("cagoflow").warning,
 ) -> None:  # fmt: skip
     """Run (or continue) ``config`` in ``workdir`` on ``site``; raise CampaignFailed on a stage failure.
 
     The run holds the work directory's lock (:mod:`cagoflow.workflows.lock`) from before it
     writes anything until it ends: a second run refuses with
     :class:`~cagoflow.workflows.lock.CampaignLocked`; ``force_unlock`` takes the lock of a run
-    that is gone but looks alive. ``warn`` gets the warning of a lock taken over.
+    that is gone but looks alive. ``warn`` gets the warning of a lock taken over (default: the log).
     """
     import parsl
 
@@ -216,7 +217,7 @@ def run_campaign(
     lock.acquire(force=force_unlock)
     try:
         for warning in lock.warnings:
-            (warn or _log_warning)(warning)
+            warn(warning)
         atomic_write_json(workdir / "campaign.json", config.model_dump(mode="json"))
         parsl.load(build_config(site, workdir / "runinfo"))  # resume comes from our records
         try:
@@ -235,9 +236,3 @@ def run_campaign(
             parsl.clear()
     finally:
         lock.release()
-
-
-def _log_warning(message: str) -> None:
-    import logging
-
-    logging.getLogger("cagoflow").warning(message)

@@ -42,13 +42,13 @@ from typing import Annotated, Any, Literal, Mapping, Sequence, TypeVar
 import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
-from pydantic import AfterValidator, Field, Strict, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, Field, StrictFloat, StrictInt, ValidationInfo, field_validator, model_validator
 
 from cagoflow.analytic import MorseCommittee, MorseModel
 from cagoflow.backends import TrainingResult, TrainingSettings, tail
 from cagoflow.committee import CommitteePrediction
 from cagoflow.errors import InputError
-from cagoflow.inputs import FieldError, InputModel, validate_input
+from cagoflow.inputs import Count, FieldError, Finite, InputModel, NonNegative, Positive, validate_input
 from cagoflow.geometry import pair_name
 from cagoflow.io import atomic_write_json, read_json
 
@@ -126,10 +126,6 @@ class ReferencedMorseCommittee(MorseCommittee):
 
 # --- the files: hyperparameters, the trainer's input, the model -------------------------------
 
-#: Numbers of the files (units by field); strict: neither true/false nor strings are taken for numbers.
-Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
-Positive = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
-NonNegative = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
 
 
 def _distinct_symbols(symbols: tuple[str, ...]) -> tuple[str, ...]:
@@ -154,7 +150,7 @@ class AnalyticHyperparameters(InputModel):
     energy_weight: NonNegative = Field(1.0, description="w_E of the energy-per-atom term of the loss, per (eV/atom)²")
     force_weight: NonNegative = Field(1.0, description="w_F of the force term of the loss, per (eV/Å)²")
     perturbation: NonNegative = Field(0.1, description="relative (log-normal) spread of a fresh member's start")
-    log_every: Annotated[int, Strict()] = Field(10, ge=1, description="iterations between log lines")
+    log_every: StrictInt = Field(10, ge=1, description="iterations between log lines")
     tolerance: Positive = Field(
         1e-10, description="L-BFGS's tolerance_change: an iteration that changes the loss or θ by less ends the fit"
     )
@@ -178,8 +174,8 @@ class TrainingInput(InputModel):
     train_file: Path = Field(..., description="labelled training structures (extxyz; energy eV, forces eV/Å)")
     validation_file: Path = Field(..., description="labelled validation structures")
     type_map: Symbols = Field(..., description="the species the model knows (every species of the data must be in it)")
-    seed: Annotated[int, Strict()] = Field(..., description="the member's seed (perturbs the starting parameters)")
-    steps: Annotated[int, Strict()] = Field(..., ge=0, description="the most L-BFGS iterations (0: the starting model)")
+    seed: StrictInt = Field(..., description="the member's seed (perturbs the starting parameters)")
+    steps: Count = Field(..., description="the most L-BFGS iterations (0: the starting model)")
     preset: Literal["tiny", "paper"] = Field("tiny", description="recorded; changes nothing")
     hyperparameters: AnalyticHyperparameters = Field(default_factory=AnalyticHyperparameters)
     init_model: Path | None = Field(None, description="a previous model.json to start from (fine-tuning)")
@@ -216,7 +212,7 @@ class ModelFile(InputModel):
     switch_width: Positive = Field(..., description="width of the switch-off below the cutoff, Å")
     pairs: dict[str, PairParameters] = Field(..., description='parameters by species pair, e.g. "H-O"')
     reference_energies: dict[str, Finite] = Field(default_factory=dict, description="eV per atom (missing: 0)")
-    metrics: dict[str, Annotated[float, Strict()]] = Field(default_factory=dict, description="final RMSEs")
+    metrics: dict[str, StrictFloat] = Field(default_factory=dict, description="final RMSEs")
     training: dict[str, Any] = Field(default_factory=dict, description="how the member was trained (notes)")
 
     @model_validator(mode="after")
