@@ -130,10 +130,12 @@ def _split(workdir: str, iteration: int, config: CampaignConfig, merged: TaskRec
     root = Path(workdir)
     spec = TaskSpec(root, "split", iteration, "dataset")
     snapshot = output(merged, "snapshot", root)
+    routed = [output(merged, "routed", root)] if "routed" in merged.outputs else []
     settings = {"members": config.committee.size, "seed": config.seed, **config.dataset.model_dump(mode="json")}
 
     def body(directory: Path) -> Outcome:
         hashes = json.loads(snapshot.read_text())
+        fixed = {h for path in routed for h in json.loads(path.read_text())}
         dataset = Dataset.open(root / DATASET)
         position = {entry.hash: k for k, entry in enumerate(dataset.entries)}
         structures = dataset.structures([position[h] for h in hashes])
@@ -145,6 +147,7 @@ def _split(workdir: str, iteration: int, config: CampaignConfig, merged: TaskRec
             train_fraction=config.dataset.train_fraction,
             validation_fraction=config.dataset.validation_fraction,
             min_test=config.dataset.min_test,
+            fixed_test=fixed,
         )
         outputs = {"test": write(directory / "test.extxyz", [structures[i] for i in splits.test])}
         for m, member in enumerate(splits.members):
@@ -153,9 +156,14 @@ def _split(workdir: str, iteration: int, config: CampaignConfig, merged: TaskRec
                 directory / f"member-{m:02d}-validation.extxyz", [structures[i] for i in member.validation or member.train[:1]]
             )
         splits.save(directory / "splits.json")
-        return Outcome(outputs=outputs, summary={"dataset": len(hashes), "test": len(splits.test)})
+        test = len(splits.test)
+        summary = {"dataset": len(hashes), "test": test, "test_from_cago": len(fixed & set(splits.test_hashes))}
+        if test < config.dataset.min_test:
+            summary["warning"] = (f"{test} test structures (dataset.min_test = {config.dataset.min_test}): too few to judge "
+                                  "the calibration out of sample until the dataset grows")  # fmt: skip
+        return Outcome(outputs=outputs, summary=summary)
 
-    return run_task(spec, [snapshot], settings, body)
+    return run_task(spec, [snapshot, *routed], settings, body)
 
 
 def training_spec(workdir: str, iteration: int, member: int) -> TaskSpec:
@@ -292,9 +300,11 @@ def _calibrate(workdir: str, iteration: int, config: CampaignConfig, split: Task
         outputs = {"calibration": full.save(directory / "calibration.json")}
         seeds = {f"{system}/{k}": seed_for(config, "subset", iteration, system, k) for system, k in cago_task_names(config, iteration)}
         chosen = cago_subsets(len(models), subset_size, seeds)
+        subset_limits = []
         for index, subset in enumerate(chosen.subsets):
             calibration = calibrate_committee(prediction, references, members=subset, training=training)
             outputs[f"subset-{index}"] = calibration.save(directory / f"calibration-subset-{index}.json")
+            subset_limits.append(calibration.force_validity_limit)
         subsets = {"tasks": chosen.tasks, "subsets": chosen.subsets}
         outputs["subsets"] = atomic_write_json(directory / "subsets.json", subsets)
         mean_forces = prediction.forces.mean(0)
@@ -305,6 +315,9 @@ def _calibrate(workdir: str, iteration: int, config: CampaignConfig, split: Task
             "a": full.forces.law.a,
             "b": full.forces.law.b,
             "validity_limit": full.force_validity_limit,
+            "subset_validity_limits": subset_limits,
+            "rms_z_out_of_sample": None if full.forces.diagnostics.out_of_sample is None
+            else full.forces.diagnostics.out_of_sample.std_r,
             "test_force_rmse": float(np.sqrt(np.mean((mean_forces - reference_forces) ** 2))),
             "test_structures": len(references),
             "calibration_points": full.n_atoms,
@@ -441,10 +454,20 @@ def _collect_md(
 
 @stage_task("sample")
 def _sample(
-    workdir: str, iteration: int, config: CampaignConfig, system: str, split: TaskRecord, *md_and_members: TaskRecord
-) -> TaskRecord:
-    """Pick the structures CAGO starts from: training-set structures or MD frames of the system."""
-    from cagoflow.sampling import max_uncertainty_frames, random_frames, structure_force_uncertainty
+    workdir: str, iteration: int, config: CampaignConfig, system: str, split: TaskRecord, calibration: TaskRecord,
+    *md_and_members: TaskRecord,
+) -> TaskRecord:  # fmt: skip
+    """Pick the structures CAGO starts from: training-set structures or MD frames of the system.
+
+    With ``cago.no_room: redraw``, a pick that CAGO would not push (a relative δ, factor × its
+    σ_cal under the calibration of the member subset its CAGO slot uses, above that
+    calibration's validity limit; or no limit at all) is replaced by the next candidate that
+    leaves room (each start's ``info["start"]`` says drawn, redrawn or no_room). The trust radius of the CAGO walks is derived here from
+    the MD frames (``trust_radius`` in the summary, Å).
+    """
+    from cagoflow.geometry import thermal_displacement
+    from cagoflow.hashing import structure_hash
+    from cagoflow.sampling import max_uncertainty_frames, random_frames, starts_with_room, structure_force_uncertainty
 
     root = Path(workdir)
     spec = TaskSpec(root, "sample", iteration, system)
@@ -455,35 +478,88 @@ def _sample(
         inputs = [output(split, f"train-{m}", root) for m in range(config.committee.size)]
     else:
         inputs = [output(r, "frames", root) for r in md_records if "frames" in r.outputs]
-    settings = {"source": source.model_dump(mode="json"), "strategy": config.sampling.strategy, "n": config.n_samples(iteration)}
+    redraw = source.optimize and config.cago.no_room == "redraw"
+    needs_committee = redraw or config.sampling.strategy == "max_uncertainty"
+    laws = [output(calibration, name, root) for name in sorted(calibration.outputs) if name.startswith("subset")] if redraw else []
+    models = successful_models(members, root) if needs_committee else []
+    count = config.n_samples(iteration)
+    settings = {"source": source.model_dump(mode="json"), "strategy": config.sampling.strategy,
+                "uncertainty": config.sampling.uncertainty, "n": count, "redraw": redraw,
+                "cago": config.cago.model_dump(mode="json", include={"delta", "trust_region"})}  # fmt: skip
 
     def body(directory: Path) -> Outcome:
-        from cagoflow.hashing import structure_hash
-
-        candidates, seen = [], set()
+        candidates, seen, runs = [], set(), []
         for path in inputs:
-            for atoms in read(path):
+            frames = [atoms for atoms in read(path) if system_of(atoms) in (system, None)]
+            runs.append(thermal_displacement(frames))
+            for atoms in frames:
                 key = structure_hash(atoms)
-                if system_of(atoms) in (system, None) and key not in seen:
+                if key not in seen:
                     seen.add(key)
                     candidates.append(atoms)
-        count = config.n_samples(iteration)
-        if config.sampling.strategy == "max_uncertainty" and candidates:
-            uncertainty = structure_force_uncertainty(load_committee(config, members, root).predict(candidates))
-            chosen = max_uncertainty_frames(uncertainty, count)
-        else:
-            chosen = random_frames(len(candidates), count, seed_for(config, "sample", iteration, system))
-        starts = []
-        for index in chosen:
-            atoms = candidates[index].copy()
-            atoms.calc = None
-            atoms.info = {"system": system, "parent": structure_hash(candidates[index]), "source": source.source}
-            starts.append(atoms)
-        if not starts:
+        if not candidates:
             return Outcome(status="failed", summary={"message": f"no {source.source} structures of system {system}"})
-        return Outcome(outputs={"starts": write(directory / "starts.extxyz", starts)}, summary={"count": len(starts)})
+        committee = load_committee(config, members, root) if needs_committee else None
+        if config.sampling.strategy == "max_uncertainty":
+            uncertainty = structure_force_uncertainty(committee.predict(candidates), config.sampling.uncertainty)
+            order = max_uncertainty_frames(uncertainty, len(candidates))
+            picks, alternates = order[:count], order[count:]
+        else:
+            picks = random_frames(len(candidates), count, seed_for(config, "sample", iteration, system))
+            rest = [c for c in range(len(candidates)) if c not in set(picks)]
+            shuffled = np.random.default_rng(seed_for(config, "redraw", iteration, system)).permutation(len(rest))
+            alternates = [rest[i] for i in shuffled]
+        room = room_test(config, root, calibration, committee, candidates, system) if redraw else (lambda slot, c: True)
+        choices = starts_with_room(picks, alternates, room)
+        starts = []
+        for choice in choices:
+            atoms = candidates[choice.candidate].copy()
+            atoms.calc = None
+            atoms.info = {"system": system, "parent": structure_hash(candidates[choice.candidate]),
+                          "source": source.source, "start": choice.how}  # fmt: skip
+            starts.append(atoms)
+        displacements = [d for d in runs if d]
+        summary = {
+            "count": len(starts),
+            "redrawn": sum(c.how == "redrawn" for c in choices),
+            "without_room": sum(c.how == "no_room" for c in choices),
+            "thermal_displacement": float(np.mean(displacements)) if displacements else None,
+        }
+        if config.cago.trust_region is not None and source.optimize:
+            summary["trust_radius"] = config.cago.trust_region.radius_for(summary["thermal_displacement"], len(candidates))
+        return Outcome(outputs={"starts": write(directory / "starts.extxyz", starts)}, summary=summary)
 
-    return run_task(spec, [], settings, body)
+    subsets = [output(calibration, "subsets", root)] if redraw else []
+    return run_task(spec, [*inputs, *laws, *subsets, *models], settings, body)
+
+
+def room_test(
+    config: CampaignConfig, root: Path, calibration: TaskRecord, committee, candidates: Sequence[Atoms], system: str
+) -> Callable[[int, int], bool]:
+    """``has_room(slot, candidate)``: whether CAGO slot ``slot`` of ``system`` would push the
+    candidate (:func:`cagoflow.cago.choose_delta` under the calibration of the member subset
+    that slot uses; one prediction per subset, made when first asked)."""
+    from cagoflow.cago import choose_delta
+    from cagoflow.calibration import CommitteeCalibration
+    from cagoflow.committee import force_sigma_hat
+
+    subsets = json.loads(output(calibration, "subsets", root).read_text())
+    known: dict[int, tuple[float | None, list[float]]] = {}
+
+    def limit_and_sigma(index: int) -> tuple[float | None, list[float]]:
+        if index not in known:
+            calibrated = CommitteeCalibration.load(output(calibration, f"subset-{index}", root)).for_cago()
+            prediction = committee.subset(subsets["subsets"][index]).predict(list(candidates))
+            sigma = [float(np.sqrt(np.mean(calibrated.law(force_sigma_hat(prediction.structure_forces(c))) ** 2)))
+                     for c in range(len(candidates))]  # fmt: skip
+            known[index] = (calibrated.validity_limit, sigma)
+        return known[index]
+
+    def has_room(slot: int, candidate: int) -> bool:
+        limit, sigma = limit_and_sigma(subsets["tasks"][f"{system}/{slot}"])
+        return choose_delta(sigma[candidate], config.cago, limit).used is not None
+
+    return has_room
 
 
 # --- CAGO and the filters ----------------------------------------------------------------------
@@ -526,6 +602,7 @@ def _cago(
             continue
         subset_index = subsets["tasks"][f"{system}/{k}"]
         settings = {"index": k, "subset": subsets["subsets"][subset_index], "optimize": source.optimize,
+                    "trust_radius": sample.summary.get("trust_radius"),
                     "cago": config.cago.model_dump(mode="json", exclude={"structures_per_task"})}  # fmt: skip
         key = task_key([starts, output(calibration, f"subset-{subset_index}", root), *models], settings)
         done = finished(spec.directory, key, root)
@@ -542,20 +619,29 @@ def _cago(
         begin = time.perf_counter()
         if committee is not None:
             law = CommitteeCalibration.load(output(calibration, f"subset-{subset_index}", root)).for_cago()
-            results = run_cago_batch(chosen, committee.subset(subset), law, config.cago)
+            results = run_cago_batch(chosen, committee.subset(subset), law, config.cago, trust_radius=sample.summary.get("trust_radius"))
             finals = [result.atoms for result in results]
-            summaries = [result.summary() for result in results]
+            summaries = [{**result.summary(), "action": action_of(result.delta, config.cago.no_room)} for result in results]
         else:  # baselines: the sampled frames go to the reference as they are (a δ only when absolute)
             finals = [atoms.copy() for atoms in chosen]
             delta = config.cago.delta if isinstance(config.cago.delta, float) else None
-            summaries = [{"reason": "not optimised", "delta": delta} for _ in chosen]
+            summaries = [{"reason": "not optimised", "delta": delta, "action": "sampled"} for _ in chosen]
         seconds = (time.perf_counter() - begin) / len(tasks)
         for (k, spec, key), atoms, start, summary in zip(tasks, finals, chosen, summaries):
             atoms.info.update({name: value for name, value in start.info.items() if name not in atoms.info})
-            written = write(spec.directory / "structure.extxyz", [atoms])
-            outcome = Outcome(outputs={"structure": written}, summary={**summary, "subset": list(subset)})
-            records[k] = record_outcome(spec, key, outcome, seconds)
+            summary = {**summary, "subset": list(subset), "start": start.info.get("start", "drawn")}
+            written = {} if summary["action"] == "dropped" else {"structure": write(spec.directory / "structure.extxyz", [atoms])}
+            records[k] = record_outcome(spec, key, Outcome(outputs=written, summary=summary), seconds)
     return [records[k] for k in range(first, first + count)]
+
+
+def action_of(delta: float | None, no_room: str) -> str:
+    """What a campaign does with a CAGO result: "pushed" (it had a δ), else by the ``no_room``
+    policy "dropped", or "sampled" (the frame goes to the reference as it is; also when a
+    redraw found no start with room)."""
+    if delta is not None:
+        return "pushed"
+    return "dropped" if no_room == "drop" else "sampled"
 
 
 def flatten(records: Sequence[TaskRecord | Sequence[TaskRecord]]) -> list[TaskRecord]:
@@ -776,7 +862,7 @@ def _merge(
     hashes in order), so structures from runs with other settings never leak in.
     When not a single reference of the iteration gave a usable structure, the campaign stops.
     """
-    from cagoflow.dataset import Dataset, Provenance
+    from cagoflow.dataset import Dataset, Provenance, spread_pick
     from cagoflow.hashing import structure_hash
     from cagoflow.io import atomic_write_json
 
@@ -784,6 +870,7 @@ def _merge(
     spec = TaskSpec(root, "merge", iteration, "dataset")
     kept_files = [output(r, "kept", root) for r in postfilters if "kept" in r.outputs]
     before = [] if previous is None else [output(previous, "snapshot", root)]
+    routed_before = [] if previous is None or "routed" not in previous.outputs else [output(previous, "routed", root)]
     attempted = sum(r.summary["attempted"] for r in postfilters)
     if attempted and not kept_files:
         reasons = "; ".join(f"{task}: {reason}" for r in postfilters for task, reason in list(r.summary["rejected"].items())[:3])
@@ -795,9 +882,12 @@ def _merge(
 
     def body(directory: Path) -> Outcome:
         kept = [atoms for path in kept_files for atoms in read(path)]
+        pushed = [k for k, atoms in enumerate(kept) if "hit_ratio" in atoms.info]
+        to_test = {pushed[k] for k in spread_pick([int(kept[p].info.get("cago_steps", 0)) for p in pushed], config.dataset.cago_to_test)}
         provenance = []
-        for atoms in kept:
+        for index, atoms in enumerate(kept):
             extra = {k: atoms.info[k] for k in ("system", "true_error", "delta", "hit_ratio") if k in atoms.info}
+            extra.update({"split": "test"} if index in to_test else {})
             provenance.append(Provenance(iteration=max(iteration, 0), stage="initial" if iteration < 0 else "cago",
                                          engine=engine, parent=atoms.info.get("parent"), extra=extra))  # fmt: skip
         Dataset(root / DATASET).append(kept, provenance)
@@ -805,17 +895,21 @@ def _merge(
         known = set(training_set)
         added = [h for h in dict.fromkeys(structure_hash(atoms) for atoms in kept) if h not in known]
         snapshot = atomic_write_json(directory / "dataset.json", training_set + added)
+        routed = json.loads(routed_before[0].read_text()) if routed_before else []
+        routed += [h for h in dict.fromkeys(structure_hash(kept[k]) for k in sorted(to_test)) if h not in set(routed)]
         ratios = [x for r in postfilters for x in r.summary["hit_ratios"]]
         errors = [x for r in postfilters for x in r.summary["true_errors"]]
         summary = {
             "added": len(added),
             "dataset": len(training_set) + len(added),
+            "to_test": len(to_test),
             "hit_ratio_mean": float(np.mean(ratios)) if ratios else None,
             "true_error_mean": float(np.mean(errors)) if errors else None,
         }
-        return Outcome(outputs={"snapshot": snapshot}, summary=summary)
+        outputs = {"snapshot": snapshot, "routed": atomic_write_json(directory / "test-routed.json", routed)}
+        return Outcome(outputs=outputs, summary=summary)
 
-    return run_task(spec, kept_files + before, {"engine": engine}, body)
+    return run_task(spec, kept_files + before + routed_before, {"engine": engine, "cago_to_test": config.dataset.cago_to_test}, body)
 
 
 # --- evaluation: held-out errors, production MD per member, properties ------------------------------

@@ -18,19 +18,32 @@ Safeguards against being fooled (small committees, large δ):
   with the calibration; the starting structures' where unknown). A step that would bring a pair
   closer is halved until it does not (after 6 halvings the structure stops, reason
   ``contact``): no structure CAGO returns lies inside the guard;
-- δ is clamped to (or refused above) the calibration's validity limit;
+- a trust region: no atom moves farther than ``trust_region.radius`` Å from its start (default
+  ``trust_region.factor`` × the RMS thermal displacement of the MD frames CAGO starts from), so
+  a walk stays near the structures the calibration was judged on;
+- a packing guard: the mean nearest-neighbour distance of every species pair stays within the
+  range the training and calibration structures span (± ``packing_guard.margin``), which
+  catches a coherent compression or expansion that no single pair distance shows;
+- δ must lie inside the calibration's validity limit, judged out of sample. An absolute δ above
+  it is clamped (or refused); a relative δ is one-sided: CAGO never targets below the start's
+  own σ_cal, and a start whose factor × σ_cal lies above the limit is not pushed (``no_room``;
+  campaigns apply ``no_room`` policy: draw another start, send the frame unpushed, or drop it).
+  Without a limit δ is refused (``no_limit``), never unchecked;
+- every step limit above works the same way: a step that would cross one is halved until it
+  does not; after 6 halvings the structure stops with that limit's name as its reason;
 - every result records the largest displacement from its start, its closest contact against the
   guard and the steps taken; structures that reached δ in at most ``fast_steps`` steps or
   touched the guard are flagged (``fast``, ``contact``), so status tables and filters can act.
 
 CAGO stops a structure when the RMS over atoms of σ_cal,F_i lies within ``tolerance·δ`` of δ
 (``reached``), after ``max_steps`` iterations, when its objective is not finite, when its
-gradient vanishes (``stalled``), or at the guard (``contact``).
+gradient vanishes (``stalled``), or at a limit (``contact``, ``trust_region``, ``packing``).
+Every result says where it went: the start's σ_cal, δ asked and used, and the direction
+(``up``, ``down``, ``unmoved``).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
 
@@ -45,10 +58,14 @@ from cagoflow.cago_objective import Evaluation, Geometry, Objective, Problem
 from cagoflow.calibration import PowerLaw, per_atom_force_error
 from cagoflow.committee import Committee, force_sigma_hat
 from cagoflow.errors import InputError
-from cagoflow.geometry import closest_contact, shortest_pair_distances
+from cagoflow.geometry import (
+    closest_contact,
+    neighbour_distance_ranges,
+    packing_departure,
+    shortest_pair_distances,
+    thermal_displacement,
+)
 from cagoflow.inputs import FieldError, InputModel
-
-log = logging.getLogger(__name__)
 
 #: Halvings of a step that would cross the close-contact guard before the structure stops.
 GUARD_HALVINGS = 6
@@ -60,8 +77,8 @@ GUARD_HALVINGS = 6
 class RelativeDelta(InputModel):
     """δ relative to the committee's own error estimate of each starting structure."""
 
-    relative: PositiveFloat = Field(
-        ..., description="δ = this factor × the RMS over atoms of σ_cal,F_i of the starting structure (clamped to the validity limit)"
+    relative: float = Field(
+        ..., gt=1, description="δ = this factor (> 1) × the RMS over atoms of σ_cal,F_i of the starting structure: always uphill"
     )
 
 
@@ -97,6 +114,40 @@ class ContactGuard(InputModel):
     )
 
 
+class TrustRegion(InputModel):
+    """How far an atom may move from its start over a whole walk."""
+
+    radius: PositiveFloat | None = Field(
+        None, description="largest distance of any atom from its start, Å (null: factor × the RMS thermal displacement of the MD frames)"
+    )
+    factor: PositiveFloat = Field(3.0, description="multiple of the MD frames' RMS thermal displacement, when radius is null")
+
+    def resolve(self, frames: Sequence[Atoms]) -> float:
+        """The radius in Å: as given, or ``factor`` × the RMS thermal displacement of ``frames``
+        (frames of one MD run, :func:`~cagoflow.geometry.thermal_displacement`)."""
+        return self.radius_for(None if self.radius is not None else thermal_displacement(frames), len(frames))
+
+    def radius_for(self, displacement: float | None, frames: int = 0) -> float:
+        """The radius in Å: as given, or ``factor`` × ``displacement`` (Å; None: unknown)."""
+        if self.radius is not None:
+            return self.radius
+        if not displacement:
+            raise InputError(
+                f"the trust radius cannot be derived from {frames} structure(s): it takes at least two MD frames of "
+                "the same atoms; give trust_region: {radius: Å} (or null for no trust region)",
+                field="cago.trust_region.radius",
+            )
+        return self.factor * displacement
+
+
+class PackingGuard(InputModel):
+    """Keeps the packing (mean nearest-neighbour distance per species pair) inside the data's range."""
+
+    margin: float = Field(
+        0.03, ge=0, le=0.5, description="allowed relative departure beyond the range of the training and calibration structures"
+    )
+
+
 class CagoSettings(InputModel):
     """Calibrated adversarial geometry optimisation: push structures until σ_cal,F = δ.
 
@@ -113,6 +164,8 @@ class CagoSettings(InputModel):
     max_step: float = Field(0.1, gt=0, le=1, description="largest distance any atom moves in one iteration, Å")
     optimize_cell: bool = Field(True, description="optimise the cell too (periodic structures only)")
     contact_guard: ContactGuard | None = Field(ContactGuard(), description="close-contact guard (null: none)")
+    trust_region: TrustRegion | None = Field(TrustRegion(), description="trust region around each start (null: none)")
+    packing_guard: PackingGuard | None = Field(PackingGuard(), description="packing guard (null: none)")
     gradient: GradientKind = Field(
         "auto", description="objective gradient: exact (autograd) where the backend offers it, else finite differences"
     )
@@ -121,7 +174,12 @@ class CagoSettings(InputModel):
         None, ge=1, description="structures per committee call for finite differences (null: all at once)"
     )
     above_validity: Literal["clamp", "refuse"] = Field(
-        "clamp", description="δ above the calibration's validity limit: use the limit (clamp) or stop (refuse)"
+        "clamp", description="absolute δ above the calibration's validity limit: use the limit (clamp) or stop (refuse)"
+    )
+    no_room: Literal["redraw", "sampled", "drop"] = Field(
+        "redraw",
+        description="a start left unpushed (relative δ above the validity limit, or no limit): campaigns draw another "
+        "start with room (redraw; none left: sampled), send the frame to the reference as it is (sampled), or drop it",
     )
     fast_steps: int = Field(2, ge=0, description="flag structures that reached δ in at most this many steps ('fast')")
 
@@ -130,8 +188,10 @@ class CagoSettings(InputModel):
     def _delta(cls, value: Any) -> Any:
         if isinstance(value, Mapping):  # checked here, so that an error speaks of one arm of the union, not both
             factor = value.get("relative")
-            if set(value) != {"relative"} or isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
-                raise ValueError(f"expected a relative δ as {{relative: positive factor}}, found {dict(value)!r}")
+            if set(value) != {"relative"} or isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 1:
+                raise ValueError(
+                    f"expected a relative δ as {{relative: factor above 1}} (CAGO pushes uncertainty up), found {dict(value)!r}"
+                )
             return RelativeDelta(relative=factor)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not value > 0:
             raise ValueError(f"the target error δ must be a positive number of eV/Å (or {{relative: factor}}), found {value}")
@@ -180,12 +240,18 @@ class CagoCalibration:
         contact_distances: shortest distance of each species pair in the training set, Å
             (None: unknown, the guard uses the starting structures').
         test_sigma_cal: σ_cal (eV/Å) of the calibration's test points, to count those above δ.
+        packing_ranges: per species pair, the range of mean nearest-neighbour distances (Å) of the
+            training and calibration structures, for the packing guard (None: the starts').
+
+    ``validity_limit`` None means the calibration holds nowhere that was judged: δ is refused.
+    ``math.inf`` trusts the law everywhere (for analytic tests of the optimiser only).
     """
 
     law: PowerLaw
     validity_limit: float | None = None
     contact_distances: Mapping[str, float] | None = None
     test_sigma_cal: np.ndarray | None = field(default=None, repr=False)
+    packing_ranges: Mapping[str, tuple[float, float]] | None = None
 
     def points_above(self, delta: float) -> int | None:
         """Test points whose σ_cal exceeds ``delta`` (None when not recorded)."""
@@ -204,9 +270,11 @@ class CagoResult:
         trajectory: the structure at every accepted point, starting with the input.
         sigma_history: RMS over atoms of σ_cal,F_i along the trajectory, eV/Å.
         sigma_cal: (N,) calibrated per-atom force uncertainty of the final structure, eV/Å.
-        delta: the δ used (eV/Å), after a relative δ was resolved and clamping.
+        delta: the δ used (eV/Å), after a relative δ was resolved and clamping; None when the
+            structure was not pushed (``no_room``, ``no_limit``).
         requested_delta: the δ asked for (absolute), eV/Å.
-        reason: "reached", "max_steps", "stalled", "not_finite" or "contact".
+        reason: "reached", "max_steps", "stalled", "not_finite", "contact", "trust_region",
+            "packing", "no_room" or "no_limit".
         n_steps: optimiser iterations done.
         n_structure_evaluations: structures the committee evaluated for this one (FD: 3N + 7 per round).
         gradient: "finite_difference" or "exact".
@@ -215,7 +283,11 @@ class CagoResult:
         closest_contact: smallest distance / (shortest distance of that species pair in the
             training set) of the final structure (inf: no guarded pair near), and that pair.
         guard: the limits used per species pair, Å (empty: no guard).
-        flags: "fast" (reached δ in 1 to ``fast_steps`` steps), "contact" (touched the guard).
+        trust_radius: the trust region's radius, Å (None: none).
+        packing: the final structure's departure from the data's packing range (relative, 0:
+            inside) and its pair.
+        flags: "fast" (reached δ in 1 to ``fast_steps`` steps), and the name of every limit a
+            step touched ("contact", "trust_region", "packing").
         points_above_delta: calibration test points with σ_cal > δ (None: not recorded).
         warnings: what the user should know (a clamped δ, for instance).
     """
@@ -224,7 +296,7 @@ class CagoResult:
     trajectory: tuple[Atoms, ...]
     sigma_history: tuple[float, ...]
     sigma_cal: np.ndarray
-    delta: float
+    delta: float | None
     requested_delta: float
     reason: str
     n_steps: int
@@ -233,6 +305,8 @@ class CagoResult:
     max_displacement: float = 0.0
     closest_contact: tuple[float, str | None] = (float("inf"), None)
     guard: Mapping[str, float] = field(default_factory=dict)
+    trust_radius: float | None = None
+    packing: tuple[float, str | None] = (0.0, None)
     flags: tuple[str, ...] = ()
     points_above_delta: int | None = None
     warnings: tuple[str, ...] = ()
@@ -248,6 +322,18 @@ class CagoResult:
         return float(np.mean(self.sigma_cal))
 
     @property
+    def start_sigma_cal(self) -> float:
+        """RMS over atoms of σ_cal,F_i of the start, eV/Å."""
+        return self.sigma_history[0]
+
+    @property
+    def direction(self) -> str:
+        """"up" or "down" (σ_cal at the end against the start), "unmoved" without a step."""
+        if self.n_steps == 0:
+            return "unmoved"
+        return "up" if self.sigma_cal_rms > self.start_sigma_cal else "down"
+
+    @property
     def reached(self) -> bool:
         return self.reason == "reached"
 
@@ -255,8 +341,10 @@ class CagoResult:
         """The figures a status table shows (JSON-ready; distances Å, σ and δ eV/Å)."""
         ratio, pair = self.closest_contact
         return {
-            "reason": self.reason, "steps": self.n_steps, "sigma_cal_rms": self.sigma_cal_rms, "delta": self.delta,
+            "reason": self.reason, "steps": self.n_steps, "direction": self.direction,
+            "start_sigma_cal": self.start_sigma_cal, "sigma_cal_rms": self.sigma_cal_rms, "delta": self.delta,
             "requested_delta": self.requested_delta, "max_displacement": self.max_displacement,
+            "trust_radius": self.trust_radius, "packing_departure": self.packing[0], "packing_pair": self.packing[1],
             "closest_pair_ratio": ratio if np.isfinite(ratio) else None, "closest_pair": pair,
             "flags": list(self.flags), "points_above_delta": self.points_above_delta, "warnings": list(self.warnings),
         }  # fmt: skip
@@ -265,26 +353,54 @@ class CagoResult:
 # --- δ -------------------------------------------------------------------------------------------
 
 
-def effective_delta(
-    delta: float, validity_limit: float | None, above_validity: str
-) -> tuple[float, tuple[str, ...]]:
-    """δ to use and warnings, given the calibration's validity limit (eV/Å, None: unknown)."""
+@dataclass(frozen=True)
+class DeltaChoice:
+    """The δ of one start (eV/Å).
+
+    Attributes:
+        requested: δ as asked (a relative δ resolved against the start's σ_cal).
+        used: δ CAGO drives to; None when the start is not pushed.
+        reason: why it is not pushed: "no_room" (a relative δ above the validity limit) or
+            "no_limit" (the calibration has no validity limit); None when it is.
+        warnings: what the user should know.
+    """
+
+    requested: float
+    used: float | None
+    reason: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def choose_delta(start_sigma: float, settings: CagoSettings, validity_limit: float | None) -> DeltaChoice:
+    """δ for a start whose σ_cal (RMS over atoms) is ``start_sigma`` eV/Å, given the
+    calibration's validity limit (eV/Å; None: none was found, δ is refused).
+
+    A relative δ never lies below the start (its factor is above 1), and is never clamped: a
+    start without room below the limit is not pushed. An absolute δ above the limit is clamped
+    to it or refused (``settings.above_validity``); its walk may then go down, as in the paper.
+    """
+    relative = isinstance(settings.delta, RelativeDelta)
+    requested = settings.delta.relative * start_sigma if relative else float(settings.delta)
     if validity_limit is None:
-        return delta, (
-            f"the calibration has no validity limit (too few test points to judge it); δ = {1000 * delta:.0f} "
-            "meV/Å is not checked against one",
-        )
-    if delta <= validity_limit:
-        return delta, ()
+        return DeltaChoice(requested, None, "no_limit", (
+            f"the calibration has no validity limit judged out of sample: δ = {1000 * requested:.0f} meV/Å is refused "
+            "(calibrate on more test structures)",
+        ))  # fmt: skip
+    if requested <= validity_limit:
+        return DeltaChoice(requested, requested)
+    if relative:
+        return DeltaChoice(requested, None, "no_room", (
+            f"δ = {settings.delta.relative:g} × the start's σ_cal = {1000 * requested:.0f} meV/Å lies above the validity "
+            f"limit ({1000 * validity_limit:.0f} meV/Å): no room to push this start up",
+        ))  # fmt: skip
     message = (
-        f"the target error δ = {delta * 1000:.0f} meV/Å lies above the validity limit of the "
+        f"the target error δ = {requested * 1000:.0f} meV/Å lies above the validity limit of the "
         f"calibration ({validity_limit * 1000:.0f} meV/Å): above it the calibrated uncertainty no longer "
         "tracks the true error and CAGO overshoots"
     )
-    if above_validity == "refuse":
+    if settings.above_validity == "refuse":
         raise InputError(message + "; lower δ or recalibrate on data that reach higher errors", field="cago.delta")
-    log.warning("%s; using %.0f meV/Å instead", message, validity_limit * 1000)
-    return validity_limit, (message + f"; δ clamped to {validity_limit * 1000:.0f} meV/Å",)
+    return DeltaChoice(requested, validity_limit, None, (message + f"; δ clamped to {validity_limit * 1000:.0f} meV/Å",))
 
 
 def _rms(values: np.ndarray) -> float:
@@ -338,12 +454,40 @@ class _SafeLBFGS(LBFGS):
         super().update(pos, forces, r0, f0)
 
 
+@dataclass(frozen=True)
+class _Limits:
+    """What no step of one structure may cross (see the module docstring).
+
+    Attributes:
+        contact: smallest distance per species pair, Å (empty: no guard).
+        trust_radius: largest distance of an atom from its start, Å (None: none).
+        packing: mean nearest-neighbour distance range per species pair, Å (None: no guard).
+        packing_allowed: largest relative departure from ``packing`` (at least the start's own).
+    """
+
+    contact: Mapping[str, float]
+    trust_radius: float | None
+    packing: Mapping[str, tuple[float, float]] | None
+    packing_allowed: float = 0.0
+
+    def broken(self, geometry: Geometry, x: np.ndarray) -> str | None:
+        """The name of the first limit the structure at ``x`` lies beyond, or None."""
+        atoms = geometry.atoms(x)
+        if self.contact and closest_contact(atoms, self.contact)[0] < 1.0:
+            return "contact"
+        if self.trust_radius is not None and geometry.internal_displacements(x).max() > self.trust_radius:
+            return "trust_region"
+        if self.packing is not None and packing_departure(atoms, self.packing)[0] > self.packing_allowed:
+            return "packing"
+        return None
+
+
 @dataclass
 class _Run:
     """One structure on its way to δ."""
 
     problem: Problem
-    limits: Mapping[str, float]
+    limits: _Limits
     shortest: Mapping[str, float]
     variables: _Variables
     trajectory: list[Atoms]
@@ -353,7 +497,7 @@ class _Run:
     previous_x: np.ndarray | None = None
     steps: int = 0
     reason: str | None = None
-    touched_guard: bool = False
+    touched: set[str] = field(default_factory=set)
 
     def accept(self, evaluation: Evaluation) -> None:
         self.variables.evaluation = evaluation
@@ -361,30 +505,33 @@ class _Run:
         self.history.append(_rms(evaluation.sigma_cal))
 
     def step(self, max_step: float) -> None:
-        """One L-BFGS step; a step that would cross the guard is halved until it does not."""
+        """One L-BFGS step; a step that would cross a limit is halved until it does not."""
         if self.optimizer is None:  # the first step is exactly max_step long
             gradient = self.variables.get_gradient()
             alpha = self.variables.gradient_norm(gradient) / max_step
             self.optimizer = _SafeLBFGS(self.variables, logfile=None, maxstep=max_step, alpha=alpha)
         start = self.previous_x = self.variables.get_x()
         self.optimizer.step()
+        geometry = self.problem.geometry
         for _ in range(3):  # the step limit on the real displacement (the cell's strain adds a second-order part)
-            longest = self.problem.geometry.displacements(start, self.variables.x - start).max()
+            longest = geometry.displacements(start, self.variables.x - start).max()
             if longest <= max_step:
                 break
             self.variables.set_x(start + (self.variables.x - start) * max_step / longest * (1 - 1e-9))
         for _ in range(GUARD_HALVINGS):
-            if closest_contact(self.problem.geometry.atoms(self.variables.x), self.limits)[0] >= 1.0:
+            broken = self.limits.broken(geometry, self.variables.x)
+            if broken is None:
                 break
-            self.touched_guard = True
+            self.touched.add(broken)
             self.variables.set_x(start + 0.5 * (self.variables.x - start))
         else:
-            if closest_contact(self.problem.geometry.atoms(self.variables.x), self.limits)[0] < 1.0:
+            broken = self.limits.broken(geometry, self.variables.x)
+            if broken is not None:
                 self.variables.set_x(start)
-                self.reason = "contact"
+                self.reason = broken
                 return
         self.steps += 1
-        self.trajectory.append(self.problem.geometry.atoms(self.variables.x))
+        self.trajectory.append(geometry.atoms(self.variables.x))
 
 
 # --- the driver ----------------------------------------------------------------------------------
@@ -411,6 +558,7 @@ def run_cago_batch(
     *,
     gradient=None,
     progress: Progress | None = None,
+    trust_radius: float | None = None,
 ) -> list[CagoResult]:
     """Push every structure until the committee's calibrated force uncertainty reaches δ.
 
@@ -418,29 +566,41 @@ def run_cago_batch(
     one committee call. ``calibration.law`` must be the force calibration of exactly the
     members of ``committee`` (a subset calibration when CAGO runs on a subset). ``gradient``
     overrides the evaluator (:mod:`cagoflow.cago_gradients`); by default it follows
-    ``settings.gradient``.
+    ``settings.gradient``. ``trust_radius`` (Å) overrides the trust region's radius (a campaign
+    derives it from its MD frames); by default it is resolved from ``structures``.
+    Starts that :func:`choose_delta` does not push come back unmoved with its reason.
     """
     if not structures:
         return []
     evaluator = gradient or make_gradient(committee, settings.gradient, settings.fd_step, settings.batch_size)
     shortest = calibration.contact_distances or shortest_pair_distances(structures)
     fraction = settings.contact_guard.fraction if settings.contact_guard is not None else None
-    limits = {} if fraction is None else {name: fraction * value for name, value in shortest.items()}
+    contact = {} if fraction is None else {name: fraction * value for name, value in shortest.items()}
+    if settings.trust_region is not None and trust_radius is None:
+        trust_radius = settings.trust_region.resolve(structures)
+    radius = None if settings.trust_region is None else trust_radius
+    ranges = None
+    if settings.packing_guard is not None:
+        ranges = calibration.packing_ranges or neighbour_distance_ranges(structures)
     start = committee.predict(structures)
-    starting_sigma = [_rms(calibration.law(force_sigma_hat(start.structure_forces(k)))) for k in range(len(structures))]
-    runs, deltas = [], []
-    for atoms, sigma in zip(structures, starting_sigma):
-        requested = settings.delta.relative * sigma if isinstance(settings.delta, RelativeDelta) else settings.delta
-        delta, warnings = effective_delta(requested, calibration.validity_limit, settings.above_validity)
-        deltas.append((requested, delta, warnings))
+    start_sigma = [calibration.law(force_sigma_hat(start.structure_forces(k))) for k in range(len(structures))]
+    choices = [choose_delta(_rms(sigma), settings, calibration.validity_limit) for sigma in start_sigma]
+    runs = []
+    for atoms, choice, sigma in zip(structures, choices, start_sigma):
         geometry = Geometry(atoms.copy(), optimize_cell=settings.optimize_cell and bool(atoms.pbc.all()))
         objective = Objective(
-            calibration.law, delta, force_bias=settings.force_bias_weight,
+            calibration.law, choice.used or choice.requested, force_bias=settings.force_bias_weight,
             pressure_weight=settings.bias.weight if settings.bias.kind == "pressure" else 0.0,
             target_pressure=settings.bias.target_pressure or 1.0,
         )  # fmt: skip
+        allowed = None if ranges is None else max(settings.packing_guard.margin, packing_departure(atoms, ranges)[0])
+        limits = _Limits(contact, radius, ranges, allowed or 0.0)
         x0 = geometry.initial()
-        runs.append(_Run(Problem(geometry, objective), limits, shortest, _Variables(geometry, x0), [geometry.atoms(x0)]))
+        run = _Run(Problem(geometry, objective), limits, shortest, _Variables(geometry, x0), [geometry.atoms(x0)])
+        if choice.used is None:  # not pushed: it ends where it starts
+            run.reason, run.sigma = choice.reason, np.asarray(sigma)
+            run.history.append(_rms(sigma))
+        runs.append(run)
     rounds = np.zeros(len(runs), dtype=int)
     for _ in range(settings.max_steps + 1):
         active = [k for k, run in enumerate(runs) if run.reason is None]
@@ -452,7 +612,7 @@ def run_cago_batch(
             _advance(runs[k], evaluation, settings)
             if progress is not None:
                 progress(k, runs[k].steps, runs[k].history[-1])
-    return [_result(run, *deltas[k], evaluator.kind, int(rounds[k]), settings, calibration) for k, run in enumerate(runs)]
+    return [_result(run, choices[k], evaluator.kind, int(rounds[k]), settings, calibration) for k, run in enumerate(runs)]
 
 
 def _advance(run: _Run, evaluation: Evaluation, settings: CagoSettings) -> None:
@@ -478,41 +638,44 @@ def _advance(run: _Run, evaluation: Evaluation, settings: CagoSettings) -> None:
         run.step(settings.max_step)
 
 
+#: Limits a step can touch, in the order their flags are listed.
+LIMIT_NAMES = ("contact", "trust_region", "packing")
+
+
 def _result(
-    run: _Run, requested: float, delta: float, warnings: tuple[str, ...], kind: str, rounds: int,
-    settings: CagoSettings, calibration: CagoCalibration,
-) -> CagoResult:  # fmt: skip
+    run: _Run, choice: DeltaChoice, kind: str, rounds: int, settings: CagoSettings, calibration: CagoCalibration
+) -> CagoResult:
     geometry = run.problem.geometry
     per_round = geometry.n_variables + 1 if kind == "finite_difference" else 1
     final = run.trajectory[-1]
-    contact = closest_contact(final, run.shortest)
-    flags = []
-    if run.reason == "reached" and 1 <= run.steps <= settings.fast_steps:
-        flags.append("fast")
-    if run.touched_guard or run.reason == "contact":
-        flags.append("contact")
+    flags = ["fast"] if run.reason == "reached" and 1 <= run.steps <= settings.fast_steps else []
+    flags += [name for name in LIMIT_NAMES if name in run.touched or run.reason == name]
     sigma = np.asarray(run.sigma)
+    packing = (0.0, None) if run.limits.packing is None else packing_departure(final, run.limits.packing)
     final.info.update(
-        cago_delta=delta, cago_sigma_cal_rms=_rms(sigma), cago_sigma_cal_mean=float(sigma.mean()),
-        cago_reason=run.reason, cago_steps=run.steps, cago_flags=" ".join(flags) or "none",
+        cago_sigma_cal_rms=_rms(sigma), cago_sigma_cal_mean=float(sigma.mean()), cago_reason=run.reason,
+        cago_steps=run.steps, cago_flags=" ".join(flags) or "none",
+        **({} if choice.used is None else {"cago_delta": choice.used}),
     )  # fmt: skip
     return CagoResult(
         atoms=final,
         trajectory=tuple(run.trajectory),
         sigma_history=tuple(run.history[: len(run.trajectory)]),
         sigma_cal=sigma,
-        delta=delta,
-        requested_delta=requested,
+        delta=choice.used,
+        requested_delta=choice.requested,
         reason=run.reason,
         n_steps=run.steps,
         n_structure_evaluations=rounds * per_round,
         gradient=kind,
         max_displacement=float(geometry.internal_displacements(run.variables.x).max()),
-        closest_contact=contact,
-        guard=dict(run.limits),
+        closest_contact=closest_contact(final, run.shortest),
+        guard=dict(run.limits.contact),
+        trust_radius=run.limits.trust_radius,
+        packing=packing,
         flags=tuple(flags),
-        points_above_delta=calibration.points_above(delta),
-        warnings=warnings,
+        points_above_delta=None if choice.used is None else calibration.points_above(choice.used),
+        warnings=choice.warnings,
     )
 
 

@@ -16,8 +16,8 @@ def plot_cago_progress(results: Sequence[CagoResult], path: str | Path) -> Path:
     figure = Figure(figsize=(6, 4))
     axes = figure.add_subplot()
     for index, result in enumerate(results):
-        axes.plot([1000 * s for s in result.sigma_history], marker=".", label=f"structure {index} ({result.reason})")
-    for delta in sorted({result.delta for result in results}):
+        axes.plot([1000 * s for s in result.sigma_history], marker=".", label=f"structure {index} ({result.direction}, {result.reason})")
+    for delta in sorted({result.delta for result in results if result.delta is not None}):
         axes.axhline(1000 * delta, color="black", linestyle="--", linewidth=1)
         axes.annotate(f"δ = {1000 * delta:.0f} meV/Å", (0, 1000 * delta), textcoords="offset points", xytext=(4, 4))
     axes.set_xlabel("L-BFGS step")

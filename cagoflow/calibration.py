@@ -12,6 +12,18 @@ over a test set,
 For fixed b the optimal a is closed form, a² = mean(r² / σ̂^(2b)), so the fit is a bounded
 1-D search over b (coarse grid, then bounded Brent refinement around the best grid point).
 
+Judged on the points it was fitted on, a law looks better than it is (the RMS of z = r/σ_cal
+is 1 by construction), so the calibration is also judged OUT OF SAMPLE: cross-validation over
+structures (:func:`cross_validated_sigma_cal`: the law fitted without a fold of structures and
+applied to it) gives every sample an out-of-sample σ_cal. The RMS of z, the miscalibration
+area, the reliability bins and the validity limit are computed from it
+(:class:`OutOfSample`); the in-sample figures are kept for comparison.
+
+The validity limit (:func:`validity_limit`) is the largest σ_cal up to which the out-of-sample
+error ratio RMSE/σ_cal stays inside [0.8, 1.25], judged on a monotone (isotonic) fit of the
+binned ratios with a bootstrap band over structures, so that one noisy bin cannot move it and
+a calibration that cannot be judged has no limit (None: callers refuse δ).
+
 Units: σ̂, σ_cal and residuals share the unit of the quantity (eV/Å for forces, eV for
 energies and virials). The dimensionless ratio r/σ is called z below.
 """
@@ -27,12 +39,12 @@ from typing import Any, Final, Literal
 import numpy as np
 from ase import Atoms
 from pydantic import ConfigDict, Field, model_validator, with_config
-from scipy.optimize import minimize_scalar
+from scipy.optimize import isotonic_regression, minimize_scalar
 from scipy.special import logsumexp, ndtri
 
 from cagoflow.committee import CommitteePrediction, force_sigma_hat, member_std, virial_from_stress
 from cagoflow.errors import InputError
-from cagoflow.geometry import shortest_pair_distances
+from cagoflow.geometry import neighbour_distance_ranges, shortest_pair_distances
 from cagoflow.inputs import Count, FieldError, Finite, InputModel, Positive, validate_input
 from cagoflow.io import atomic_write_json, read_json, structure_labels
 
@@ -40,10 +52,18 @@ from cagoflow.io import atomic_write_json, read_json, structure_labels
 SIGMA_FLOOR = 1e-12
 #: Fewest samples a power-law fit accepts.
 MIN_SAMPLES = 10
+#: Fewest samples a reliability bin should hold (fewer, larger bins are used where needed).
+MIN_BIN_COUNT = 20
 #: Fewest distinct structures a bin needs before the validity limit judges it.
 MIN_BIN_STRUCTURES = 3
-#: Bootstrap resamples (of structures) behind each bin's uncertainty.
+#: Bootstrap resamples (of structures) behind each bin's uncertainty and the monotone band.
 BOOTSTRAP_RESAMPLES = 200
+#: Range of RMSE/σ_cal (dimensionless) inside which a calibration counts as valid.
+VALID_RATIO = (0.8, 1.25)
+#: Folds of the cross-validation over structures (leave one structure out with fewer structures).
+CV_FOLDS = 10
+#: Fewest test structures with which an out-of-sample judgement is recommended.
+RECOMMENDED_TEST_STRUCTURES = 8
 #: Search interval of the exponent b.
 B_BOUNDS = (0.05, 4.0)
 #: Number of grid points of the coarse search over b.
@@ -166,7 +186,7 @@ def fit_power_law(sigma_hat: Any, residuals: Any, *, quantity: str | None = None
 @with_config(ConfigDict(extra="ignore"))  # the file also holds the derived ratio
 @dataclass(frozen=True)
 class CalibrationBin:
-    """One bin of samples with similar σ_cal (all values in the quantity's unit).
+    """One bin of samples with similar σ_cal (σ_cal and rmse in the quantity's unit).
 
     Attributes:
         sigma_cal_low, sigma_cal_high: smallest and largest σ_cal of the bin's samples.
@@ -177,6 +197,10 @@ class CalibrationBin:
             bootstrap resamples of the STRUCTURES the samples belong to (atoms of one structure
             are not independent); None where not computed.
         structures: distinct structures with samples in the bin (None: not recorded).
+        band_low, band_high: the monotone band of rmse/σ_cal (dimensionless): 16th percentile
+            of the DECREASING and 84th percentile of the INCREASING isotonic fits of the bin
+            ratios against bin order, over the data and its bootstrap resamples (see
+            :func:`validity_limit`); None where not computed (files of earlier releases).
     """
 
     sigma_cal_low: Finite
@@ -187,6 +211,8 @@ class CalibrationBin:
     ratio_low: Finite | None = None
     ratio_high: Finite | None = None
     structures: Count | None = None
+    band_low: Finite | None = None
+    band_high: Finite | None = None
 
     @property
     def ratio(self) -> float:
@@ -208,24 +234,50 @@ class DataSummary:
 
 
 @dataclass(frozen=True)
+class OutOfSample:
+    """The calibration judged out of sample, by cross-validation over structures
+    (:func:`cross_validated_sigma_cal`): every figure uses the σ_cal of a law fitted without
+    the sample's fold of structures.
+
+    Attributes:
+        n_folds: folds of the cross-validation (one per structure with ≤ :data:`CV_FOLDS`).
+        n_structures: distinct structures of the samples.
+        std_r: RMS of z = r/σ_cal (dimensionless; 1 when calibrated).
+        miscalibration_area: as :attr:`CalibrationDiagnostics.miscalibration_area_after`.
+        bins: equal-count bins of the out-of-sample σ_cal, with the monotone band
+            (:func:`binned_errors`), from which :func:`validity_limit` is judged.
+    """
+
+    n_folds: Count
+    n_structures: Count
+    std_r: Finite
+    miscalibration_area: Finite
+    bins: list[CalibrationBin]
+
+
+@dataclass(frozen=True)
 class CalibrationDiagnostics:
-    """How well a power law calibrates a data set.
+    """How well a power law calibrates a data set, in sample and out of sample.
 
     Attributes:
         n_samples: number of samples.
         std_r_before: RMS of z = r/σ̂, sqrt(mean(r²/σ̂²)) (uncalibrated; 1 when calibrated).
             The RMS about zero is used instead of the standard deviation about the mean,
             because a calibrated σ must cover a bias too (and force errors are magnitudes).
-        std_r_after: the same with σ_cal.
+        std_r_after: the same with σ_cal, IN SAMPLE (1 by construction for the fitted law).
         miscalibration_area_before, miscalibration_area_after: mean over confidence levels
             p ∈ (0, 1) of |observed(p) − p|, observed(p) = fraction of samples with
-            |z| ≤ Φ⁻¹((1 + p)/2). 0 for Gaussian z ~ N(0, 1). Note that for per-atom force
-            errors, which are magnitudes of 3-vectors, |z| is not half-normal even when the
-            RMS is calibrated, so the area stays above 0 there.
-        bins: equal-count bins of σ_cal, see :func:`binned_errors`.
-        validity_limit: largest σ_cal up to which the calibration holds, see
-            :func:`validity_limit` (unit of the quantity; eV/Å for forces), or None.
+            |z| ≤ Φ⁻¹((1 + p)/2); uncalibrated and IN SAMPLE. 0 for Gaussian z ~ N(0, 1).
+            Note that for per-atom force errors, which are magnitudes of 3-vectors, |z| is
+            not half-normal even when the RMS is calibrated, so the area stays above 0 there.
+        bins: equal-count bins of the IN-SAMPLE σ_cal, see :func:`binned_errors`.
+        validity_limit: largest σ_cal up to which the calibration holds OUT OF SAMPLE, see
+            :func:`validity_limit` (unit of the quantity; eV/Å for forces); None when it holds
+            nowhere that was judged or cannot be judged out of sample (fails closed). Files of
+            earlier releases hold the in-sample limit of their time here.
         summary: ranges and RMS of the data (None when not recorded).
+        out_of_sample: the out-of-sample figures (None: no out-of-sample estimate, or a file
+            of an earlier release).
     """
 
     n_samples: Count
@@ -236,6 +288,13 @@ class CalibrationDiagnostics:
     bins: list[CalibrationBin]
     validity_limit: Finite | None
     summary: DataSummary | None = None
+    out_of_sample: OutOfSample | None = None
+
+    @property
+    def in_sample_validity_limit(self) -> float | None:
+        """:func:`validity_limit` of the in-sample bins (for comparison only; None for bins
+        without a monotone band)."""
+        return validity_limit(self.bins)
 
 
 def rms_z(sigma: np.ndarray, residuals: np.ndarray) -> float:
@@ -252,11 +311,47 @@ def miscalibration_area(z: np.ndarray, n_levels: int = _AREA_GRID_POINTS) -> flo
     return float(np.mean(np.abs(observed - levels)))
 
 
+def structure_index(groups: Any, n_samples: int) -> np.ndarray:
+    """Structure of each sample as 0, 1, ... in sorted order of the labels ``groups`` (None:
+    every sample its own structure)."""
+    if groups is None:
+        return np.arange(n_samples)
+    labels = np.asarray(groups).ravel()
+    if labels.size != n_samples:
+        raise InputError(f"{labels.size} structure labels for {n_samples} samples", field="groups")
+    return np.unique(labels, return_inverse=True)[1].ravel()
+
+
+def cross_validated_sigma_cal(
+    sigma_hat: Any, residuals: Any, groups: Any = None, n_folds: int = CV_FOLDS
+) -> np.ndarray | None:
+    """Out-of-sample σ_cal of every sample (unit of the quantity), or None when there is none.
+
+    The structures (``groups``: the structure of each sample; None: every sample its own) are
+    dealt in sorted order of their labels, round robin, into min(structures, ``n_folds``)
+    folds, so few structures give leave-one-structure-out. For each fold the power law is
+    fitted (:func:`fit_power_law`) on the other folds and applied to the fold's σ̂. None with
+    fewer than two structures or a training part of fewer than :data:`MIN_SAMPLES` samples.
+    """
+    sigma, resid = validated_samples(sigma_hat, residuals)
+    fold = structure_index(groups, sigma.size) % n_folds
+    folds = np.unique(fold)
+    if folds.size < 2:
+        return None
+    sigma_cal = np.empty_like(sigma)
+    for k in folds:
+        held_out = fold == k
+        if np.count_nonzero(~held_out) < MIN_SAMPLES:
+            return None
+        sigma_cal[held_out] = fit_power_law(sigma[~held_out], resid[~held_out])(sigma[held_out])
+    return sigma_cal
+
+
 def binned_errors(
     sigma_cal: Any,
     residuals: Any,
     n_bins: int = 10,
-    min_count: int = 20,
+    min_count: int = MIN_BIN_COUNT,
     groups: Any = None,
     n_resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> list[CalibrationBin]:
@@ -264,9 +359,10 @@ def binned_errors(
 
     The number of bins is lowered so that each bin holds at least ``min_count`` samples
     where possible (always at least one bin). Bins are ordered from small to large σ_cal.
-    ``groups`` names the structure of each sample (None: every sample its own); each bin
-    gets the 68 % interval of its rmse/σ_cal over ``n_resamples`` bootstrap resamples of
-    the groups (seeded: the same data give the same interval).
+    ``groups`` names the structure of each sample (None: every sample its own). Each bin gets
+    the 68 % interval of its rmse/σ_cal over ``n_resamples`` bootstrap resamples of the
+    structures and the monotone band of the isotonic fits (see :class:`CalibrationBin`;
+    seeded: the same data give the same interval and band).
     """
     sigma = np.asarray(sigma_cal, dtype=float).ravel()
     resid = np.asarray(residuals, dtype=float).ravel()
@@ -277,14 +373,15 @@ def binned_errors(
         )
     if n_bins < 1:
         raise InputError(f"n_bins must be at least 1, got {n_bins}", field="n_bins")
-    owner = np.arange(sigma.size) if groups is None else np.unique(np.asarray(groups).ravel(), return_inverse=True)[1]
+    owner = structure_index(groups, sigma.size)
     n_bins = max(1, min(n_bins, sigma.size // max(min_count, 1)))
-    order = np.argsort(sigma, kind="stable")
-    chunks = np.array_split(order, n_bins)
-    intervals = _ratio_intervals(sigma, resid, owner, chunks, n_resamples)
+    chunks = np.array_split(np.argsort(sigma, kind="stable"), n_bins)
+    ratios, weights = _bootstrap_ratios(sigma, resid, owner, chunks, n_resamples)
+    band_low, band_high = monotone_band(ratios, weights)
     bins = []
-    for chunk, (low, high) in zip(chunks, intervals):
+    for j, chunk in enumerate(chunks):
         s, r = sigma[chunk], resid[chunk]
+        low, high = _interval(ratios[1:, j])
         bins.append(
             CalibrationBin(
                 sigma_cal_low=float(s.min()),
@@ -295,62 +392,91 @@ def binned_errors(
                 ratio_low=low,
                 ratio_high=high,
                 structures=int(np.unique(owner[chunk]).size),
+                band_low=float(band_low[j]),
+                band_high=float(band_high[j]),
             )
         )
     return bins
 
 
-def _ratio_intervals(
+def _bootstrap_ratios(
     sigma: np.ndarray, resid: np.ndarray, owner: np.ndarray, chunks: Sequence[np.ndarray], n_resamples: int
-) -> list[tuple[float | None, float | None]]:
-    """Per bin, the 16th and 84th percentile of rmse/σ_cal_rms over bootstrap resamples of the
-    groups (a resample that leaves a bin empty does not count for it)."""
-    if n_resamples < 1:
-        return [(None, None)] * len(chunks)
+) -> tuple[np.ndarray, np.ndarray]:
+    """rmse/σ_cal_rms and weight (samples counted with their multiplicity) of every bin, as
+    arrays (1 + n_resamples, bins): row 0 the data, then bootstrap resamples of the structures
+    ``owner`` (seeded). A resample that leaves a bin empty gives it weight 0 and ratio NaN."""
     rng = np.random.default_rng(0)
     n_groups = int(owner.max()) + 1
-    weights = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_resamples).astype(float)
-    intervals = []
-    for chunk in chunks:
-        w = weights[:, owner[chunk]]  # (resamples, samples of the bin)
-        total = w.sum(1)
-        used = total > 0
-        if not used.any():
-            intervals.append((None, None))
-            continue
-        rmse = np.sqrt((w[used] * resid[chunk] ** 2).sum(1) / total[used])
-        spread = np.sqrt((w[used] * sigma[chunk] ** 2).sum(1) / total[used])
-        ratios = rmse / np.maximum(spread, SIGMA_FLOOR)
-        intervals.append((float(np.percentile(ratios, 16)), float(np.percentile(ratios, 84))))
-    return intervals
+    resampled = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=max(n_resamples, 0))
+    multiplicity = np.vstack([np.ones(n_groups), resampled])
+    ratios = np.full((multiplicity.shape[0], len(chunks)), np.nan)
+    weights = np.zeros_like(ratios)
+    for j, chunk in enumerate(chunks):
+        w = multiplicity[:, owner[chunk]]  # (rows, samples of the bin)
+        weights[:, j] = w.sum(1)
+        used = weights[:, j] > 0
+        rmse = np.sqrt((w[used] * resid[chunk] ** 2).sum(1) / weights[used, j])
+        spread = np.sqrt((w[used] * sigma[chunk] ** 2).sum(1) / weights[used, j])
+        ratios[used, j] = rmse / np.maximum(spread, SIGMA_FLOOR)
+    return ratios, weights
+
+
+def _interval(ratios: np.ndarray) -> tuple[float | None, float | None]:
+    """16th and 84th percentile of the finite ``ratios`` (None, None without any)."""
+    finite = ratios[np.isfinite(ratios)]
+    if finite.size == 0:
+        return None, None
+    return float(np.percentile(finite, 16)), float(np.percentile(finite, 84))
+
+
+def _isotonic(ratios: np.ndarray, weights: np.ndarray, increasing: bool) -> np.ndarray:
+    """Weighted isotonic regression of one row of bin ratios against bin order (NaN for bins of
+    weight 0, which are left out of the fit)."""
+    fitted = np.full(ratios.shape, np.nan)
+    used = weights > 0
+    fitted[used] = isotonic_regression(ratios[used], weights=weights[used], increasing=increasing).x
+    return fitted
+
+
+def monotone_band(ratios: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The monotone band of bin ratios RMSE/σ_cal (dimensionless), per bin.
+
+    ``ratios`` and ``weights`` are (rows, bins), bins ordered by σ_cal, rows the data and its
+    bootstrap resamples. Each row is fitted by an increasing and by a decreasing isotonic
+    regression (weights: the bins' weights). Returns the 16th percentile of the decreasing
+    fits (a lower edge that sees growing under-confidence, ratio < 0.8) and the 84th
+    percentile of the increasing fits (an upper edge that sees growing over-confidence,
+    ratio > 1.25); a single outlying bin is pooled with its neighbours by both fits.
+    """
+    increasing = np.array([_isotonic(r, w, True) for r, w in zip(ratios, weights)])
+    decreasing = np.array([_isotonic(r, w, False) for r, w in zip(ratios, weights)])
+    return np.nanpercentile(decreasing, 16, axis=0), np.nanpercentile(increasing, 84, axis=0)
 
 
 def validity_limit(
     bins: Sequence[CalibrationBin],
-    low: float = 0.8,
-    high: float = 1.25,
-    min_count: int = 20,
+    low: float = VALID_RATIO[0],
+    high: float = VALID_RATIO[1],
+    min_count: int = MIN_BIN_COUNT,
     min_structures: int = MIN_BIN_STRUCTURES,
 ) -> float | None:
-    """Largest σ_cal up to which the calibration holds (unit of the quantity), or None.
+    """Largest σ_cal up to which the calibration holds (unit of the quantity, eV/Å for
+    forces), or None.
 
-    Walk the bins from small to large σ_cal. Bins with fewer than ``min_count`` samples or
-    from fewer than ``min_structures`` structures are too thin to judge and are skipped. Every
-    other bin must have its rmse/σ_cal inside [``low``, ``high``] WITH its uncertainty: the
-    whole 68 % bootstrap interval inside (the ratio itself for bins without an interval). The
-    result is the upper edge of the last bin of the leading run of such valid bins; None when
-    the first judged bin already fails or no bin can be judged. A limit reached with a handful
-    of points is no limit.
+    ``bins`` are ordered from small to large σ_cal, as :func:`binned_errors` gives them. A bin
+    is valid when both edges of its monotone band lie inside [``low``, ``high``] (``band_low``
+    ≥ ``low``: the decreasing fits see no growing under-confidence; ``band_high`` ≤ ``high``:
+    the increasing fits see no growing over-confidence; and neither edge lies wholly beyond
+    the other side, which catches a mis-calibration that shrinks as σ_cal grows) and it holds
+    at least ``min_count`` samples from at least ``min_structures`` structures. The walk goes from small σ_cal upward and stops at the first
+    bin that is invalid, too thin or without a band; the limit is the upper σ_cal edge of the
+    last valid bin before it, None when the first bin is not valid (fails closed).
     """
     limit = None
-    for current in sorted(bins, key=lambda item: item.sigma_cal_low):
-        if current.count < min_count or (current.structures is not None and current.structures < min_structures):
-            continue
-        if current.ratio_low is not None and current.ratio_high is not None:
-            inside = low <= current.ratio_low and current.ratio_high <= high
-        else:
-            inside = low <= current.ratio <= high
-        if not inside:
+    for current in bins:
+        judged = current.band_low is not None and current.band_high is not None
+        enough = current.count >= min_count and (current.structures or 0) >= min_structures
+        if not (judged and enough and all(low <= edge <= high for edge in (current.band_low, current.band_high))):
             break
         limit = current.sigma_cal_high
     return limit
@@ -369,23 +495,45 @@ def summarize_data(sigma_hat: np.ndarray, residuals: np.ndarray) -> DataSummary:
     )
 
 
+def judge_out_of_sample(sigma_hat: Any, residuals: Any, n_bins: int = 10, groups: Any = None) -> OutOfSample | None:
+    """The out-of-sample figures of the power-law fit on (σ̂, residual) pairs (``groups``: the
+    structure of each sample), or None when :func:`cross_validated_sigma_cal` has none."""
+    sigma, resid = validated_samples(sigma_hat, residuals)
+    sigma_cal = cross_validated_sigma_cal(sigma, resid, groups)
+    if sigma_cal is None:
+        return None
+    n_structures = int(structure_index(groups, sigma.size).max()) + 1
+    return OutOfSample(
+        n_folds=min(n_structures, CV_FOLDS),
+        n_structures=n_structures,
+        std_r=rms_z(sigma_cal, resid),
+        miscalibration_area=miscalibration_area(resid / sigma_cal),
+        bins=binned_errors(sigma_cal, resid, n_bins=n_bins, groups=groups),
+    )
+
+
 def diagnose(
     law: PowerLaw, sigma_hat: Any, residuals: Any, n_bins: int = 10, *, quantity: str | None = None, groups: Any = None
 ) -> CalibrationDiagnostics:
     """Calibration quality of ``law`` on (σ̂, residual) pairs, before and after calibration
-    (``groups``: the structure of each sample, for the bins' uncertainty)."""
+    (``groups``: the structure of each sample, for the bootstrap and the folds).
+
+    The in-sample figures judge ``law`` itself; the out-of-sample figures and the validity
+    limit judge the fit that produced it, refitted by :func:`cross_validated_sigma_cal`.
+    """
     sigma, resid = validated_samples(sigma_hat, residuals, quantity)
     sigma_cal = law(sigma)
-    bins = binned_errors(sigma_cal, resid, n_bins=n_bins, groups=groups)
+    out_of_sample = judge_out_of_sample(sigma, resid, n_bins, groups)
     return CalibrationDiagnostics(
         n_samples=int(sigma.size),
         std_r_before=rms_z(sigma, resid),
         std_r_after=rms_z(sigma_cal, resid),
         miscalibration_area_before=miscalibration_area(resid / sigma),
         miscalibration_area_after=miscalibration_area(resid / sigma_cal),
-        bins=bins,
-        validity_limit=validity_limit(bins),
+        bins=binned_errors(sigma_cal, resid, n_bins=n_bins, groups=groups),
+        validity_limit=None if out_of_sample is None else validity_limit(out_of_sample.bins),
         summary=summarize_data(sigma, resid),
+        out_of_sample=out_of_sample,
     )
 
 
@@ -403,7 +551,7 @@ class QuantityCalibration:
 
 
 def calibrate_quantity(
-    quantity: str, sigma_hat: Any, residuals: Any, n_bins: int = 10, groups: Any = None
+    quantity: str, sigma_hat: Any, residuals: Any, groups: Any = None, n_bins: int = 10
 ) -> QuantityCalibration:
     """Fit and diagnose the power law of one quantity (unit from :data:`UNITS`; ``groups``:
     the structure of each sample)."""
@@ -427,6 +575,10 @@ class CommitteeCalibration:
             training set the committee was trained on: CAGO's close-contact guard (None: not given).
         force_test_sigma_cal: σ_cal (eV/Å) of every test atom, ascending, to count the test
             points above a δ (None: not recorded).
+        packing_ranges: per species pair (``"H-O"``), the smallest and largest mean
+            nearest-neighbour distance (Å) over the training and test structures
+            (:func:`cagoflow.geometry.neighbour_distance_ranges`): CAGO's packing guard
+            (None: not recorded).
     """
 
     forces: QuantityCalibration
@@ -437,10 +589,12 @@ class CommitteeCalibration:
     n_atoms: int
     contact_distances: dict[str, float] | None = None
     force_test_sigma_cal: tuple[float, ...] | None = field(default=None, repr=False)
+    packing_ranges: dict[str, tuple[float, float]] | None = None
 
     @property
     def force_validity_limit(self) -> float | None:
-        """Largest calibrated force uncertainty σ_cal,F (eV/Å) up to which the calibration holds."""
+        """Largest calibrated force uncertainty σ_cal,F (eV/Å) up to which the calibration holds,
+        judged out of sample (None: nowhere judged; files of earlier releases: their limit)."""
         return self.forces.diagnostics.validity_limit
 
     def for_cago(self):
@@ -448,7 +602,11 @@ class CommitteeCalibration:
         from cagoflow.cago import CagoCalibration
 
         return CagoCalibration(
-            self.forces.law, self.force_validity_limit, self.contact_distances, self.force_test_sigma_cal
+            self.forces.law,
+            self.force_validity_limit,
+            self.contact_distances,
+            self.force_test_sigma_cal,
+            packing_ranges=self.packing_ranges,
         )
 
     def save(self, path: str | Path) -> Path:
@@ -492,7 +650,9 @@ def calibrate_committee(
     ``atoms.calc.results`` (``energy`` eV, ``forces`` eV/Å, optional ``stress`` eV/Å³).
     With ``members``, only those committee members are used (and recorded). With
     ``training`` (the structures the committee was trained on), the shortest distance of every
-    species pair in them is stored for CAGO's close-contact guard.
+    species pair in them is stored for CAGO's close-contact guard. The range of each species
+    pair's mean nearest-neighbour distance over the training (where given) and reference
+    structures is stored for CAGO's packing guard.
 
     - forces (required): per atom, σ̂ = σ̂_F_i (eq. 9), residual = :func:`per_atom_force_error`.
     - energies: per structure, σ̂ = committee std of the TOTAL energy, residual = committee
@@ -509,7 +669,8 @@ def calibrate_committee(
         raise InputError("a calibration needs a committee of at least two members", field="members")
     _check_references(prediction, references)
     labels = [structure_labels(atoms) for atoms in references]
-    forces = _force_calibration(prediction, labels)
+    sigma_hat, errors, groups = force_samples(prediction, references)
+    forces = calibrate_quantity("forces", sigma_hat, errors, groups)
     return CommitteeCalibration(
         forces=forces,
         energies=_energy_calibration(prediction, labels),
@@ -518,7 +679,8 @@ def calibrate_committee(
         n_structures=prediction.n_structures,
         n_atoms=int(np.sum(prediction.natoms)),
         contact_distances=None if training is None else shortest_pair_distances(training),
-        force_test_sigma_cal=tuple(float(f"{value:.5g}") for value in np.sort(forces.law(force_sigma_hat(prediction.forces)))),
+        force_test_sigma_cal=tuple(float(f"{value:.5g}") for value in np.sort(forces.law(sigma_hat))),
+        packing_ranges=neighbour_distance_ranges([*(training or ()), *references]),
     )
 
 
@@ -545,11 +707,16 @@ def _check_references(prediction: CommitteePrediction, references: Sequence[Atom
             raise InputError(f"reference structure {k} has no reference forces", field=f"references[{k}].forces")
 
 
-def _force_calibration(prediction: CommitteePrediction, labels: list[dict[str, Any]]) -> QuantityCalibration:
-    reference = np.concatenate([np.asarray(label["forces"], dtype=float).reshape(-1, 3) for label in labels])
-    sigma = force_sigma_hat(prediction.forces)
+def force_samples(
+    prediction: CommitteePrediction, references: Sequence[Atoms]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per atom of the reference structures: σ̂_F_i (eq. 9, eV/Å), the error e_i
+    (:func:`per_atom_force_error`, eV/Å) and the index of the atom's structure."""
+    reference = np.concatenate(
+        [np.asarray(structure_labels(atoms)["forces"], dtype=float).reshape(-1, 3) for atoms in references]
+    )
     groups = np.repeat(np.arange(prediction.n_structures), prediction.natoms)
-    return calibrate_quantity("forces", sigma, per_atom_force_error(prediction.forces, reference), groups=groups)
+    return force_sigma_hat(prediction.forces), per_atom_force_error(prediction.forces, reference), groups
 
 
 def _energy_calibration(
@@ -590,7 +757,8 @@ def _virial_calibration(
 # fields annotated with the strict numbers of :mod:`cagoflow.inputs`); :meth:`CommitteeCalibration.load` validates a
 # file against them, so any problem is one
 # InputError naming the file and the field. Keys with a default may be missing: files of earlier
-# releases lack the bins' interval and structures, the contact distances and the test σ_cal.
+# releases lack the bins' interval, structures and monotone band, the out-of-sample block, the
+# contact distances, the test σ_cal and the packing ranges.
 # ``ratio`` and ``force_validity_limit_eV_per_A`` are derived: written for readers, not read back.
 
 #: How σ_cal follows from σ̂, as written into every quantity's entry.
@@ -625,6 +793,7 @@ class CalibrationJson(InputModel):
     virials: QuantityJson | None
     training_shortest_distances_A: dict[str, Finite] | None = None
     force_test_sigma_cal_eV_per_A: list[Finite] | None = None
+    training_neighbour_distance_ranges_A: dict[str, tuple[Finite, Finite]] | None = None
 
     @model_validator(mode="after")
     def _named_quantities(self) -> "CalibrationJson":
@@ -647,6 +816,7 @@ class CalibrationJson(InputModel):
             force_test_sigma_cal=None
             if self.force_test_sigma_cal_eV_per_A is None
             else tuple(self.force_test_sigma_cal_eV_per_A),
+            packing_ranges=self.training_neighbour_distance_ranges_A,
         )
 
 
@@ -654,7 +824,9 @@ def _quantity_to_dict(calibration: QuantityCalibration | None) -> dict[str, Any]
     if calibration is None:
         return None
     diagnostics = asdict(calibration.diagnostics)
-    diagnostics["bins"] = [dict(asdict(item), ratio=item.ratio) for item in calibration.diagnostics.bins]
+    diagnostics["bins"] = _bins_to_list(calibration.diagnostics.bins)
+    if calibration.diagnostics.out_of_sample is not None:
+        diagnostics["out_of_sample"]["bins"] = _bins_to_list(calibration.diagnostics.out_of_sample.bins)
     return {
         "quantity": calibration.quantity,
         "unit": calibration.unit,
@@ -662,6 +834,10 @@ def _quantity_to_dict(calibration: QuantityCalibration | None) -> dict[str, Any]
         "law": asdict(calibration.law),
         "diagnostics": diagnostics,
     }
+
+
+def _bins_to_list(bins: list[CalibrationBin]) -> list[dict[str, Any]]:
+    return [dict(asdict(item), ratio=item.ratio) for item in bins]
 
 
 def _calibration_to_dict(calibration: CommitteeCalibration) -> dict[str, Any]:
@@ -679,4 +855,7 @@ def _calibration_to_dict(calibration: CommitteeCalibration) -> dict[str, Any]:
         "force_test_sigma_cal_eV_per_A": None
         if calibration.force_test_sigma_cal is None
         else list(calibration.force_test_sigma_cal),
+        "training_neighbour_distance_ranges_A": None
+        if calibration.packing_ranges is None
+        else {name: list(bounds) for name, bounds in calibration.packing_ranges.items()},
     }

@@ -12,7 +12,15 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from cagoflow.calibration import PowerLaw, validated_samples, binned_errors, diagnose
+from cagoflow.calibration import (
+    VALID_RATIO,
+    CalibrationBin,
+    CalibrationDiagnostics,
+    PowerLaw,
+    binned_errors,
+    diagnose,
+    validated_samples,
+)
 from cagoflow.io import write_figure
 
 #: At most this many samples are drawn in scatter plots (a fixed-seed random subset).
@@ -28,17 +36,22 @@ def plot_calibration(
     quantity: str = "forces",
     unit: str = "eV/Å",
     n_bins: int = 10,
+    groups: Any = None,
 ) -> list[Path]:
     """Write ``<prefix>_z_histogram.png`` and ``<prefix>_error_vs_sigma.png``; return their paths.
 
     ``sigma_hat`` and ``residuals`` (same shape, in ``unit``) are the committee spreads and
-    the errors ŷ − y_ref (or error magnitudes, e.g. per-atom force errors) of a test set.
+    the errors ŷ − y_ref (or error magnitudes, e.g. per-atom force errors) of a test set;
+    ``groups`` the structure of each sample (None: every sample its own), for the
+    cross-validation and bootstrap behind the out-of-sample reliability diagram.
     """
     sigma, resid = validated_samples(sigma_hat, residuals, quantity)
+    diagnostics = diagnose(law, sigma, resid, n_bins, quantity=quantity, groups=groups)
     prefix = str(path_prefix)
+    error = error_figure(sigma, resid, law, diagnostics, quantity, unit, n_bins)
     return [
         write_figure(histogram_figure(sigma, resid, law, quantity), Path(f"{prefix}_z_histogram.png")),
-        write_figure(error_figure(sigma, resid, law, quantity, unit, n_bins), Path(f"{prefix}_error_vs_sigma.png")),
+        write_figure(error, Path(f"{prefix}_error_vs_sigma.png")),
     ]
 
 
@@ -74,41 +87,86 @@ def histogram_figure(sigma_hat: np.ndarray, residuals: np.ndarray, law: PowerLaw
 
 
 def error_figure(
-    sigma_hat: np.ndarray, residuals: np.ndarray, law: PowerLaw, quantity: str, unit: str, n_bins: int = 10
+    sigma_hat: np.ndarray,
+    residuals: np.ndarray,
+    law: PowerLaw,
+    diagnostics: CalibrationDiagnostics,
+    quantity: str,
+    unit: str,
+    n_bins: int = 10,
 ) -> Figure:
-    """Log-log |r| against σ̂ and σ_cal, binned RMSE, y = x and the validity range (shaded)."""
+    """Top: log-log |r| against σ̂ and σ_cal, binned RMSE, y = x and the validity range (shaded).
+    Bottom: the reliability diagram, RMSE/σ_cal per bin out of sample with its monotone band,
+    the in-sample bins for comparison and the valid range of the ratio."""
     sigma_cal = law(sigma_hat)
-    diagnostics = diagnose(law, sigma_hat, residuals, n_bins)
     shown = _scatter_subset(sigma_hat.size)
     magnitude = np.abs(residuals)
+    limit = diagnostics.validity_limit
 
-    figure = Figure(figsize=(6.0, 5.0))
-    axes = figure.add_subplot()
+    figure = Figure(figsize=(6.0, 8.5))
+    axes, reliability = figure.subplots(2, 1, height_ratios=(5, 3))
     for sigma, color, label in ((sigma_hat, "tab:gray", "σ̂ (uncalibrated)"), (sigma_cal, "tab:blue", "σ_cal")):
         axes.scatter(
             sigma[shown], magnitude[shown], s=2, alpha=0.25, color=color, label=f"|r| vs {label}", rasterized=True
         )
     # binning σ̂ itself (identity law) gives the uncalibrated RMSE curve; its "σ_cal" fields hold σ̂
-    raw_bins = binned_errors(sigma_hat, residuals, n_bins=n_bins)
-    curves = ((raw_bins, "s--", "tab:orange", "σ̂"), (diagnostics.bins, "o-", "tab:red", "σ_cal"))
+    raw_bins = binned_errors(sigma_hat, residuals, n_bins=n_bins, n_resamples=0)
+    curves = [(raw_bins, "s--", "tab:orange", "σ̂"), (diagnostics.bins, "o-", "tab:red", "σ_cal in sample")]
+    if diagnostics.out_of_sample is not None:
+        curves.append((diagnostics.out_of_sample.bins, "D-", "tab:purple", "σ_cal out of sample"))
     for bins, style, color, label in curves:
         rms, rmse = [b.sigma_cal_rms for b in bins], [b.rmse for b in bins]
         axes.plot(rms, rmse, style, color=color, label=f"binned RMSE vs RMS {label}")
     low = min(sigma_hat.min(), sigma_cal.min())
     span = np.array([low, max(sigma_hat.max(), sigma_cal.max(), magnitude.max())])
     axes.plot(span, span, color="black", lw=1, label="y = x")
-    if diagnostics.validity_limit is not None:
-        limit = diagnostics.validity_limit
-        label = f"validity range (σ_cal ≤ {limit:.3g} {unit})"
+    if limit is not None:
+        label = f"validity range, out of sample (σ_cal ≤ {limit:.3g} {unit})"
         axes.axvspan(sigma_cal.min(), limit, color="tab:green", alpha=0.12, label=label)
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel(f"committee uncertainty σ̂ or σ_cal ({unit})")
     axes.set_ylabel(f"error |r| ({unit})")
-    before, after = diagnostics.std_r_before, diagnostics.std_r_after
-    axes.set_title(f"{quantity}: error vs uncertainty (RMS of z {before:.2f} → {after:.2f})")
-    axes.legend(fontsize=8, loc="lower right")
+    axes.set_title(f"{quantity}: error vs uncertainty (RMS of z {_rms_z_text(diagnostics)})", fontsize=9)
+    axes.legend(fontsize=7, loc="lower right")
+    _reliability_diagram(reliability, diagnostics, unit)
+    figure.tight_layout()
     return figure
+
+
+def _rms_z_text(diagnostics: CalibrationDiagnostics) -> str:
+    """"before → in sample / out of sample" of the RMS of z."""
+    out = diagnostics.out_of_sample
+    judged = "" if out is None else f" / {out.std_r:.2f} out of sample"
+    return f"{diagnostics.std_r_before:.2f} → {diagnostics.std_r_after:.2f} in sample{judged}"
+
+
+def _reliability_diagram(axes: Any, diagnostics: CalibrationDiagnostics, unit: str) -> None:
+    """RMSE/σ_cal against RMS σ_cal per bin: out of sample with the monotone band (16th percentile
+    of the decreasing to 84th percentile of the increasing isotonic fits), in sample as open marks."""
+    axes.axhspan(*VALID_RATIO, color="tab:green", alpha=0.12, label=f"valid ratio {VALID_RATIO[0]}-{VALID_RATIO[1]}")
+    axes.axhline(1.0, color="black", lw=1)
+    axes.plot(*_ratios(diagnostics.bins), "o", mfc="none", color="tab:red", label="in sample")
+    out = diagnostics.out_of_sample
+    if out is None:
+        axes.set_title("not judged out of sample (too few structures)", fontsize=9)
+    else:
+        rms, ratio = _ratios(out.bins)
+        band = [(b.band_low, b.band_high) for b in out.bins]
+        axes.fill_between(rms, *np.array(band, dtype=float).T, color="tab:purple", alpha=0.25, label="monotone band")
+        label = f"out of sample ({out.n_folds} folds of {out.n_structures} structures)"
+        axes.plot(rms, ratio, "D-", color="tab:purple", label=label)
+    if diagnostics.validity_limit is not None:
+        axes.axvline(diagnostics.validity_limit, color="tab:green", ls="--", label="validity limit")
+    axes.set_xscale("log")
+    axes.set_xlabel(f"RMS σ_cal of the bin ({unit})")
+    axes.set_ylabel("RMSE / RMS σ_cal")
+    axes.legend(fontsize=7)
+
+
+def _ratios(bins: list[CalibrationBin]) -> tuple[list[float], list[float]]:
+    """RMS σ_cal and RMSE/σ_cal of each bin."""
+    return [b.sigma_cal_rms for b in bins], [b.ratio for b in bins]
 
 
 def _scatter_subset(n: int) -> np.ndarray:

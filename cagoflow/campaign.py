@@ -30,6 +30,7 @@ from cagoflow.engines.md_settings import MDStage
 from cagoflow.errors import InputError
 from cagoflow.evaluation import EvaluationSettings
 from cagoflow.filters import FilterSettings
+from cagoflow.sampling import UncertaintyReduction
 from cagoflow.inputs import (
     IMPORT_PATH, FieldError, InputModel, Name, ScheduleEntry, check_schedule, located_error, read_yaml_mapping,
     resolve_file, schedule_at, schedule_input, validate_input,
@@ -230,6 +231,9 @@ class SamplingConfig(InputModel):
     strategy: Literal["random", "max_uncertainty"] = Field(
         "random", description="how frames are picked from the source: at random or by largest committee spread"
     )
+    uncertainty: UncertaintyReduction = Field(
+        "max_atom", description="max_uncertainty ranks frames by the largest atom's σ̂_F (the paper) or the RMS over atoms"
+    )
     cago_from: CagoSchedule = Field((CagoSource(),), description="source of CAGO's starting structures per iteration")
 
 
@@ -295,7 +299,9 @@ class DatasetConfig(InputModel):
     """Split of the dataset (see :func:`cagoflow.dataset.make_splits_for_hashes`).
 
     A test set of ``test_fraction`` of all structures, at least ``min_test`` (also used for
-    calibration: early iterations need more than 10 % of a dozen structures); per member a
+    calibration, which is judged out of sample by cross-validation over structures: early
+    iterations need more than 10 % of a dozen structures), plus ``cago_to_test`` of every
+    iteration's labelled CAGO structures; per member a
     bootstrap training sample and a validation set, as fractions of the structures outside the
     test set (the paper: 10 % test, then 80 %/10 % train/validation of the rest).
     """
@@ -304,8 +310,13 @@ class DatasetConfig(InputModel):
     train_fraction: float = Field(0.8, gt=0, le=1, description="per member: training sample, fraction of the rest")
     validation_fraction: float = Field(0.1, ge=0, lt=1, description="per member: validation set, fraction of the rest")
     min_test: int = Field(
-        1, ge=1, description="test structures at least (the calibration's data; at most half of the dataset)"
+        8, ge=1, description="test structures at least (the calibration's data, judged out of sample; at most half of the dataset)"
     )
+    cago_to_test: float = Field(
+        0.25, ge=0, lt=1,
+        description="share of each iteration's labelled CAGO structures (at least one, spread over walk lengths) that "
+        "joins the test set, so the next calibration covers where CAGO goes; never trained on",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _fractions_fit(self) -> DatasetConfig:

@@ -15,7 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -114,13 +113,12 @@ def calibrate(
     output: Path = typer.Option(Path("calibration"), "--output", "-o", help="Folder for the calibration and plots."),
     subset: Optional[str] = typer.Option(None, help="Also calibrate this member subset, e.g. 0,1,2 (the members CAGO uses)."),
     training: Optional[Path] = typer.Option(
-        None, help="The committee's training structures: their shortest pair distances go into the calibration for CAGO's close-contact guard."
+        None, help="The committee's training structures: their shortest pair distances and packing go into the calibration for CAGO's guards."
     ),
 ) -> None:
-    """Fit σ_cal = a·σ̂^b for forces, energies and virials; write JSON, plots and the validity range."""
-    from cagoflow.calibration import calibrate_committee, per_atom_force_error
+    """Fit σ_cal = a·σ̂^b for forces, energies and virials; write JSON, plots and the validity range (judged out of sample)."""
+    from cagoflow.calibration import calibrate_committee, force_samples
     from cagoflow.calibration_plots import plot_calibration
-    from cagoflow.committee import force_sigma_hat
     from cagoflow.io import read_structures
     from cagoflow.models import load_committee_spec
 
@@ -135,40 +133,70 @@ def calibrate(
     _output_folder(output)
     with console.status(f"predicting {len(references)} structures with {model.n_members} members"):
         prediction = model.predict(references)
-    reference_forces = np.concatenate([atoms.get_forces() for atoms in references])
     for chosen in [None] + ([members] if members is not None else []):
         name = "calibration" if chosen is None else "calibration-subset"
         calibration = calibrate_committee(prediction, references, members=chosen, training=trained_on)
         path = calibration.save(output / f"{name}.json")
-        forces = prediction.forces if chosen is None else prediction.members(chosen).forces
-        plots = plot_calibration(
-            force_sigma_hat(forces), per_atom_force_error(forces, reference_forces), calibration.forces.law, output / f"{name}-forces"
-        )
+        sigma_hat, errors, groups = force_samples(prediction if chosen is None else prediction.members(chosen), references)
+        plots = plot_calibration(sigma_hat, errors, calibration.forces.law, output / f"{name}-forces", groups=groups)
         _print_calibration(calibration, path, plots)
 
 
 def _print_calibration(calibration, path: Path, plots) -> None:
+    from cagoflow.calibration import RECOMMENDED_TEST_STRUCTURES
+
     title = f"calibration of members {', '.join(map(str, calibration.members))} on {calibration.n_structures} structures"
-    table = Table(title=f"{title} ({calibration.n_atoms} atoms) → {escape(str(path))}")
-    for column in ("quantity", "a", "b", "RMS z before", "RMS z after", "miscal. area", "valid up to"):
+    table = Table(title=f"{title} ({calibration.n_atoms} atoms) → {escape(str(path))}; in sample / out of sample")
+    for column in ("quantity", "a", "b", "RMS z σ̂", "RMS z σ_cal", "miscal. area", "valid up to"):
         table.add_column(column)
     for quantity in (calibration.forces, calibration.energies, calibration.virials):
         if quantity is None:
             continue
-        d = quantity.diagnostics
-        limit = "—" if d.validity_limit is None else f"{d.validity_limit:.3g} {quantity.unit}"
+        d, out = quantity.diagnostics, quantity.diagnostics.out_of_sample
         table.add_row(
             quantity.quantity,
             f"{quantity.law.a:.4g}",
             f"{quantity.law.b:.4g}",
             f"{d.std_r_before:.3f}",
-            f"{d.std_r_after:.3f}",
-            f"{d.miscalibration_area_before:.3f} → {d.miscalibration_area_after:.3f}",
-            limit,
+            f"{d.std_r_after:.3f} / {'—' if out is None else f'{out.std_r:.3f}'}",
+            f"{d.miscalibration_area_after:.3f} / {'—' if out is None else f'{out.miscalibration_area:.3f}'}",
+            f"{_limit_text(d.in_sample_validity_limit)} / {_limit_text(d.validity_limit)} {quantity.unit}",
         )
     console.print(table)
+    _print_reliability(calibration.forces)
+    if calibration.n_structures < RECOMMENDED_TEST_STRUCTURES:
+        console.print(
+            f"[yellow]too few test structures to judge the calibration out of sample: {calibration.n_structures}; "
+            f"at least {RECOMMENDED_TEST_STRUCTURES} recommended[/]"
+        )
     if plots:
         console.print("plots: " + escape(", ".join(str(p) for p in plots)))
+
+
+def _limit_text(limit: float | None) -> str:
+    return "—" if limit is None else f"{limit:.3g}"
+
+
+def _print_reliability(forces) -> None:
+    """The out-of-sample reliability table of the forces: per bin of σ_cal, its structures, RMSE/σ_cal
+    and the monotone band behind the validity limit."""
+    out, limit = forces.diagnostics.out_of_sample, forces.diagnostics.validity_limit
+    if out is None:
+        return
+    title = f"forces out of sample ({out.n_folds} folds of {out.n_structures} structures), valid up to {_limit_text(limit)} {forces.unit}"
+    table = Table(title=title)
+    for column in (f"σ_cal ({forces.unit})", "atoms", "structures", "RMSE/σ_cal", "monotone band", "valid"):
+        table.add_column(column)
+    for item in out.bins:
+        table.add_row(
+            f"{item.sigma_cal_low:.3g}–{item.sigma_cal_high:.3g}",
+            str(item.count),
+            str(item.structures),
+            f"{item.ratio:.2f}",
+            f"{item.band_low:.2f}–{item.band_high:.2f}",
+            "✓" if limit is not None and item.sigma_cal_high <= limit else "—",
+        )
+    console.print(table)
 
 
 @app.command()
@@ -194,6 +222,14 @@ def cago(
         None, help="Close-contact guard: no pair closer than this fraction of its species' shortest training distance [default: 0.85]."
     ),
     no_guard: bool = typer.Option(False, "--no-guard", help="Switch the close-contact guard off."),
+    trust_radius: Optional[float] = typer.Option(
+        None, help="Trust region: no atom farther than this from its start, Å [default: 3 × the starting frames' RMS thermal displacement]."
+    ),
+    no_trust_region: bool = typer.Option(False, "--no-trust-region", help="Switch the trust region off."),
+    packing_margin: Optional[float] = typer.Option(
+        None, help="Packing guard: mean nearest-neighbour distances at most this fraction outside the data's range [default: 0.03]."
+    ),
+    no_packing_guard: bool = typer.Option(False, "--no-packing-guard", help="Switch the packing guard off."),
     training: Optional[Path] = typer.Option(
         None, help="Training structures, for the guard's distances when the calibration holds none."
     ),
@@ -224,6 +260,8 @@ def cago(
         "max_steps": max_steps, "max_step": max_step, "tolerance": tolerance, "l_bias": l_bias, "gradient": gradient,
         "optimize_cell": False if fixed_cell else None, "above_validity": "refuse" if refuse_above_validity else None,
         "contact_guard": {"fraction": guard_fraction} if guard_fraction is not None else None,
+        "trust_region": {"radius": trust_radius} if trust_radius is not None else None,
+        "packing_guard": {"margin": packing_margin} if packing_margin is not None else None,
     }  # fmt: skip
     try:
         settings = load_settings(CagoSettings, settings_file, overrides)
@@ -232,10 +270,10 @@ def cago(
         if overrides.get(field) is None:
             raise
         option = "--delta-relative" if field == "delta" and delta_relative is not None else f"--{field.replace('_', '-')}"
-        option = "--guard-fraction" if field == "contact_guard" else option
+        option = {"contact_guard": "--guard-fraction", "trust_region": "--trust-radius", "packing_guard": "--packing-margin"}.get(field, option)
         raise InputError(exc.detail.split(": ", 1)[-1] if exc.detail.startswith("line") else exc.detail, field=option) from None
-    if no_guard:
-        settings = settings.model_copy(update={"contact_guard": None})
+    switched_off = {"contact_guard": no_guard, "trust_region": no_trust_region, "packing_guard": no_packing_guard}
+    settings = settings.model_copy(update={name: None for name, off in switched_off.items() if off})
     spec = load_committee_spec(committee)
     model = spec.build()
     law_file = CommitteeCalibration.load(calibration)
@@ -252,6 +290,13 @@ def cago(
     check_structures(starts, file=structures)
     _check_species(spec, starts, structures)
     law = law_file.for_cago()
+    if law.validity_limit is None:
+        raise InputError(
+            "the calibration has no validity limit: judged out of sample, no σ_cal range was found where its error "
+            "estimate holds (too few test structures, or a power law that does not fit them), so no δ can be trusted; "
+            "calibrate on more structures (at least 8 recommended) that reach the errors CAGO should go to",
+            file=calibration, field="forces.diagnostics.validity_limit",
+        )  # fmt: skip
     if training is not None:
         law = replace(law, contact_distances=shortest_pair_distances(read_structures(training)))
     elif law.contact_distances is None and settings.contact_guard is not None:
@@ -277,8 +322,9 @@ def cago(
     flagged = sum(bool(result.flags) for result in results)
     if flagged:
         console.print(
-            f"{flagged} structure(s) flagged: 'fast' reached δ in ≤ {settings.fast_steps} steps, 'contact' stopped at the "
-            "close-contact guard — look at them before trusting their labels (filters.pre.drop_flagged in campaigns)"
+            f"{flagged} structure(s) flagged: 'fast' reached δ in ≤ {settings.fast_steps} steps; 'contact', 'trust_region' "
+            "and 'packing' name the limit a step touched — look at them before trusting their labels "
+            "(filters.pre.drop_flagged in campaigns)"
         )
     console.print(escape(f"structures: {written}\nplot: {plot}"))
 
@@ -300,7 +346,7 @@ def _advance(progress: Progress, task, step: int, sigma: float) -> None:
 
 def _print_results(results, hits) -> None:
     table = Table(title="CAGO (σ_cal, δ: meV/Å; max move: Å from the start; closest pair: distance / training set's)")
-    columns = ("#", "reason", "steps", "σ_cal", "δ", "max move", "closest pair", "flags")
+    columns = ("#", "reason", "walk", "steps", "σ_cal start → end", "δ asked", "δ used", "max move", "closest pair", "flags")
     for column in columns:
         table.add_column(column)
     if hits is not None:
@@ -309,11 +355,14 @@ def _print_results(results, hits) -> None:
     for index, result in enumerate(results):
         ratio, pair = result.closest_contact
         row = [
-            str(index), result.reason, str(result.n_steps), f"{1000 * result.sigma_cal_rms:.1f}", f"{1000 * result.delta:.0f}",
-            f"{result.max_displacement:.2f}", "—" if pair is None else f"{ratio:.2f} ({pair})", " ".join(result.flags) or "—",
+            str(index), result.reason, result.direction, str(result.n_steps),
+            f"{1000 * result.start_sigma_cal:.1f} → {1000 * result.sigma_cal_rms:.1f}", f"{1000 * result.requested_delta:.0f}",
+            "—" if result.delta is None else f"{1000 * result.delta:.0f}", f"{result.max_displacement:.2f}",
+            "—" if pair is None else f"{ratio:.2f} ({pair})", " ".join(result.flags) or "—",
         ]  # fmt: skip
         if hits is not None:
-            row += [f"{1000 * hits[index].true_error:.1f}", f"{hits[index].ratio:.2f}"]
+            hit = hits[index]
+            row += ["—", "—"] if hit is None else [f"{1000 * hit.true_error:.1f}", f"{hit.ratio:.2f}"]
         table.add_row(*row)
     console.print(table)
 

@@ -618,6 +618,18 @@ def make_splits_for_hashes(
     return Splits(test=test, members=members, hashes=tuple(hashes))
 
 
+def spread_pick(walk_lengths: Sequence[int], fraction: float) -> list[int]:
+    """Positions of ``fraction`` of the structures (at least one when ``fraction`` > 0 and any
+    are given), spread evenly over their walk lengths (CAGO steps): the shortest, the longest
+    and evenly spaced ones between, in the order of ``walk_lengths``."""
+    if fraction <= 0 or not walk_lengths:
+        return []
+    count = min(len(walk_lengths), max(1, int(round(fraction * len(walk_lengths)))))
+    order = np.argsort(np.asarray(walk_lengths), kind="stable")
+    ranks = np.unique(np.round(np.linspace(0, len(order) - 1, count)).astype(int))
+    return sorted(int(order[r]) for r in ranks)
+
+
 def _check_split_arguments(
     hashes: Sequence[str], n_members: int, test_fraction: float, train_fraction: float, validation_fraction: float
 ) -> None:

@@ -50,7 +50,7 @@ class DemoResult:
     calibration: CommitteeCalibration
     subset_calibration: CommitteeCalibration
     results: list[CagoResult]
-    hits: tuple[CagoHit, ...]
+    hits: tuple[CagoHit | None, ...]  # None: a structure CAGO did not push (no δ)
     files: tuple[Path, ...]
 
 
@@ -105,11 +105,11 @@ def run_demo(output: Path, settings: DemoSettings = DemoSettings(), progress: De
     labelled = label([result.atoms for result in results], truth)
     member_forces = subset.predict(labelled)
     hits = tuple(
-        cago_hit(member_forces.structure_forces(k), atoms.get_forces(), result.delta)
+        None if result.delta is None else cago_hit(member_forces.structure_forces(k), atoms.get_forces(), result.delta)
         for k, (atoms, result) in enumerate(zip(labelled, results))
     )
     for atoms, hit in zip(labelled, hits):
-        atoms.info.update(hit.provenance())
+        atoms.info.update({} if hit is None else hit.provenance())
     files.append(write_structures(output / "cago.extxyz", labelled))
     files.append(plot_cago_progress(results, output / "cago-progress.png"))
     return DemoResult(calibration, subset_calibration, tuple(results), hits, tuple(files))

@@ -39,8 +39,9 @@ class PreFilterSettings(InputModel):
 
     max_mean_force: float | None = Field(40.0, gt=0, description="largest committee-mean atomic force norm, eV/Å")
     min_distance: float | None = Field(0.75, gt=0, description="smallest interatomic distance, Å")
-    drop_flagged: tuple[Literal["fast", "contact"], ...] = Field(
-        (), description="drop CAGO structures flagged so: 'fast' (reached δ in ≤ cago.fast_steps steps), 'contact' (at the close-contact guard)"
+    drop_flagged: tuple[Literal["fast", "contact", "trust_region", "packing"], ...] = Field(
+        (), description="drop CAGO structures flagged so: 'fast' (reached δ in ≤ cago.fast_steps steps), or a limit a "
+        "step touched: 'contact' (close-contact guard), 'trust_region', 'packing' (packing guard)"
     )
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
+from ase.geometry import find_mic
 from ase.neighborlist import neighbor_list
 
 #: Pairs farther apart than this (Å) are not looked at by :func:`shortest_pair_distances`.
@@ -82,3 +83,70 @@ def closest_contact(atoms: Atoms, limits: Mapping[str, float]) -> tuple[float, s
     ratios = np.array([d[k] / limits[name] if name in limits else np.inf for k, name in enumerate(names)])
     best = int(np.argmin(ratios))
     return (float(ratios[best]), str(names[best])) if np.isfinite(ratios[best]) else (float("inf"), None)
+
+
+def mean_neighbour_distances(atoms: Atoms, cutoff: float = PAIR_SEARCH_CUTOFF) -> dict[str, float]:
+    """Per species pair (:func:`pair_name`), the mean over the atoms of either species of the
+    distance to their nearest neighbour of the other species (Å, minimum image).
+
+    A coherent compression or expansion shifts these means, while the thermal motion of single
+    atoms hardly does; pairs with no partner within ``cutoff`` Å are left out.
+    """
+    i, j, d = neighbor_list("ijd", atoms, cutoff)
+    if not len(d):
+        return {}
+    partners = np.unique(atoms.numbers)
+    column = np.searchsorted(partners, atoms.numbers[j])
+    nearest = np.full((len(atoms), partners.size), np.inf)
+    np.minimum.at(nearest, (i, column), d)
+    means = {}
+    for k, partner in enumerate(partners):
+        for own in partners:
+            has = (atoms.numbers == own) & np.isfinite(nearest[:, k])
+            if has.any():
+                means.setdefault(pair_name(chemical_symbols[own], chemical_symbols[partner]), []).append(nearest[has, k])
+    return {name: float(np.concatenate(values).mean()) for name, values in sorted(means.items())}
+
+
+def neighbour_distance_ranges(structures: Iterable[Atoms]) -> dict[str, tuple[float, float]]:
+    """Smallest and largest value over ``structures`` of each species pair's
+    :func:`mean_neighbour_distances` (Å): the packing the structures span."""
+    ranges: dict[str, tuple[float, float]] = {}
+    for atoms in structures:
+        for name, value in mean_neighbour_distances(atoms).items():
+            low, high = ranges.get(name, (np.inf, -np.inf))
+            ranges[name] = (min(low, value), max(high, value))
+    return dict(sorted(ranges.items()))
+
+
+def packing_departure(atoms: Atoms, ranges: Mapping[str, tuple[float, float]]) -> tuple[float, str | None]:
+    """How far the structure's packing lies outside ``ranges`` (see :func:`neighbour_distance_ranges`):
+    the largest relative distance of a pair's mean nearest-neighbour distance beyond its range
+    (0 inside every range), and that pair."""
+    worst, which = 0.0, None
+    for name, value in mean_neighbour_distances(atoms).items():
+        if name not in ranges:
+            continue
+        low, high = ranges[name]
+        departure = max(low - value, value - high, 0.0) / max(low, 1e-12)
+        if departure > worst:
+            worst, which = departure, name
+    return worst, which
+
+
+def thermal_displacement(frames: Sequence[Atoms]) -> float | None:
+    """RMS displacement (Å) of the atoms from their mean position over ``frames`` (frames of one
+    MD run, in any order; minimum image against the first frame), or None with fewer than two
+    frames of the same atoms."""
+    frames = [f for f in frames if len(f) == len(frames[0]) and (f.numbers == frames[0].numbers).all()] if frames else []
+    if len(frames) < 2:
+        return None
+    reference = frames[0]
+    unwrapped = []
+    for atoms in frames:
+        delta = atoms.positions - reference.positions
+        if reference.pbc.any():
+            delta, _ = find_mic(delta, reference.cell, reference.pbc)
+        unwrapped.append(reference.positions + delta)
+    positions = np.array(unwrapped)
+    return float(np.sqrt(np.mean(np.sum((positions - positions.mean(0)) ** 2, axis=-1))))

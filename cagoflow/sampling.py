@@ -8,8 +8,9 @@ pure; random choices come from ``np.random.default_rng(seed)``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -38,14 +39,52 @@ def max_uncertainty_frames(uncertainties: Sequence[float] | np.ndarray, k: int) 
     return [int(i) for i in order[:k]]
 
 
-def structure_force_uncertainty(prediction: CommitteePrediction) -> np.ndarray:
-    """(S,) per-structure force uncertainty: RMS over atoms of σ̂_F_i (eq. 9), eV/Å."""
+#: How a structure's per-atom uncertainties make one number: the largest atom's (as the paper
+#: picks its max-uncertainty frames) or the RMS over atoms.
+UncertaintyReduction = Literal["max_atom", "rms"]
+
+
+def structure_force_uncertainty(prediction: CommitteePrediction, reduce: UncertaintyReduction = "max_atom") -> np.ndarray:
+    """(S,) per-structure force uncertainty from σ̂_F_i (eq. 9), eV/Å: the largest over the
+    structure's atoms (``max_atom``) or the RMS over them (``rms``)."""
     sigma = np.asarray(force_sigma_hat(np.asarray(prediction.forces, dtype=float)))
     natoms = np.asarray(prediction.natoms, dtype=int)
     owner = np.repeat(np.arange(len(natoms)), natoms)
+    if reduce == "max_atom":
+        largest = np.full(len(natoms), -np.inf)
+        np.maximum.at(largest, owner, np.where(np.isnan(sigma), np.inf, sigma))
+        return np.where(np.isinf(largest), np.nan, largest)
     sums = np.bincount(owner, weights=sigma**2, minlength=len(natoms))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.sqrt(sums / natoms)
+
+
+@dataclass(frozen=True)
+class StartChoice:
+    """The candidate one CAGO slot starts from and how it was chosen: "drawn" (the first pick),
+    "redrawn" (the first pick had no room and this one has) or "no_room" (no candidate had room:
+    the first pick, left to the ``no_room`` policy)."""
+
+    candidate: int
+    how: Literal["drawn", "redrawn", "no_room"]
+
+
+def starts_with_room(picks: Sequence[int], alternates: Sequence[int], has_room: Callable[[int, int], bool]) -> list[StartChoice]:
+    """For slot k, the pick ``picks[k]`` if ``has_room(k, pick)``, else the first unused candidate
+    of ``alternates`` (in their order) that has room in that slot, else the pick itself."""
+    used: set[int] = set()
+    choices = []
+    for slot, pick in enumerate(picks):
+        if has_room(slot, pick):
+            choices.append(StartChoice(pick, "drawn"))
+            continue
+        spare = next((c for c in alternates if c not in used and has_room(slot, c)), None)
+        if spare is None:
+            choices.append(StartChoice(pick, "no_room"))
+        else:
+            used.add(spare)
+            choices.append(StartChoice(spare, "redrawn"))
+    return choices
 
 
 @dataclass(frozen=True)

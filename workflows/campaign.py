@@ -118,7 +118,7 @@ def submit_iteration(dag: Dag, iteration: int, merged, previous: list, benchmark
         md = []
         if source.source == "md":
             md = [molecular_dynamics(dag, iteration, system, r, members) for r in range(config.md.replicas)]
-        sample = dag.submit("sample", apps.sample, workdir, iteration, config, system, split, *md, *members)
+        sample = dag.submit("sample", apps.sample, workdir, iteration, config, system, split, calibration, *md, *members)
         groups = [
             (first, count, dag.submit("cago", apps.cago, workdir, iteration, config, system, first, count, sample, calibration, *members))
             for first, count in cago_groups(config, iteration)

@@ -3,7 +3,7 @@
 Against the training-set size — structures in the dataset when the committee was trained —
 like Cezar et al. Fig. 4 b–f: held-out force RMSE, stable members, density, self-diffusion and
 coordination, per system, with error bars across members. Per iteration: the CAGO hit, the
-calibration a and b, and committee-MD stability. A plot without a single point is not written.
+share of CAGO walks that went up, down or did not move, the calibration a and b, and committee-MD stability. A plot without a single point is not written.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from cagoflow.io import write_figure
-from cagoflow.workflows.status import campaign_figures, member_spread
+from cagoflow.workflows.status import DIRECTIONS, campaign_figures, member_spread
 
 #: x-axis label of the plots against the training-set size.
 TRAINING_SET = "structures in the training set when the committee was trained"
@@ -66,6 +66,8 @@ def report_plots(figures: Mapping[str, Any]) -> list[Plot]:
              "coordination number (atoms)", _against_training_set(figures, _property("coordination"))),
         Plot("cago-hit", "CAGO hit: true error of the adversarial structures / δ", "iteration", "true error / δ (ratio)",
              _per_iteration(figures, "hit", lambda it: it["hit_ratio_mean"]), reference=1.0),
+        Plot("cago-walks", "CAGO walks: where σ_cal went from the start", "iteration", "CAGO structures (fraction)",
+             [series for d in DIRECTIONS for series in _per_iteration(figures, d, _walk_share(d))], fraction=True),
         Plot("calibration", "force calibration σ_cal = a·σ̂^b", "iteration", "a ((eV/Å)^(1−b)) and b (dimensionless)",
              _per_iteration(figures, "a", _calibration("a")) + _per_iteration(figures, "b", _calibration("b"))),
         Plot("md-stability", "committee-MD stability", "iteration", "stable replicas (fraction)",
@@ -160,6 +162,17 @@ def _property(key: str) -> Point:
 def _calibration(key: str) -> Callable[[Mapping[str, Any]], float | None]:
     """The calibration parameter ``key`` ("a" or "b") of an iteration."""
     return lambda iteration: (iteration["calibration"] or {}).get(key)
+
+
+def _walk_share(direction: str) -> Callable[[Mapping[str, Any]], float | None]:
+    """Fraction of an iteration's CAGO structures (all systems) whose walk went ``direction``."""
+
+    def share(iteration: Mapping[str, Any]) -> float | None:
+        walks = [s["cago"]["directions"] for s in iteration["systems"].values() if (s.get("cago") or {}).get("directions")]
+        total = sum(sum(w.values()) for w in walks)
+        return sum(w[direction] for w in walks) / total if total else None
+
+    return share
 
 
 def _stable_replicas(iteration: Mapping[str, Any]) -> float | None:

@@ -26,6 +26,9 @@ from cagoflow.stages import STAGE_BY_NAME, STAGE_ORDER
 #: Written by the campaign when a convergence criterion stopped it early: {"iteration", "reason"}.
 STOPPED_NAME = "stopped.json"
 
+#: The ways a CAGO walk can go (see :attr:`cagoflow.cago.CagoResult.direction`).
+DIRECTIONS = ("up", "down", "unmoved")
+
 #: Units of the numbers in :func:`campaign_figures` (held-out figures: the evaluate summary's keys).
 UNITS = {
     "force_rmse": "eV/Å", "member_force_rmse": "eV/Å", "energy_rmse_per_atom": "eV/atom",
@@ -116,16 +119,22 @@ class IterationStatus:
         return dict(records[0].summary) if records else None
 
     def cago_outcome(self, system: str | None = None) -> dict[str, Any] | None:
-        """CAGO structures optimised, reached δ, flagged (any flag) and counts per flag."""
-        optimised = [r for r in self._records("cago", system) if r.summary.get("reason") != "not optimised"]
-        if not optimised:
+        """CAGO structures pushed (they had a δ), reached δ, flagged (any flag), counts per flag,
+        walk directions (up, down, unmoved; unpushed starts count as unmoved), what happened to
+        the unpushed ones (sampled, dropped) and why (no_room, no_limit), starts redrawn."""
+        records = [r for r in self._records("cago", system) if r.summary.get("reason") != "not optimised"]
+        if not records:
             return None
-        flags = Counter(flag for r in optimised for flag in r.summary.get("flags", []))
+        pushed = [r for r in records if r.summary.get("action", "pushed") == "pushed"]
+        unpushed = [r for r in records if r not in pushed]
         return {
-            "optimised": len(optimised),
-            "reached": sum(r.summary.get("reason") == "reached" for r in optimised),
-            "flagged": sum(bool(r.summary.get("flags")) for r in optimised),
-            "flags": dict(flags),
+            "optimised": len(pushed),
+            "reached": sum(r.summary.get("reason") == "reached" for r in pushed),
+            "flagged": sum(bool(r.summary.get("flags")) for r in pushed),
+            "flags": dict(Counter(flag for r in pushed for flag in r.summary.get("flags", []))),
+            "directions": {d: sum(r.summary.get("direction", "unmoved") == d for r in records) for d in DIRECTIONS},
+            "unpushed": dict(Counter(f"{r.summary.get('reason')}: {r.summary.get('action')}" for r in unpushed)),
+            "redrawn": sum(r.summary.get("start") == "redrawn" for r in records),
         }
 
     @property
@@ -386,11 +395,12 @@ def _md_replicas(_: Mapping[str, Any], system: Mapping[str, Any] | None) -> str:
 
 
 def _cago(_: Mapping[str, Any], system: Mapping[str, Any] | None) -> str:
-    """"3/4 (1)": reached δ, of those optimised (flagged)."""
+    """"3/4 (1)" over "2/1/1": reached δ, of those pushed (flagged); walks up/down/unmoved."""
     cago = (system or {}).get("cago")
     if cago is None:
         return EMPTY
-    return f"{cago['reached']}/{cago['optimised']}" + (f" ({cago['flagged']})" if cago["flagged"] else "")
+    text = f"{cago['reached']}/{cago['optimised']}" + (f" ({cago['flagged']})" if cago["flagged"] else "")
+    return text + ("\n" + "/".join(str(cago["directions"][d]) for d in DIRECTIONS) if "directions" in cago else "")
 
 
 def _hit(iteration: Mapping[str, Any], _: Mapping[str, Any] | None) -> str:
@@ -412,8 +422,9 @@ SCIENCE_COLUMNS = (
            note="density, D (self-diffusion), coord. (coordination number): mean±std over the stable members"),
     Column("D\nÅ²/ps", _property("diffusion", "{:.3g}"), per_system=True),
     Column("coord.", _property("coordination", "{:.2f}"), per_system=True),
-    Column("CAGO δ\n(flagged)", _cago, per_system=True,
-           note="CAGO δ: structures whose σ_cal reached δ, of those optimised (flagged: e.g. fast, contact)"),
+    Column("CAGO δ\n(flagged)\n↑/↓/=", _cago, per_system=True,
+           note="CAGO δ: structures whose σ_cal reached δ, of those pushed (flagged: e.g. fast, contact); below it ↑/↓/=: "
+           "walks whose σ_cal went up, down, or that did not move (unpushed: no room below the validity limit, or no limit)"),
     Column("hit", _hit, note="hit: mean true error / δ of the labelled CAGO structures"),
 )  # fmt: skip
 

@@ -28,10 +28,18 @@ from cagoflow.geometry import closest_contact, min_interatomic_distance, shortes
 from cagoflow.structures import water_box
 
 LAW = PowerLaw(a=1.2, b=0.9)
-CALIBRATION = CagoCalibration(LAW)
+#: The analytic law, trusted everywhere: tests of the optimiser judge no validity limit.
+CALIBRATION = CagoCalibration(LAW, validity_limit=np.inf)
 #: The analytic committee's spread grows mostly when O–H bonds are compressed, and the ideal
-#: test boxes have every bond at the same length: tests of the optimiser itself switch the guard off.
-UNGUARDED = {"contact_guard": None}
+#: test boxes have every bond at the same length: tests of the optimiser itself switch the limits off.
+UNGUARDED = {"contact_guard": None, "trust_region": None, "packing_guard": None}
+#: Only the close-contact guard on.
+CONTACT_ONLY = {"trust_region": None, "packing_guard": None}
+
+
+def trusted(**fields) -> CagoCalibration:
+    """The analytic law trusted everywhere, with the given guard data."""
+    return CagoCalibration(LAW, validity_limit=np.inf, **fields)
 
 
 @pytest.fixture(scope="module")
@@ -192,9 +200,9 @@ def test_contact_guard_learned_from_the_training_set(committee, box):
     """Limits at 0.85 × the training set's shortest distances: CAGO never returns a structure inside."""
     training = shortest_pair_distances([box])
     delta = 3.0 * initial_sigma(committee, box)
-    settings = CagoSettings(delta=delta, max_steps=40)
-    free = run_cago(box, committee, CagoCalibration(LAW), CagoSettings(delta=delta, max_steps=40, contact_guard=None))
-    guarded = run_cago(box, committee, CagoCalibration(LAW, contact_distances=training), settings)
+    settings = CagoSettings(**CONTACT_ONLY, delta=delta, max_steps=40)
+    free = run_cago(box, committee, CALIBRATION, CagoSettings(**UNGUARDED, delta=delta, max_steps=40))
+    guarded = run_cago(box, committee, trusted(contact_distances=training), settings)
     assert closest_contact(free.atoms, {k: 0.85 * v for k, v in training.items()})[0] < 1.0  # unguarded goes inside
     assert guarded.guard == pytest.approx({k: 0.85 * v for k, v in training.items()})
     for atoms in guarded.trajectory:
@@ -225,13 +233,55 @@ def test_a_fooled_small_committee_stays_outside_the_guard_and_walks():
     start = water_box(8, seed=2)
     training = shortest_pair_distances([water_box(8, seed=s) for s in range(3)])
     delta = 4.0 * initial_sigma(committee, start)
-    result = run_cago(start, committee, CagoCalibration(LAW, contact_distances=training), CagoSettings(delta=delta))
+    result = run_cago(start, committee, trusted(contact_distances=training), CagoSettings(**CONTACT_ONLY, delta=delta))
     for atoms in result.trajectory:
         assert closest_contact(atoms, result.guard)[0] >= 1.0
     assert max(largest_steps(result)) <= 0.1 * (1 + 1e-6)
     assert result.n_steps > 2 and "fast" not in result.flags
-    unguarded = run_cago(start, committee, CagoCalibration(LAW), CagoSettings(delta=delta, contact_guard=None))
+    unguarded = run_cago(start, committee, CALIBRATION, CagoSettings(**UNGUARDED, delta=delta))
     assert closest_contact(unguarded.atoms, result.guard)[0] < 1.0  # without the guard it is fooled
+
+
+def test_trust_region_and_packing_guard_stop_what_the_contact_guard_lets_through():
+    """The fooled committee walked on by the contact guard alone moves far and changes the
+    packing; the trust region keeps every atom within its radius, the packing guard keeps the
+    mean nearest-neighbour distances within the data's range, and each says it stopped the walk."""
+    from cagoflow.geometry import neighbour_distance_ranges, packing_departure
+
+    committee, _ = fooled_committee()
+    start = water_box(8, seed=2)
+    data = [water_box(8, seed=s) for s in range(3)]
+    training = shortest_pair_distances(data)
+    ranges = neighbour_distance_ranges(data)
+    delta = 4.0 * initial_sigma(committee, start)
+    contact_only = run_cago(start, committee, trusted(contact_distances=training), CagoSettings(**CONTACT_ONLY, delta=delta))
+    assert contact_only.max_displacement > 0.3
+    assert packing_departure(contact_only.atoms, ranges)[0] > 0.03  # the pair floor lets this through
+    region = CagoSettings(delta=delta, packing_guard=None, trust_region={"radius": 0.15})
+    held = run_cago(start, committee, trusted(contact_distances=training), region)
+    assert held.reason == "trust_region" and "trust_region" in held.flags
+    assert held.trust_radius == 0.15 and held.max_displacement <= 0.15 + 1e-9
+    packed = run_cago(start, committee, trusted(contact_distances=training, packing_ranges=ranges),
+                      CagoSettings(delta=delta, trust_region=None))  # fmt: skip
+    assert packed.reason == "packing" and "packing" in packed.flags
+    for atoms in packed.trajectory:
+        assert packing_departure(atoms, ranges)[0] <= 0.03 + 1e-12
+    assert packed.summary()["packing_departure"] <= 0.03 + 1e-12
+
+
+def test_trust_radius_derived_from_md_frames(committee):
+    """Default radius: 3 × the RMS thermal displacement of the frames CAGO starts from; one
+    frame alone gives none, and the error says which field to set."""
+    from cagoflow.geometry import thermal_displacement
+
+    frames = [water_box(8, seed=0) for _ in range(4)]
+    for k, atoms in enumerate(frames):
+        atoms.rattle(0.05, seed=k)
+    delta = 1.5 * initial_sigma(committee, frames[0])
+    results = run_cago_batch(frames, committee, CALIBRATION, CagoSettings(delta=delta, max_steps=3, packing_guard=None))
+    assert results[0].trust_radius == pytest.approx(3 * thermal_displacement(frames))
+    with pytest.raises(InputError, match="trust_region"):
+        run_cago(frames[0], committee, CALIBRATION, CagoSettings(delta=delta))
 
 
 def test_fast_flag(committee, box):
@@ -242,16 +292,28 @@ def test_fast_flag(committee, box):
     assert result.summary()["flags"] == ["fast"]
 
 
-def test_relative_delta(committee, box):
+def test_relative_delta_goes_up_and_never_clamps_down(committee, box):
+    """A relative δ targets factor × the start's own σ_cal, upward; where that lies above the
+    validity limit the start is not pushed (no_room) instead of being walked down to the limit."""
     start = initial_sigma(committee, box)
     result = run_cago(box, committee, CALIBRATION, CagoSettings(**UNGUARDED, delta={"relative": 1.5}, max_steps=60))
-    assert result.requested_delta == pytest.approx(1.5 * start)
-    assert result.delta == pytest.approx(1.5 * start)
-    assert result.reached
-    clamped = run_cago(
+    assert result.requested_delta == pytest.approx(1.5 * start) and result.delta == pytest.approx(1.5 * start)
+    assert result.reached and result.direction == "up"
+    assert result.start_sigma_cal == pytest.approx(start)
+    assert result.summary()["direction"] == "up" and result.summary()["start_sigma_cal"] == pytest.approx(start)
+    no_room = run_cago(
         box, committee, CagoCalibration(LAW, validity_limit=1.2 * start), CagoSettings(**UNGUARDED, delta=RelativeDelta(relative=1.5))
     )
-    assert clamped.delta == pytest.approx(1.2 * start) and clamped.requested_delta == pytest.approx(1.5 * start)
+    assert no_room.reason == "no_room" and no_room.delta is None and no_room.direction == "unmoved"
+    assert no_room.requested_delta == pytest.approx(1.5 * start) and no_room.n_steps == 0
+    assert "no room" in no_room.warnings[0]
+
+
+def test_absolute_delta_is_two_sided_and_reports_its_direction(committee, box):
+    """An absolute δ below the start walks down, as in the paper, and says so."""
+    start = initial_sigma(committee, box)
+    down = run_cago(box, committee, CALIBRATION, CagoSettings(**UNGUARDED, delta=0.7 * start, max_steps=80))
+    assert down.reached and down.direction == "down" and down.sigma_cal_rms < start
 
 
 def test_delta_above_validity_is_clamped_or_refused(committee, box):
@@ -263,15 +325,20 @@ def test_delta_above_validity_is_clamped_or_refused(committee, box):
     assert abs(result.sigma_cal_rms - limit) <= 0.05 * limit
     with pytest.raises(InputError, match="validity limit"):
         run_cago(
-            box, committee, CagoCalibration(LAW, validity_limit=limit), CagoSettings(delta=2 * limit, above_validity="refuse")
+            box, committee, CagoCalibration(LAW, validity_limit=limit), CagoSettings(**UNGUARDED, delta=2 * limit, above_validity="refuse")
         )
-    unknown = run_cago(box, committee, CALIBRATION, CagoSettings(delta=limit, max_steps=3))
-    assert any("no validity limit" in warning for warning in unknown.warnings)
+
+
+def test_no_validity_limit_refuses_delta(committee, box):
+    """A calibration without a validity limit pushes nothing: the structure comes back unmoved."""
+    unknown = run_cago(box, committee, CagoCalibration(LAW), CagoSettings(**UNGUARDED, delta=0.1, max_steps=3))
+    assert unknown.reason == "no_limit" and unknown.delta is None and unknown.direction == "unmoved"
+    assert "no validity limit" in unknown.warnings[0] and unknown.atoms.positions == pytest.approx(box.positions)
 
 
 def test_points_above_delta(committee, box):
-    calibration = CagoCalibration(LAW, test_sigma_cal=np.array([0.05, 0.1, 0.2, 0.3]))
-    result = run_cago(box, committee, calibration, CagoSettings(delta=0.15, max_steps=1))
+    calibration = trusted(test_sigma_cal=np.array([0.05, 0.1, 0.2, 0.3]))
+    result = run_cago(box, committee, calibration, CagoSettings(**UNGUARDED, delta=0.15, max_steps=1))
     assert result.points_above_delta == 2
 
 
@@ -295,7 +362,8 @@ def test_gradient_choice(committee):
     "kwargs, field",
     [({"delta": 0.0}, "delta"), ({"delta": -0.1}, "delta"), ({"tolerance": 1.5}, "tolerance"),
      ({"max_steps": 0}, "max_steps"), ({"fd_step": 0.0}, "fd_step"), ({"max_step": 2.0}, "max_step"),
-     ({"delta": {"relative": 0}}, "delta"), ({"contact_guard": {"fraction": 1.5}}, "contact_guard")],
+     ({"delta": {"relative": 0}}, "delta"), ({"delta": {"relative": 1.0}}, "delta"),
+     ({"trust_region": {"radius": 0}}, "trust_region"), ({"packing_guard": {"margin": -0.1}}, "packing_guard"), ({"contact_guard": {"fraction": 1.5}}, "contact_guard")],
 )  # fmt: skip
 def test_impossible_settings(kwargs, field):
     with pytest.raises(ValidationError) as info:
@@ -320,7 +388,7 @@ def test_true_error_and_hit():
 def test_min_interatomic_distance_of_the_start_is_kept_by_default_guard(committee, box):
     """Without training distances the guard uses the starting structures' own shortest pairs."""
     delta = 3.0 * initial_sigma(committee, box)
-    result = run_cago(box, committee, CALIBRATION, CagoSettings(delta=delta, max_steps=40))
+    result = run_cago(box, committee, CALIBRATION, CagoSettings(**CONTACT_ONLY, delta=delta, max_steps=40))
     assert min_interatomic_distance(result.atoms) >= 0.85 * min_interatomic_distance(box) - 1e-9
 
 

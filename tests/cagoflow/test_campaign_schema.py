@@ -78,7 +78,9 @@ def test_example_campaign_loads() -> None:
     assert config.cago.contact_guard.fraction == pytest.approx(0.85)
     assert config.reference.engine == "tblite" and config.reference.method_name == "GFN1-xTB"
     assert config.evaluation is not None and config.evaluation.benchmark.generate.frames == 10
-    assert config.dataset.min_test == 4
+    assert config.dataset.min_test == 8 and config.dataset.cago_to_test == pytest.approx(0.25)
+    assert config.cago.trust_region.radius is None and config.cago.packing_guard.margin == pytest.approx(0.03)
+    assert config.cago.no_room == "redraw" and config.sampling.uncertainty == "max_atom"
     assert config.committee.min_trained <= config.committee.size
 
 
@@ -228,7 +230,8 @@ BROKEN_CAMPAIGNS = [
     case("wrong-type-nested", changed({"md.replicas": [1, 2]}), "md.replicas", "found [1, 2]"),
     case("negative-delta", changed({"cago.delta": -0.1}), "cago.delta", "positive", "-0.1", "eV/Å"),
     case("zero-delta", changed({"cago.delta": 0}), "cago.delta", "positive"),
-    case("zero-relative-delta", changed({"cago.delta": {"relative": 0}}), "cago.delta", "positive factor", "'relative': 0"),
+    case("zero-relative-delta", changed({"cago.delta": {"relative": 0}}), "cago.delta", "factor above 1", "'relative': 0"),
+    case("downhill-relative-delta", changed({"cago.delta": {"relative": 0.8}}), "cago.delta", "factor above 1", "pushes uncertainty up"),
     case("fixed-guard-distance", changed({"cago.min_distance": 0.8}), "cago.min_distance", "contact_guard", "training set"),
     case("guard-fraction", changed({"cago.contact_guard": {"fraction": 1.5}}), "cago.contact_guard.fraction", "less than or equal to 1"),
     case("drop-unknown-flag", changed({"filters.pre.drop_flagged": ["slow"]}), "filters.pre.drop_flagged.0", "'fast'", "'contact'"),

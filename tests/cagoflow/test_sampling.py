@@ -50,10 +50,12 @@ def test_structure_force_uncertainty_by_hand():
     )
     prediction = CommitteePrediction(energies=np.zeros((2, 2)), forces=forces, natoms=np.array([1, 2]))
 
-    rms = structure_force_uncertainty(prediction)
+    rms = structure_force_uncertainty(prediction, "rms")
+    largest = structure_force_uncertainty(prediction)
 
     # σ̂²_|F| (ddof 1): atom 0: |Fx| 1, 3 → 2; atom 1: |Fy| 0, 2 → 2; atom 2: |Fx| 1, 1 → 0
     np.testing.assert_allclose(rms, [np.sqrt(2.0), np.sqrt((2.0 + 0.0) / 2)], rtol=1e-10)
+    np.testing.assert_allclose(largest, [np.sqrt(2.0), np.sqrt(2.0)], rtol=1e-10)  # the paper's pick: the largest atom
     sigma = committee_statistics(prediction).force_sigma
     np.testing.assert_allclose(rms[1], np.sqrt(np.mean(sigma[1:] ** 2)))
 
@@ -110,3 +112,23 @@ def test_cago_subsets_share_and_differ():
         cago_subsets(4, 5, SEEDS)
     with pytest.raises(ValueError, match="subset_size"):
         cago_subsets(4, 0, SEEDS)
+
+
+def test_max_atom_and_rms_rank_differently():
+    """One atom far off in structure 0, a broad spread in structure 1: the largest atom picks 0,
+    the RMS over atoms picks 1."""
+    forces = np.zeros((2, 8, 3))
+    forces[1, 0, 0] = 1.0  # structure 0 (atoms 0-3): one atom, spread 0.71
+    forces[1, 4:, 0] = 0.6  # structure 1 (atoms 4-7): every atom, spread 0.42
+    prediction = CommitteePrediction(np.zeros((2, 2)), forces, np.array([4, 4]))
+    assert max_uncertainty_frames(structure_force_uncertainty(prediction), 1) == [0]
+    assert max_uncertainty_frames(structure_force_uncertainty(prediction, "rms"), 1) == [1]
+
+
+def test_starts_with_room_redraws_in_order():
+    """A pick without room is replaced by the first unused alternate with room in its slot."""
+    from cagoflow.sampling import StartChoice, starts_with_room
+
+    room = {0: {0, 5}, 1: {6}, 2: set()}  # slot → candidates with room
+    choices = starts_with_room([0, 1, 2], [5, 6, 7], lambda slot, c: c in room[slot])
+    assert choices == [StartChoice(0, "drawn"), StartChoice(6, "redrawn"), StartChoice(2, "no_room")]

@@ -16,7 +16,7 @@ CAMPAIGN = {
     "name": "test-water",
     "seed": 3,
     "iterations": 2,
-    "systems": {"water": {"structures": "water.extxyz", "initial_samples": 9, "initial_rattle": 0.04}},
+    "systems": {"water": {"structures": "water.extxyz", "initial_samples": 15, "initial_rattle": 0.04}},
     "committee": {"backend": "analytic", "size": 3, "min_trained": 2, "training_steps": 30},
     "md": {"schedule": {"ensemble": "nvt", "temperature": 300, "steps": 40, "timestep": 0.5, "dump_interval": 10}},
     "sampling": {

@@ -37,8 +37,8 @@ def test_campaign_grows_the_dataset_with_cago_structures(finished_campaign):
     stages = [entry.provenance.stage for entry in dataset.entries]
     initial_filter = next(r for r in all_records(finished_campaign) if r.stage == "postfilter" and r.iteration == -1)
     rejected = initial_filter.summary["rejected"]
-    # the starting structure and its 9 rattled copies, labelled by tblite, less the post-filter's rejections
-    assert stages.count("initial") == 10 - len(rejected), rejected
+    # the starting structure and its 15 rattled copies, labelled by tblite, less the post-filter's rejections
+    assert stages.count("initial") == 16 - len(rejected), rejected
     assert len(rejected) <= 2, rejected
     cago = [entry for entry in dataset.entries if entry.provenance.stage == "cago"]
     assert 1 <= len(cago) <= 4  # 2 per iteration, minus what the filters dropped
@@ -58,6 +58,60 @@ def test_campaign_grows_the_dataset_with_cago_structures(finished_campaign):
         reached = [r for r in all_records(finished_campaign) if r.stage == "cago" and r.iteration == iteration]
         wanted = sum(r.summary["reason"] == "reached" for r in reached)
         assert status[iteration].cago_reached == f"{wanted}/{len(reached)}" and len(reached) == 2
+
+
+def test_cago_structures_routed_to_the_test_split_are_never_trained_on(finished_campaign):
+    """A quarter (at least one) of iteration 0's labelled CAGO structures joins iteration 1's test
+    split, the calibration's data, and none of them is in any member's training file."""
+    import json
+
+    from cagoflow.hashing import structure_hash
+    from cagoflow.io import read_structures
+
+    merge = next(r for r in all_records(finished_campaign) if r.stage == "merge" and r.iteration == 0)
+    routed = json.loads((finished_campaign / merge.outputs["routed"]).read_text())
+    entries = Dataset.open(finished_campaign / "dataset").entries
+    pushed = [e for e in entries if "hit_ratio" in e.provenance.extra and e.provenance.iteration == 0]
+    assert merge.summary["to_test"] == len(routed) == max(1, round(0.25 * len(pushed)))
+    assert all(e.provenance.extra.get("split") == "test" for e in pushed if e.hash in routed)
+    split = finished_campaign / "iter-001" / "split" / "dataset"
+    test = {structure_hash(atoms) for atoms in read_structures(split / "test.extxyz")}
+    assert set(routed) <= test
+    for member in split.glob("member-*-train.extxyz"):
+        assert not set(routed) & {structure_hash(atoms) for atoms in read_structures(member)}, member.name
+    summary = next(r for r in all_records(finished_campaign) if r.stage == "split" and r.iteration == 1).summary
+    assert summary["test_from_cago"] == len(routed)
+
+
+def test_cago_records_say_where_each_walk_went(finished_campaign):
+    """Every CAGO record: the start's σ_cal, δ asked and used, the direction and what was done."""
+    for record in (r for r in all_records(finished_campaign) if r.stage == "cago" and not r.summary.get("skipped")):
+        summary = record.summary
+        assert summary["direction"] in ("up", "down", "unmoved") and summary["action"] in ("pushed", "sampled")
+        assert summary["start_sigma_cal"] > 0 and summary["requested_delta"] == pytest.approx(0.15)
+        if summary["action"] == "pushed":
+            assert summary["delta"] is not None
+            moved = summary["sigma_cal_rms"] - summary["start_sigma_cal"]
+            assert summary["direction"] == ("unmoved" if summary["steps"] == 0 else "up" if moved > 0 else "down")
+        else:
+            assert summary["delta"] is None and summary["reason"] in ("no_room", "no_limit")
+
+
+def test_relative_delta_never_walks_down_in_a_campaign(tmp_path, write_campaign):
+    """One iteration under δ = 1.5 × each start's σ_cal: no walk goes down; a start without room
+    is redrawn or sent to the reference as sampled, and its record says so."""
+    campaign = write_campaign(tmp_path, iterations=1, **{"cago.delta": {"relative": 1.5}, "sampling.per_iteration": 3})
+    workdir = tmp_path / "work"
+    run_campaign(load_campaign(campaign), default_site(), workdir)
+    cago = [r.summary for r in all_records(workdir) if r.stage == "cago" and r.iteration == 0]
+    assert len(cago) == 3 and not any(s["direction"] == "down" for s in cago), cago
+    for summary in cago:
+        if summary["action"] == "pushed":
+            assert summary["delta"] == pytest.approx(1.5 * summary["start_sigma_cal"])
+        else:
+            assert summary["action"] == "sampled" and summary["start"] == "no_room"
+    sample = next(r for r in all_records(workdir) if r.stage == "sample" and r.iteration == 0).summary
+    assert sample["without_room"] == sum(s["action"] != "pushed" for s in cago)
 
 
 def test_finished_campaign_runs_nothing_again(finished_campaign):

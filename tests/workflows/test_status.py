@@ -55,9 +55,12 @@ def iteration(workdir: Path, i: int, dataset: int, *, evaluate: bool, failed_mem
         for r in range(2):
             record(workdir, i, "md", f"{system}-{r:02d}", stable=r == 0, reason="ok" if r == 0 else "exploded")
         record(workdir, i, "sample", system, count=2)
-        record(workdir, i, "cago", f"{system}-000", reason="reached", steps=2, sigma_cal_rms=0.1, delta=0.1,
-               warnings=[], flags=["fast"], max_displacement=0.2, closest_pair_ratio=0.9)  # fmt: skip
-        record(workdir, i, "cago", f"{system}-001", reason="max_steps", steps=50, sigma_cal_rms=0.07, delta=0.1, warnings=[])
+        record(workdir, i, "cago", f"{system}-000", reason="reached", steps=2, sigma_cal_rms=0.1, delta=0.1, direction="up",
+               action="pushed", start="redrawn", warnings=[], flags=["fast"], max_displacement=0.2, closest_pair_ratio=0.9)  # fmt: skip
+        record(workdir, i, "cago", f"{system}-001", reason="max_steps", steps=50, sigma_cal_rms=0.07, delta=0.1,
+               direction="down", action="pushed", warnings=[])  # fmt: skip
+        record(workdir, i, "cago", f"{system}-002", reason="no_room", steps=0, sigma_cal_rms=0.3, delta=None,
+               direction="unmoved", action="sampled", warnings=[])  # fmt: skip
         record(workdir, i, "prefilter", system, kept=[f"{system}-000", f"{system}-001"], rejected={})
         for k in range(2):
             record(workdir, i, "reference", f"{system}-{k:03d}", message="SCF converged")
@@ -112,7 +115,9 @@ def test_status_json_holds_the_figures_of_the_tables(campaign):
     water = first["systems"]["water"]
     assert water["evaluation"]["force_rmse"] == 0.120 and water["evaluation"]["member_force_rmse"] == [0.130, 0.140, 0.150]
     assert water["evaluation"]["stable_members"] == 3 and water["evaluation"]["density_mean"] == 0.997
-    assert water["cago"] == {"optimised": 2, "reached": 1, "flagged": 1, "flags": {"fast": 1}}
+    assert water["cago"] == {"optimised": 2, "reached": 1, "flagged": 1, "flags": {"fast": 1},
+                             "directions": {"up": 1, "down": 1, "unmoved": 1}, "unpushed": {"no_room: sampled": 1},
+                             "redrawn": 1}  # fmt: skip
     assert water["md"] == {"stable": 1, "replicas": 2}
     assert second["systems"]["water-dense"]["evaluation"]["density_mean"] is None
     assert first["hit_ratio_mean"] == 1.05 and first["calibration"]["test_force_rmse"] == 0.25
@@ -131,7 +136,7 @@ def test_an_old_campaign_without_evaluation_shows_the_test_split_rmse_and_md_rep
     heads, rows, notes = science_table(campaign_figures(campaign))
     assert "F RMSE\ntest split\nmeV/Å" in heads and "MD\nstable" in heads
     assert not any(h.startswith(("density", "stable\nmembers", "F RMSE\nmeV/Å")) for h in heads)
-    assert ["0 water", "10 +4", "250", "1/2", "1/2 (1)", "1.05"] in rows
+    assert ["0 water", "10 +4", "250", "1/2", "1/2 (1)\n1/1/1", "1.05"] in rows
     assert any("drifts" in note for note in notes)
     shown = status_output(campaign)
     assert max(len(line) for line in shown.splitlines()) <= 100, shown
@@ -148,6 +153,8 @@ def test_report_plots_figures_against_the_training_set_size(campaign, tmp_path):
     density = plots["density"].series[0]
     assert (density.x, density.y, density.error) == ([10], [0.997], [0.004])  # no stable member: no point
     assert plots["cago-hit"].series[0].x == [0, 1] and plots["md-stability"].series[0].y == [0.5, 0.5]
+    walks = {s.label: s.y for s in plots["cago-walks"].series}
+    assert walks == {"up": pytest.approx([1 / 3] * 2), "down": pytest.approx([1 / 3] * 2), "unmoved": pytest.approx([1 / 3] * 2)}
     written = write_report(campaign, tmp_path / "report")
     assert sorted(p.name for p in written) == sorted(f"{name}.png" for name in plots)
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
