@@ -17,6 +17,8 @@ closest pair over the training set's shortest distance, and the hit.
 
 from __future__ import annotations
 
+import math
+
 import argparse
 from dataclasses import dataclass
 
@@ -152,8 +154,8 @@ def fire_walk(walk: Walk, max_step: float) -> Outcome:
 
 def lbfgs_run(committee, law: PowerLaw, atoms: Atoms, delta: float, max_step: float) -> Outcome:
     """CAGO as cagoflow runs it (guard off, to compare the optimisers alone)."""
-    settings = CagoSettings(delta=delta, max_steps=MAX_STEPS, max_step=max_step, contact_guard=None)
-    result = run_cago(atoms, committee, CagoCalibration(law), settings)
+    settings = CagoSettings(delta=delta, max_steps=MAX_STEPS, max_step=max_step, contact_guard=None, trust_region=None, packing_guard=None)
+    result = run_cago(atoms, committee, CagoCalibration(law, validity_limit=math.inf), settings)
     moves = [float(np.linalg.norm(b.positions - a.positions, axis=1).max()) for a, b in zip(result.trajectory, result.trajectory[1:])]
     return Outcome(result.reached, result.n_structure_evaluations, max(moves, default=0.0), result.atoms, delta)
 

@@ -31,6 +31,8 @@ Each row goes to ``WORK/results.jsonl`` as soon as it is measured.
 
 from __future__ import annotations
 
+import math
+
 import argparse
 import datetime
 import json
@@ -364,8 +366,8 @@ def warm_up(committee, structures: list) -> None:
     from cagoflow.cago import CagoCalibration, CagoSettings, run_cago_batch
     from cagoflow.geometry import shortest_pair_distances
 
-    calibration = CagoCalibration(LAW, contact_distances=shortest_pair_distances(structures))
-    run_cago_batch(structures, committee, calibration, CagoSettings(delta=100.0, max_steps=1))
+    calibration = CagoCalibration(LAW, validity_limit=math.inf, contact_distances=shortest_pair_distances(structures))
+    run_cago_batch(structures, committee, calibration, CagoSettings(delta=100.0, max_steps=1, trust_region=None, packing_guard=None))
 
 
 def part_cago(args, work: Path) -> None:

@@ -19,7 +19,8 @@ Safeguards against being fooled (small committees, large δ):
   closer is halved until it does not (after 6 halvings the structure stops, reason
   ``contact``): no structure CAGO returns lies inside the guard;
 - a trust region: no atom moves farther than ``trust_region.radius`` Å from its start (default
-  ``trust_region.factor`` × the RMS thermal displacement of the MD frames CAGO starts from), so
+  ``trust_region.factor`` × the thermal displacement of the MD frames CAGO starts from: the RMS
+  displacement between consecutive frames / √2), so
   a walk stays near the structures the calibration was judged on;
 - a packing guard: the mean nearest-neighbour distance of every species pair stays within the
   range the training and calibration structures span (± ``packing_guard.margin``), which
@@ -118,12 +119,14 @@ class TrustRegion(InputModel):
     """How far an atom may move from its start over a whole walk."""
 
     radius: PositiveFloat | None = Field(
-        None, description="largest distance of any atom from its start, Å (null: factor × the RMS thermal displacement of the MD frames)"
+        None, description="largest distance of any atom from its start, Å (null: factor × the thermal displacement of the MD frames)"
     )
-    factor: PositiveFloat = Field(3.0, description="multiple of the MD frames' RMS thermal displacement, when radius is null")
+    factor: PositiveFloat = Field(
+        3.0, description="multiple of the MD frames' thermal displacement (RMS between consecutive frames / √2), when radius is null"
+    )
 
     def resolve(self, frames: Sequence[Atoms]) -> float:
-        """The radius in Å: as given, or ``factor`` × the RMS thermal displacement of ``frames``
+        """The radius in Å: as given, or ``factor`` × the thermal displacement of ``frames``
         (frames of one MD run, :func:`~cagoflow.geometry.thermal_displacement`)."""
         return self.radius_for(None if self.radius is not None else thermal_displacement(frames), len(frames))
 

@@ -223,7 +223,7 @@ def cago(
     ),
     no_guard: bool = typer.Option(False, "--no-guard", help="Switch the close-contact guard off."),
     trust_radius: Optional[float] = typer.Option(
-        None, help="Trust region: no atom farther than this from its start, Å [default: 3 × the starting frames' RMS thermal displacement]."
+        None, help="Trust region: no atom farther than this from its start, Å [default: 3 × the starting frames' thermal displacement (RMS between consecutive frames / √2)]."
     ),
     no_trust_region: bool = typer.Option(False, "--no-trust-region", help="Switch the trust region off."),
     packing_margin: Optional[float] = typer.Option(

@@ -135,18 +135,18 @@ def packing_departure(atoms: Atoms, ranges: Mapping[str, tuple[float, float]]) -
 
 
 def thermal_displacement(frames: Sequence[Atoms]) -> float | None:
-    """RMS displacement (Å) of the atoms from their mean position over ``frames`` (frames of one
-    MD run, in any order; minimum image against the first frame), or None with fewer than two
+    """Thermal displacement of the atoms (Å): the RMS over atoms and pairs of consecutive
+    ``frames`` (frames of one MD run, in time order; minimum image) of an atom's displacement,
+    divided by √2 — the spread of one frame about the next when both fluctuate independently
+    about the same place. Consecutive frames keep diffusion out of it. None with fewer than two
     frames of the same atoms."""
     frames = [f for f in frames if len(f) == len(frames[0]) and (f.numbers == frames[0].numbers).all()] if frames else []
     if len(frames) < 2:
         return None
-    reference = frames[0]
-    unwrapped = []
-    for atoms in frames:
-        delta = atoms.positions - reference.positions
-        if reference.pbc.any():
-            delta, _ = find_mic(delta, reference.cell, reference.pbc)
-        unwrapped.append(reference.positions + delta)
-    positions = np.array(unwrapped)
-    return float(np.sqrt(np.mean(np.sum((positions - positions.mean(0)) ** 2, axis=-1))))
+    squares = []
+    for before, after in zip(frames, frames[1:]):
+        delta = after.positions - before.positions
+        if before.pbc.any():
+            delta, _ = find_mic(delta, before.cell, before.pbc)
+        squares.append(np.sum(delta**2, axis=-1))
+    return float(np.sqrt(np.mean(squares) / 2))

@@ -270,7 +270,7 @@ def test_trust_region_and_packing_guard_stop_what_the_contact_guard_lets_through
 
 
 def test_trust_radius_derived_from_md_frames(committee):
-    """Default radius: 3 × the RMS thermal displacement of the frames CAGO starts from; one
+    """Default radius: 3 × the thermal displacement of the frames CAGO starts from; one
     frame alone gives none, and the error says which field to set."""
     from cagoflow.geometry import thermal_displacement
 

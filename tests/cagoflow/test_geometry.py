@@ -128,3 +128,36 @@ def test_close_pairs_self_images_of_a_single_atom():
     # images at +-x (2.0 Å) and +-y (2.5 Å) are within 3 Å, the xy diagonals (3.2 Å) are not
     assert keys == {(0, 0, (1, 0, 0)), (0, 0, (0, 1, 0))}
     assert len(i) == 2
+
+
+def test_mean_neighbour_distances_and_packing_departure():
+    """A box compressed by 5 % in every direction leaves the packing range of the box by 5 %
+    for every species pair; a copy of the box departs by nothing."""
+    from cagoflow.geometry import mean_neighbour_distances, neighbour_distance_ranges, packing_departure
+    from cagoflow.structures import water_box
+
+    box = water_box(8, seed=0)
+    ranges = neighbour_distance_ranges([box])
+    assert set(ranges) == {"H-H", "H-O", "O-O"} and all(low == high for low, high in ranges.values())
+    assert packing_departure(box.copy(), ranges) == (0.0, None)
+    squeezed = box.copy()
+    squeezed.set_cell(box.cell * 0.95, scale_atoms=True)
+    departure, _ = packing_departure(squeezed, ranges)
+    assert departure == pytest.approx(0.05)
+    assert mean_neighbour_distances(squeezed)["O-O"] == pytest.approx(0.95 * mean_neighbour_distances(box)["O-O"])
+
+
+def test_thermal_displacement_between_consecutive_frames():
+    """One atom of four hops by 0.4 Å between consecutive frames: RMS over atoms 0.2 Å, / √2;
+    a single frame gives None."""
+    from ase import Atoms
+
+    from cagoflow.geometry import thermal_displacement
+
+    frames = []
+    for k in range(5):
+        atoms = Atoms("H4", positions=[[0, 0, 0], [3, 0, 0], [0, 3, 0], [0, 0, 3]], cell=[8, 8, 8], pbc=True)
+        atoms.positions[0, 0] += 0.4 * (k % 2)
+        frames.append(atoms)
+    assert thermal_displacement(frames) == pytest.approx(0.2 / np.sqrt(2))
+    assert thermal_displacement(frames[:1]) is None
