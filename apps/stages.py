@@ -823,10 +823,12 @@ def _postfilter(
     labelled = [r for r in references if "labelled" in r.outputs]
     files = [output(r, "labelled", root) for r in labelled]
     settings = config.filters.post.model_dump(mode="json")
+    targets = {task: {"subset": cago[task]["subset"], "delta": cago[task].get("delta"), "reason": cago[task].get("reason")}
+               for task in sorted(cago)}  # fmt: skip
 
     def body(directory: Path) -> Outcome:
         structures = [read(path)[0] for path in files]
-        measured = [(atoms, cago[r.task]) for atoms, r in zip(structures, labelled)
+        measured = [(atoms, targets[r.task]) for atoms, r in zip(structures, labelled)
                     if r.summary.get("status") == "converged" and r.task in cago]  # fmt: skip
         if measured and members:
             committee = load_committee(config, members, root)
@@ -836,18 +838,19 @@ def _postfilter(
                 atoms.info.update(figures)
         result = post_filter(structures, config.filters.post)
         kept = result.select(structures)
-        hits = [atoms.info for atoms, _ in measured]
+        reached = [atoms.info for atoms, target in measured if target.get("reason") == "reached"]
+        unreached = [atoms.info for atoms, target in measured if target.get("reason") != "reached"]
         summary = {
             "attempted": sum(not r.summary.get("skipped") for r in references),
             "kept": len(kept),
             "rejected": {labelled[r.index].task: r.reason for r in result.rejected},
-            "hit_ratios": [info["hit_ratio"] for info in hits if "hit_ratio" in info],
-            "true_errors": [info["true_error"] for info in hits if "true_error" in info],
+            "hit_ratios": [info["hit_ratio"] for info in reached if "hit_ratio" in info],
+            "unreached_hit_ratios": [info["hit_ratio"] for info in unreached if "hit_ratio" in info],
+            "true_errors": [info["true_error"] for info in reached + unreached if "true_error" in info],
         }
         return Outcome(outputs={"kept": write(directory / "kept.extxyz", kept)} if kept else {}, summary=summary)
 
     inputs = files + successful_models(members, root)
-    targets = {task: {"subset": cago[task]["subset"], "delta": cago[task].get("delta")} for task in sorted(cago)}
     return run_task(spec, inputs, {**settings, "cago": targets}, body)
 
 
@@ -904,6 +907,9 @@ def _merge(
             "dataset": len(training_set) + len(added),
             "to_test": len(to_test),
             "hit_ratio_mean": float(np.mean(ratios)) if ratios else None,
+            "hit_ratio_median": float(np.median(ratios)) if ratios else None,
+            "hits": len(ratios),
+            "unreached": sum(len(r.summary.get("unreached_hit_ratios", [])) for r in postfilters),
             "true_error_mean": float(np.mean(errors)) if errors else None,
         }
         outputs = {"snapshot": snapshot, "routed": atomic_write_json(directory / "test-routed.json", routed)}

@@ -105,7 +105,8 @@ class IterationStatus:
 
     @property
     def hit_ratio(self) -> float | None:
-        """Mean true error / δ of this iteration's CAGO structures (from their reference labels)."""
+        """Mean true error / δ of this iteration's CAGO structures that reached δ (from their
+        reference labels; the merge record also holds the median and the unreached count)."""
         return self._summary("merge", "hit_ratio_mean")
 
     @property
@@ -285,6 +286,8 @@ def _iteration_figures(it: IterationStatus, systems: list[str], failures: list[T
         "dataset_after_merge": it.dataset_size,
         "calibration": it.calibration,
         "hit_ratio_mean": it.hit_ratio,
+        "hit_ratio_median": it._summary("merge", "hit_ratio_median"),
+        "hits_unreached": it._summary("merge", "unreached"),
         "true_error_mean": it.true_error_mean,
         "failed": [{"stage": r.stage, "task": r.task, "message": failure_message(r)} for r in failures],
         "systems": per_system if it.iteration >= 0 else {},
@@ -425,7 +428,7 @@ SCIENCE_COLUMNS = (
     Column("CAGO δ\n(flagged)\n↑/↓/=", _cago, per_system=True,
            note="CAGO δ: structures whose σ_cal reached δ, of those pushed (flagged: e.g. fast, contact); below it ↑/↓/=: "
            "walks whose σ_cal went up, down, or that did not move (unpushed: no room below the validity limit, or no limit)"),
-    Column("hit", _hit, note="hit: mean true error / δ of the labelled CAGO structures"),
+    Column("hit", _hit, note="hit: mean true error / δ of the labelled CAGO structures that reached δ"),
 )  # fmt: skip
 
 
