@@ -1,6 +1,7 @@
-"""CAGO with a small subset of a real DeePMD-kit committee at a large δ: with the step limit and
-the close-contact guard on (the defaults) it lands near δ instead of being fooled by short
-contacts (the failure was true error / δ = 12 at δ = 3 × the MD frames' error).
+"""CAGO with a small subset of a real DeePMD-kit committee at a large δ: with the default
+safeguards on (step limit, close-contact guard, trust region, packing guard, δ clamped to the
+out-of-sample validity limit) it lands near δ instead of being fooled by short contacts (the
+failure was true error / δ = 12 at δ = 3 × the MD frames' error).
 
 Six tiny members are trained with the project's backend on GFN1-xTB water frames; the full
 committee and the subset (0, 1, 2) are calibrated on held-out frames; the subset pushes MD
@@ -62,7 +63,9 @@ def test_small_committee_at_large_delta_is_not_fooled(six_members, water_frames,
     md_labelled = labelled(frames)
     md_error = np.mean([true_force_error(subset.predict([a]).forces, a.get_forces()) for a in md_labelled])
 
-    results = run_cago_batch(frames, subset, subset_calibration.for_cago(), CagoSettings(delta=3 * md_error, max_steps=60))
+    law = subset_calibration.for_cago()
+    assert law.validity_limit is not None, "10 held-out structures: the subset's calibration holds somewhere, out of sample"
+    results = run_cago_batch(frames, subset, law, CagoSettings(delta=3 * md_error, max_steps=60))
     pushed = labelled([result.atoms for result in results])
     hits = [true_force_error(subset.predict([a]).forces, a.get_forces()) / r.delta for a, r in zip(pushed, results)]
     with capsys.disabled():
