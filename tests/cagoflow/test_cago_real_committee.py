@@ -74,7 +74,8 @@ def test_small_committee_at_large_delta_is_not_fooled(six_members, water_frames,
             f"{[round(1000 * r.delta) for r in results]} meV/Å; reasons {[r.reason for r in results]}; "
             f"steps {[r.n_steps for r in results]}; true error / δ {np.round(hits, 2).tolist()} (mean {np.mean(hits):.2f})"
         )
-    assert np.mean(hits) <= 1.5  # measured: 1.20 (1.78, 1.91 reached; 0.66, 0.44 stopped at the guard)
+    assert np.mean(hits) <= 1.5  # measured: 1.14 (δ clamped to the out-of-sample limit 465 meV/Å; 1.03, 0.91 reached; 1.25, 1.38 stopped at the packing and contact guards)
     assert max(hits) < 2.5  # unprotected, a subset landed at 12 × δ
-    for result in results:
-        assert closest_contact(result.atoms, result.guard)[0] >= 1.0  # nothing inside the guard
+    for start, result in zip(frames, results):  # no step goes inside the guard (an MD frame may start inside it)
+        before = closest_contact(start, result.guard)[0]
+        assert closest_contact(result.atoms, result.guard)[0] >= min(1.0, before) - 1e-9
