@@ -23,6 +23,9 @@
 #              under `timeout` with its own cap, cut to what is left, and 25 s are kept for
 #              the report
 #
+# Exit code 0 only when every part ran and the table was written; a failed set-up (3), a missing
+# table (4) or a failed part (5) ends with a line starting "gpu_check.sh: FAILED".
+#
 # On a lent GPU (built here first: bash benchmarks/gpu_bundle.sh):
 #   bash benchmarks/gpu_check.sh --bundle .gpu-bundle        (carry: .gpu-bundle)
 set -uo pipefail
@@ -35,7 +38,7 @@ while [ $# -gt 0 ]; do
             declare "${1#--}=$2"
             shift 2
             ;;
-        -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -120,6 +123,7 @@ run_part() {  # NAME: gpu_check.py --part NAME under timeout
     seconds=$(allowed "$name")
     if [ "$seconds" -lt 15 ]; then
         echo "== $name: skipped, the budget is spent"
+        record "$name" skipped 0
         return
     fi
     echo "== $name (at most $seconds s, $((SECONDS)) s spent)"
@@ -144,20 +148,32 @@ main() {
     fi
     record setup "$code" $((SECONDS - started))
     if [ "$code" != 0 ]; then
-        echo "== setup failed (exit code $code): nothing can run" >&2
-        python=${python:-python3}
-    else
-        nvidia-smi -L 2> /dev/null || echo "(no nvidia-smi)"
-        for part in info train predict lammps cago; do  # CAGO last: it fits its sizes to the time left
-            run_part "$part"
-        done
+        echo "gpu_check.sh: FAILED: the set-up failed (exit code $code), so nothing ran and no table was written" \
+            "(see the lines above; without --bundle, ./.venv of scripts/setup.sh is needed)" >&2
+        rm -rf "$work"
+        return 3
     fi
+    nvidia-smi -L 2> /dev/null || echo "(no nvidia-smi)"
+    for part in info train predict lammps cago; do  # CAGO last: it fits its sizes to the time left
+        run_part "$part"
+    done
+    rm -f "$out/gpu_check.md"
     echo "== report ($((SECONDS)) s spent)"
     timeout -k 5 60 "$python" "$root/benchmarks/gpu_check.py" --part report --device "$device" --work "$work" \
         --out "$out" ${size:+--size "$size"} || cat "$work/results.jsonl" 2> /dev/null
     cp "$work/results.jsonl" "$work/info.json" "$out"/ 2> /dev/null
-    echo "== done in $SECONDS s; the table is $out/gpu_check.md"
+    local failed
+    failed=$(awk -F'\t' '$2 != 0 {printf "%s%s (exit code %s)", sep, $1, $2; sep = ", "}' "$work/parts.tsv")
     [ -n "${GPU_CHECK_KEEP:-}" ] && echo "work folder kept: $work" || rm -rf "$work"
+    if [ ! -s "$out/gpu_check.md" ]; then
+        echo "gpu_check.sh: FAILED after $SECONDS s: no table was written${failed:+; failed parts: $failed}" >&2
+        return 4
+    fi
+    if [ -n "$failed" ]; then
+        echo "gpu_check.sh: FAILED after $SECONDS s: $failed; the table with the reasons is $out/gpu_check.md" >&2
+        return 5
+    fi
+    echo "== done in $SECONDS s; the table is $out/gpu_check.md"
 }
 
 main 2>&1 | tee "$out/gpu_check.log"

@@ -23,8 +23,10 @@ Safeguards against being fooled (small committees, large δ):
   displacement between consecutive frames / √2), so
   a walk stays near the structures the calibration was judged on;
 - a packing guard: the mean nearest-neighbour distance of every species pair stays within the
-  range the training and calibration structures span (± ``packing_guard.margin``), which
-  catches a coherent compression or expansion that no single pair distance shows;
+  range the training and calibration structures span, widened to hold the start's own packing
+  (an MD frame may lie outside the data's range; the walk may not take it further), ±
+  ``packing_guard.margin``: it catches a coherent compression or expansion that no single pair
+  distance shows;
 - δ must lie inside the calibration's validity limit, judged out of sample. An absolute δ above
   it is clamped (or refused); a relative δ is one-sided: CAGO never targets below the start's
   own σ_cal, and a start whose factor × σ_cal lies above the limit is not pushed (``no_room``;
@@ -63,6 +65,7 @@ from cagoflow.geometry import (
     closest_contact,
     neighbour_distance_ranges,
     packing_departure,
+    ranges_including,
     shortest_pair_distances,
     thermal_displacement,
 )
@@ -147,7 +150,8 @@ class PackingGuard(InputModel):
     """Keeps the packing (mean nearest-neighbour distance per species pair) inside the data's range."""
 
     margin: float = Field(
-        0.03, ge=0, le=0.5, description="allowed relative departure beyond the range of the training and calibration structures"
+        0.03, ge=0, le=0.5,
+        description="allowed relative departure beyond the packing range of the training and calibration structures and the start",
     )
 
 
@@ -464,14 +468,17 @@ class _Limits:
     Attributes:
         contact: smallest distance per species pair, Å (empty: no guard).
         trust_radius: largest distance of an atom from its start, Å (None: none).
-        packing: mean nearest-neighbour distance range per species pair, Å (None: no guard).
-        packing_allowed: largest relative departure from ``packing`` (at least the start's own).
+        packing: mean nearest-neighbour distance range per species pair, Å, of the data and the
+            start (None: no guard).
+        packing_allowed: largest relative departure from ``packing``.
+        data_packing: the data's own range, which results report their departure from.
     """
 
     contact: Mapping[str, float]
     trust_radius: float | None
     packing: Mapping[str, tuple[float, float]] | None
     packing_allowed: float = 0.0
+    data_packing: Mapping[str, tuple[float, float]] | None = None
 
     def broken(self, geometry: Geometry, x: np.ndarray) -> str | None:
         """The name of the first limit the structure at ``x`` lies beyond, or None."""
@@ -596,8 +603,10 @@ def run_cago_batch(
             pressure_weight=settings.bias.weight if settings.bias.kind == "pressure" else 0.0,
             target_pressure=settings.bias.target_pressure or 1.0,
         )  # fmt: skip
-        allowed = None if ranges is None else max(settings.packing_guard.margin, packing_departure(atoms, ranges)[0])
-        limits = _Limits(contact, radius, ranges, allowed or 0.0)
+        if ranges is None:
+            limits = _Limits(contact, radius, None)
+        else:
+            limits = _Limits(contact, radius, ranges_including(ranges, atoms), settings.packing_guard.margin, ranges)
         x0 = geometry.initial()
         run = _Run(Problem(geometry, objective), limits, shortest, _Variables(geometry, x0), [geometry.atoms(x0)])
         if choice.used is None:  # not pushed: it ends where it starts
@@ -654,7 +663,7 @@ def _result(
     flags = ["fast"] if run.reason == "reached" and 1 <= run.steps <= settings.fast_steps else []
     flags += [name for name in LIMIT_NAMES if name in run.touched or run.reason == name]
     sigma = np.asarray(run.sigma)
-    packing = (0.0, None) if run.limits.packing is None else packing_departure(final, run.limits.packing)
+    packing = (0.0, None) if run.limits.data_packing is None else packing_departure(final, run.limits.data_packing)
     final.info.update(
         cago_sigma_cal_rms=_rms(sigma), cago_sigma_cal_mean=float(sigma.mean()), cago_reason=run.reason,
         cago_steps=run.steps, cago_flags=" ".join(flags) or "none",

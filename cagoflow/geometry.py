@@ -119,6 +119,14 @@ def neighbour_distance_ranges(structures: Iterable[Atoms]) -> dict[str, tuple[fl
     return dict(sorted(ranges.items()))
 
 
+def ranges_including(ranges: Mapping[str, tuple[float, float]], atoms: Atoms) -> dict[str, tuple[float, float]]:
+    """``ranges`` (see :func:`neighbour_distance_ranges`) widened to hold ``atoms``' own packing."""
+    own = mean_neighbour_distances(atoms)
+    return {
+        name: (min(low, own.get(name, low)), max(high, own.get(name, high))) for name, (low, high) in ranges.items()
+    }
+
+
 def packing_departure(atoms: Atoms, ranges: Mapping[str, tuple[float, float]]) -> tuple[float, str | None]:
     """How far the structure's packing lies outside ``ranges`` (see :func:`neighbour_distance_ranges`):
     the largest relative distance of a pair's mean nearest-neighbour distance beyond its range

@@ -35,7 +35,7 @@ UNITS = {
     "member_energy_rmse_per_atom": "eV/atom", "virial_rmse_per_atom": "eV/atom", "member_virial_rmse_per_atom": "eV/atom",
     "density_mean": "g/cm³", "density_std": "g/cm³", "diffusion_mean": "Å²/ps", "diffusion_std": "Å²/ps",
     "test_force_rmse": "eV/Å", "validity_limit": "eV/Å", "true_error_mean": "eV/Å", "hit_ratio_mean": "true error / δ",
-    "training_set": "structures", "dataset_after_merge": "structures", "added": "structures",
+    "training_set": "structures", "test_set": "structures", "dataset_after_merge": "structures", "added": "structures",
 }  # fmt: skip
 
 
@@ -85,8 +85,15 @@ class IterationStatus:
 
     @property
     def training_set(self) -> int | None:
-        """Structures in the dataset this iteration's committee was trained on (the split's)."""
-        return self._summary("split", "dataset")
+        """Structures the members of this iteration's committee drew their training resamples
+        from: the split's dataset less its test split, on which no member trains."""
+        dataset = self._summary("split", "dataset")
+        return None if dataset is None else dataset - self.test_set
+
+    @property
+    def test_set(self) -> int:
+        """Structures in this iteration's test split (the calibration's; never trained on)."""
+        return self._summary("split", "test") or 0
 
     @property
     def added(self) -> int | None:
@@ -282,6 +289,7 @@ def _iteration_figures(it: IterationStatus, systems: list[str], failures: list[T
         "stages": {name: {"done": s.done, "failed": s.failed, "running": s.running}
                    for name in ordered_stages([it]) for s in [it.stages[name]]},  # fmt: skip
         "training_set": it.training_set,
+        "test_set": it.test_set,
         "added": it.added,
         "dataset_after_merge": it.dataset_size,
         "calibration": it.calibration,
@@ -352,8 +360,8 @@ def _mean_std(mean: float | None, std: float | None, form: str, scale: float = 1
 
 
 def _dataset(iteration: Mapping[str, Any], _: Mapping[str, Any] | None) -> str:
-    """"10 +4": structures the committee was trained on, + those the iteration added."""
-    parts = [] if iteration["training_set"] is None else [str(iteration["training_set"])]
+    """"8/2 +4": structures the members trained on / in the test split, + those the iteration added."""
+    parts = [] if iteration["training_set"] is None else [f"{iteration['training_set']}/{iteration['test_set']}"]
     if iteration["added"] is not None:
         parts.append(f"+{iteration['added']}")
     return " ".join(parts) or EMPTY
@@ -412,8 +420,9 @@ def _hit(iteration: Mapping[str, Any], _: Mapping[str, Any] | None) -> str:
 
 #: The science table's columns, left to right (empty columns are left out).
 SCIENCE_COLUMNS = (
-    Column("dataset\n+added", _dataset,
-           note="dataset +added: structures the committee was trained on, + those the iteration added"),
+    Column("train\n/test\n+added", _dataset,
+           note="train/test +added: structures the members trained on (their resamples' pool) / in the test "
+                "split (calibration, never trained on), + those the iteration added"),
     Column("F RMSE\nmeV/Å", _held_out_force, per_system=True,
            note="F RMSE: force RMSE of the committee mean on the held-out benchmark set (members: mean±std)"),
     Column("F RMSE\ntest split\nmeV/Å", _test_split_force, instead_of="F RMSE\nmeV/Å",

@@ -6,7 +6,8 @@ the wall time of its body and of the programs it ran (trainer, CP2K) — and pri
 1. per stage: tasks, task-seconds in all, share of all task-seconds, and the cost per unit a
    chemist plans with (training: per member; CAGO: per structure and per optimiser step;
    reference: per structure; evaluation: per task);
-2. per iteration: task-seconds per stage.
+2. per iteration: task-seconds per stage, and the size of the members' training set (the split's
+   dataset less its test split, which only the calibration sees).
 
 Task-seconds add up the time of tasks that ran side by side, so their sum exceeds the
 campaign's wall time on a machine with several workers; the shares say what to make faster.
@@ -79,6 +80,11 @@ def main() -> None:
     for stage in (s for s in STAGE_ORDER if s in by_stage):
         row = [sum(r.seconds for r in by_stage[stage] if r.iteration == iteration) for iteration in iterations]
         per_iteration.add_row(stage, *(f"{value:.1f}" for value in row))
+    split = {r.iteration: r.summary for r in by_stage.get("split", [])}
+    per_iteration.add_row(
+        "members' training set (structures, without the test split)",
+        *(str(split[i]["dataset"] - split[i].get("test", 0)) if i in split else "—" for i in iterations),
+    )
     console.print(per_iteration)
     wall = campaign_wall_time(args.workdir)
     if wall is not None:

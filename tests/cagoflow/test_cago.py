@@ -269,6 +269,31 @@ def test_trust_region_and_packing_guard_stop_what_the_contact_guard_lets_through
     assert packed.summary()["packing_departure"] <= 0.03 + 1e-12
 
 
+def test_packing_guard_lets_a_start_outside_the_data_walk_but_not_further_out():
+    """An MD frame whose packing already lies outside the data's range (here: the data are the
+    start expanded by 6 %) is still walked: the guard's range holds the start's own packing, and
+    no step takes it more than the margin beyond that; the result reports its departure from
+    the data's range."""
+    from cagoflow.geometry import mean_neighbour_distances, neighbour_distance_ranges, packing_departure, ranges_including
+
+    committee, _ = fooled_committee()
+    start = water_box(8, seed=2)
+    expanded = start.copy()
+    expanded.set_cell(start.cell * 1.06, scale_atoms=True)
+    ranges = neighbour_distance_ranges([expanded])
+    assert packing_departure(start, ranges)[0] > 0.03  # outside the data's range, beyond the margin
+    widened = ranges_including(ranges, start)
+    assert all(low <= mean_neighbour_distances(start)[name] <= high for name, (low, high) in widened.items())
+    delta = 4.0 * initial_sigma(committee, start)
+    training = shortest_pair_distances([start])
+    packed = run_cago(start, committee, trusted(contact_distances=training, packing_ranges=ranges),
+                      CagoSettings(delta=delta, trust_region=None))  # fmt: skip
+    assert packed.n_steps > 2 and packed.max_displacement > 0.05  # it walked
+    for atoms in packed.trajectory:
+        assert packing_departure(atoms, widened)[0] <= 0.03 + 1e-12
+    assert packed.summary()["packing_departure"] == pytest.approx(packing_departure(packed.atoms, ranges)[0])
+
+
 def test_trust_radius_derived_from_md_frames(committee):
     """Default radius: 3 × the thermal displacement of the frames CAGO starts from; one
     frame alone gives none, and the error says which field to set."""

@@ -100,8 +100,8 @@ def test_status_prints_two_tables_within_100_columns_with_the_science_and_its_un
     assert "meV/Å" in shown and "g/cm³" in shown and "Å²/ps" in shown
     assert "120 (140±8)" in shown and "100 (140±8)" in shown  # committee mean (members mean ± std), meV/Å
     assert "0.997±0.004" in shown and "0.231±0.012" in shown and "4.12±0.05" in shown
-    assert "2/3" in shown and "3/3" in shown and "1/2 (1)" in shown and "0 water-dense" in shown and "10 +4" in shown
-    assert "test split" not in shown  # the held-out RMSE replaces it
+    assert "2/3" in shown and "3/3" in shown and "1/2 (1)" in shown and "0 water-dense" in shown and "8/2 +4" in shown
+    assert "F RMSE\ntest split\nmeV/Å" not in science_table(campaign_figures(campaign))[0]  # the held-out RMSE replaces it
     assert "iteration 0 train member-01: the trainer exited with code 1: out of memory" in shown
     assert "stopped early at iteration 1: held-out force RMSE below 90 meV/Å" in shown
 
@@ -111,7 +111,8 @@ def test_status_json_holds_the_figures_of_the_tables(campaign):
     assert figures == json.loads(json.dumps(campaign_figures(campaign)))
     init, first, second = figures["iterations"]
     assert init["iteration"] == -1 and init["dataset_after_merge"] == 10 and init["systems"] == {}
-    assert (first["training_set"], first["added"], first["dataset_after_merge"]) == (10, 4, 14)
+    # the members train on the dataset less its test split (10 - 2), the merge adds 4 to the dataset
+    assert (first["training_set"], first["test_set"], first["added"], first["dataset_after_merge"]) == (8, 2, 4, 14)
     water = first["systems"]["water"]
     assert water["evaluation"]["force_rmse"] == 0.120 and water["evaluation"]["member_force_rmse"] == [0.130, 0.140, 0.150]
     assert water["evaluation"]["stable_members"] == 3 and water["evaluation"]["density_mean"] == 0.997
@@ -136,7 +137,7 @@ def test_an_old_campaign_without_evaluation_shows_the_test_split_rmse_and_md_rep
     heads, rows, notes = science_table(campaign_figures(campaign))
     assert "F RMSE\ntest split\nmeV/Å" in heads and "MD\nstable" in heads
     assert not any(h.startswith(("density", "stable\nmembers", "F RMSE\nmeV/Å")) for h in heads)
-    assert ["0 water", "10 +4", "250", "1/2", "1/2 (1)\n1/1/1", "1.05"] in rows
+    assert ["0 water", "8/2 +4", "250", "1/2", "1/2 (1)\n1/1/1", "1.05"] in rows
     assert any("drifts" in note for note in notes)
     shown = status_output(campaign)
     assert max(len(line) for line in shown.splitlines()) <= 100, shown
@@ -146,12 +147,12 @@ def test_report_plots_figures_against_the_training_set_size(campaign, tmp_path):
     plots = {plot.name: plot for plot in report_plots(campaign_figures(campaign))}
     force = plots["learning-curve"].series
     assert [s.label for s in force][:2] == ["water, committee mean", "water-dense, committee mean"]
-    assert force[0].x == [10, 14] and force[0].y == pytest.approx([120, 100])
+    assert force[0].x == [8, 12] and force[0].y == pytest.approx([120, 100])
     members = next(s for s in force if s.label == "water, members (mean ± std)")
     assert members.y == pytest.approx([140, 140]) and members.error == pytest.approx([8.165, 8.165], abs=1e-3)
     assert plots["stable-members"].series[0].y == pytest.approx([1, 2 / 3])
     density = plots["density"].series[0]
-    assert (density.x, density.y, density.error) == ([10], [0.997], [0.004])  # no stable member: no point
+    assert (density.x, density.y, density.error) == ([8], [0.997], [0.004])  # no stable member: no point
     assert plots["cago-hit"].series[0].x == [0, 1] and plots["md-stability"].series[0].y == [0.5, 0.5]
     walks = {s.label: s.y for s in plots["cago-walks"].series}
     assert walks == {"up": pytest.approx([1 / 3] * 2), "down": pytest.approx([1 / 3] * 2), "unmoved": pytest.approx([1 / 3] * 2)}
