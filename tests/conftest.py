@@ -30,6 +30,16 @@ from ase.io import write
 from cagoflow.structures import water_box
 from real_components import missing, require_command, require_module
 
+# One thread per process and no DataLoader worker processes in DeePMD-kit's trainer (NUM_WORKERS),
+# for every process the tests start, unless the caller set them: the test machines have 2 cores,
+# and trainers started with the defaults (a thread per core, 2 loader processes for training and
+# 2 for validation, each importing torch) ran 3-6 × slower. Tests of the thread settings
+# themselves delete these variables first.
+for _name, _value in {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                      "DP_INTRA_OP_PARALLELISM_THREADS": "1", "DP_INTER_OP_PARALLELISM_THREADS": "1",
+                      "NUM_WORKERS": "0"}.items():  # fmt: skip
+    os.environ.setdefault(_name, _value)
+
 # The programs of the environment the tests run in (lmp, dp, nequip-train, cagoflow, Parsl's
 # worker pool) come first on PATH, as they do for a user who activated it.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"

@@ -34,6 +34,8 @@ safeguards change? On two systems (``--system``, facts in :mod:`systems`), for o
    of the per-atom RMSE over the CAGO members, the paper's definition). Hits are taken over the
    structures that REACHED δ only; those that stopped before it (a safeguard, max_steps, ...) are
    counted apart ("reached n/N"), and so are the structures not pushed (``no_room``, ``no_limit``).
+   For the structures a limit stopped before δ the table gives true error / σ_cal at the point
+   where they stopped (mean [min–max] over structures): whether the calibration still holds there.
 
 Every seed (``--seed`` or ``--seeds 0 1 2``) draws everything random anew (teacher MD and its
 starting structure, rattles, bootstrap resamples, training seeds; seed 0 draws what the earlier
@@ -50,6 +52,7 @@ whole chain, not a result.
 
     python benchmarks/science/calibration_target.py --system water --seeds 0 1 2 [--workdir runs/science/calibration]
     python benchmarks/science/calibration_target.py --system copper --seeds 0 1 2
+    python benchmarks/science/calibration_target.py --system water --seed 1 --core   # the core set-ups only
     python benchmarks/science/calibration_target.py --quick --members 4 --steps 60 --seeds 0 1   # a smoke test
 """
 
@@ -60,6 +63,7 @@ import datetime
 import hashlib
 import logging
 import math
+import os
 import shlex
 import socket
 import subprocess
@@ -97,7 +101,14 @@ SUBSET_MEAN_AT_MOST = {"water": 1.3, "copper": 1.5}
 #: Set-ups compared in the safeguards table (all on, one off at a time, none).
 SAFEGUARD_ROWS = ("subset, own law", "subset, own law, no trust region", "subset, own law, no packing guard", "subset, own law, no safeguards")
 NOT_PUSHED = ("no_room", "no_limit")
+#: ``--core``: the set-ups the acceptance checks and the paper's heuristic (calibrate with many
+#: members, push with few: Fig. 3 b) need.
+CORE_SETUPS = ("full, calibrated", "subset, full law", "subset, own law")
 console = Console(width=200)
+# One thread and no DataLoader worker processes per trainer (DeePMD-kit's NUM_WORKERS): on a small
+# shared machine the workers' start-up and the threads' contention cost more than they give.
+for _name in ("OMP_NUM_THREADS", "DP_INTRA_OP_PARALLELISM_THREADS", "DP_INTER_OP_PARALLELISM_THREADS", "NUM_WORKERS"):
+    os.environ.setdefault(_name, "0" if _name == "NUM_WORKERS" else "1")
 logging.getLogger("cagoflow.cago").setLevel(logging.ERROR)  # the clamp warns per structure; the tables say it once
 
 
@@ -167,9 +178,11 @@ def students(workdir: Path, system: System, pool: Path, members: int, steps: int
         folder = workdir / "students" / f"member-{m:02d}"
         train_file = write_structures(folder / "train.extxyz", [frames[k] for k in chosen])
         validation_file = write_structures(folder / "validation.extxyz", [frames[k] for k in left_out])
-        stamp(f"training student {m + 1}/{members} ({steps} steps)")
-        settings = TrainingSettings(steps=steps, seed=seeded(seed, m + 1), type_map=system.type_map, hyperparameters=system.hyperparameters)
-        result = train(backend, train_file, validation_file, folder, settings)
+        result = backend.read_training_result(folder) if folder.exists() else None
+        if result is None or result.status != "success" or result.metrics.get("steps") != steps:  # else: trained before
+            stamp(f"training student {m + 1}/{members} ({steps} steps)")
+            settings = TrainingSettings(steps=steps, seed=seeded(seed, m + 1), type_map=system.type_map, hyperparameters=system.hyperparameters)
+            result = train(backend, train_file, validation_file, folder, settings)
         if result.status != "success":
             raise SystemExit(f"student {m} did not train: {result.message}")
         models.append(str(Path(result.model).resolve().relative_to(workdir.resolve())))
@@ -268,8 +281,11 @@ def fingerprint(*paths: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def run_setups(workdir: Path, system: System, committee_file: Path, files: dict[str, Path], calibrations: Path) -> dict:
-    """Every set-up at every δ, labelled by the teacher; results.json (cached per set-up and δ)."""
+def run_setups(
+    workdir: Path, system: System, committee_file: Path, files: dict[str, Path], calibrations: Path, only: tuple[str, ...] | None = None
+) -> dict:
+    """Every set-up (``only``: these; the others' results cached by an earlier run are kept) at
+    every δ, labelled by the teacher; results.json (cached per set-up and δ)."""
     results_file = workdir / "results.json"
     results = read_json(results_file) if results_file.exists() else {}
     committee = load_committee_spec(committee_file).build()
@@ -291,8 +307,10 @@ def run_setups(workdir: Path, system: System, committee_file: Path, files: dict[
         trust_radius = None if setup.settings.trust_region is None else setup.settings.trust_region.resolve(starts)
         for label, delta in targets.items():
             key = f"{name} | {label}"
-            order.append(key)
-            if key in results and results[key].get("inputs") == inputs:
+            cached = key in results and results[key].get("inputs") == inputs
+            if cached or only is None or name in only:
+                order.append(key)
+            if cached or (only is not None and name not in only):
                 continue
             stamp(f"CAGO {key}: δ = {1000 * delta:.0f} meV/Å")
             start = time.perf_counter()
@@ -334,7 +352,10 @@ def _seed_figures(row: dict) -> dict:
     structures = row["structures"]
     reached = [s for s in structures if s["reason"] == "reached" and s["hit"] is not None]
     hits = [s["hit"] for s in reached]
+    # where a limit stopped a walk before δ: does σ_cal still predict the true error there?
+    stopped = [s for s in structures if s["delta_used"] is not None and s["reason"] != "reached" and s["true_error"] is not None]
     return {
+        "stopped_ratio": [s["true_error"] / s["sigma_cal_rms"] for s in stopped],
         "delta": row["delta"], "md_error": row["md_error"], "validity_limit": row["validity_limit"],
         "above_limit": row["above_limit"], "trust_radius": row.get("trust_radius"),
         "mean_hit": float(np.mean(hits)) if hits else None, "median_hit": float(np.median(hits)) if hits else None,
@@ -373,6 +394,7 @@ def summarise(results_by_seed: dict[int, dict]) -> list[dict]:
             "seeds_without_limit": sum(f["validity_limit"] is None for f in figures),
             "above_limit": sum(bool(f["above_limit"]) for f in figures),
             "mean_hit": _spread([f["mean_hit"] for f in figures if f["mean_hit"] is not None]),
+            "stopped_ratio": _spread([r for f in figures for r in f["stopped_ratio"]]),
             "median_hit": _spread([f["median_hit"] for f in figures if f["median_hit"] is not None]),
             "max_hit": max(hits) if hits else None, "within_20": float(np.mean(np.abs(np.asarray(hits) - 1) <= 0.2)) if hits else None,
             "n": sum(f["n"] for f in figures), "n_reached": sum(f["n_reached"] for f in figures),
@@ -442,6 +464,11 @@ def _delta(spread: dict | None) -> str:
     return f"{1000 * spread['mean']:.0f} [{1000 * spread['min']:.0f}–{1000 * spread['max']:.0f}]"
 
 
+def _ratio(spread: dict | None) -> str:
+    """"1.05 [0.80–1.40]": mean [min–max] over structures."""
+    return "—" if spread is None else f"{spread['mean']:.2f} [{spread['min']:.2f}–{spread['max']:.2f}]"
+
+
 def _counts(counter: dict) -> str:
     return ", ".join(f"{name} {count}" for name, count in sorted(counter.items())) or "—"
 
@@ -481,7 +508,7 @@ def size_table(rows: list[dict], n_seeds: int) -> Table:
     """Table 2: every set-up, with the counts and the safeguards' traces."""
     spread = r" \[min–max over seeds]" if n_seeds > 1 else ""
     table = Table(title=f"Committee size and safeguards (hits over the structures that reached δ; mean over seeds{spread}; counts summed over seeds)")
-    for column in ("set-up", "δ", "δ meV/Å", "start σ_cal / δ", "mean hit", "median hit", "max hit", "within ±20 %", "reached", "not pushed", "stopped by", "touched", "steps", "s"):
+    for column in ("set-up", "δ", "δ meV/Å", "start σ_cal / δ", "mean hit", "median hit", "max hit", "within ±20 %", "reached", "not pushed", "stopped by", "stopped: error / σ_cal", "touched", "steps", "s"):
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(
@@ -489,7 +516,7 @@ def size_table(rows: list[dict], n_seeds: int) -> Table:
             _hit(row["mean_hit"]), _hit(row["median_hit"]), "—" if row["max_hit"] is None else f"{row['max_hit']:.2f}",
             "—" if row["within_20"] is None else f"{row['within_20']:.0%}", _reached(row),
             _counts(row["not_pushed"]), _counts(row["stopped"]) + (f", teacher failed {row['unlabelled']}" if row["unlabelled"] else ""),
-            _counts(row["touched"]), "—" if row["steps"] is None else f"{row['steps']:.0f}", f"{row['seconds']:.0f}",
+            _ratio(row["stopped_ratio"]), _counts(row["touched"]), "—" if row["steps"] is None else f"{row['steps']:.0f}", f"{row['seconds']:.0f}",
         )  # fmt: skip
     return table
 
@@ -597,7 +624,7 @@ def run_seed(workdir: Path, system: System, seed: int, args) -> dict:
     files = teacher_frames(folder, system, seed)
     committee = students(folder, system, files["pool"], args.members, args.steps, seed)
     calibrations = calibrate(folder, committee, files)
-    results = run_setups(folder, system, committee, files, calibrations)
+    results = run_setups(folder, system, committee, files, calibrations, CORE_SETUPS if args.core else None)
     rows = summarise({seed: results})
     if args.per_seed:
         console.print(size_table(rows, 1))
@@ -618,6 +645,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, nargs=3, metavar=("POOL", "CALIBRATION", "STARTS"), default=None, help="teacher frames per set (default 40 24 8)")
     parser.add_argument("--md-steps", type=int, default=None, help="steps of each teacher MD run (default 400)")
     parser.add_argument("--per-seed", action="store_true", help="also print each seed's table")
+    parser.add_argument("--core", action="store_true", help=f"compute only the set-ups {', '.join(CORE_SETUPS)} (others cached before are shown)")
     args = parser.parse_args()
     if args.members <= max(SUBSET):
         parser.error(f"--members must be at least {max(SUBSET) + 1} (the subset is members {SUBSET})")

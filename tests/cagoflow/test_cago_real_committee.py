@@ -20,7 +20,7 @@ from cagoflow.calibration import calibrate_committee
 from cagoflow.engines.ase_md import run_md
 from cagoflow.engines.md_settings import MDStage
 from cagoflow.geometry import closest_contact
-from real_components import require_module
+from real_components import require_module, side_by_side
 
 SUBSET = (0, 1, 2)
 HYPERPARAMETERS = {"model": {"descriptor": {"rcut": 4.0, "rcut_smth": 0.5}}, "learning_rate": {"start_lr": 0.01, "stop_lr": 0.001}}
@@ -39,13 +39,15 @@ def six_members(water_frames, tmp_path_factory):
     require_module("deepmd")
     root = tmp_path_factory.mktemp("six-members")
     backend = DeepmdBackend()
-    models = []
-    for seed in range(1, 7):
+
+    def member(seed: int):
         settings = TrainingSettings(steps=400, seed=seed, type_map=("H", "O"), hyperparameters=HYPERPARAMETERS)
-        result = train(backend, water_frames.train_file, water_frames.validation_file, root / f"member-{seed}", settings)
+        return lambda: train(backend, water_frames.train_file, water_frames.validation_file, root / f"member-{seed}", settings)
+
+    results = side_by_side([member(seed) for seed in range(1, 7)])
+    for result in results:
         assert result.status == "success", result.message
-        models.append(result.model)
-    return backend.load(models, device="cpu")
+    return backend.load([result.model for result in results], device="cpu")
 
 
 def test_small_committee_at_large_delta_is_not_fooled(six_members, water_frames, capsys):

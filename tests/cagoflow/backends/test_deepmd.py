@@ -32,7 +32,7 @@ from cagoflow.committee import Committee, DifferentiableCommittee
 from cagoflow.errors import InputError
 from cagoflow.models import load_committee
 from cagoflow.structures import water_box
-from real_components import require_module
+from real_components import require_module, side_by_side
 
 from .committee_checks import (
     assert_batched_equals_one_at_a_time,
@@ -62,7 +62,7 @@ def trained(water_frames, tmp_path_factory):
     root = tmp_path_factory.mktemp("deepmd-committee")
     backend = DeepmdBackend()
     splits = (water_frames.train_file, water_frames.validation_file)
-    results = [train(backend, *splits, root / f"member-{seed}", settings(seed=seed)) for seed in (1, 2)]
+    results = side_by_side([lambda seed=seed: train(backend, *splits, root / f"member-{seed}", settings(seed=seed)) for seed in (1, 2)])
     for result in results:
         assert result.status == "success", result.message
     return results

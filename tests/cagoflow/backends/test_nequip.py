@@ -38,7 +38,7 @@ from cagoflow.committee import Committee, DifferentiableCommittee
 from cagoflow.errors import InputError
 from cagoflow.models import load_committee
 from cagoflow.structures import water_box
-from real_components import require_module
+from real_components import require_module, side_by_side
 
 from .committee_checks import (
     assert_batched_equals_one_at_a_time,
@@ -98,17 +98,16 @@ def trained(request, water_frames, tmp_path_factory, single_thread):
     if family == "allegro":
         require_module("allegro")
     root = tmp_path_factory.mktemp(f"{family}-committee")
-    results = []
-    for seed, compile_device in ((1, "cpu"), (2, None)):
-        result = train(
-            backend(family, compile_device),
-            water_frames.train_file,
-            water_frames.validation_file,
-            root / f"member-{seed}",
-            settings(seed=seed),
-        )
+
+    def member(seed: int, compile_device: str | None):
+        return lambda: train(
+            backend(family, compile_device), water_frames.train_file, water_frames.validation_file,
+            root / f"member-{seed}", settings(seed=seed),
+        )  # fmt: skip
+
+    results = side_by_side([member(1, "cpu"), member(2, None)])
+    for result in results:
         assert result.status == "success", result.message
-        results.append(result)
     return family, results
 
 
