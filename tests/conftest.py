@@ -40,6 +40,21 @@ for _name, _value in {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_
                       "NUM_WORKERS": "0"}.items():  # fmt: skip
     os.environ.setdefault(_name, _value)
 
+#: Fixtures that train real models, run an engine for minutes, or start a cluster or a campaign:
+#: every test that uses one (directly or through another fixture) is marked ``slow``, like the
+#: tests marked by hand that run such programs themselves. ``pytest -m "not slow"`` is the fast lane.
+SLOW_FIXTURES = frozenset({
+    "trained", "six_members", "deepmd_committee", "native_nvt", "slurm_cluster", "pbe_water", "parsl_on",
+    "write_campaign", "finished_campaign", "stopped_campaign", "deepmd_campaign", "calibrated",
+})  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 # The programs of the environment the tests run in (lmp, dp, nequip-train, cagoflow, Parsl's
 # worker pool) come first on PATH, as they do for a user who activated it.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"

@@ -117,6 +117,7 @@ PROBE = (
 )
 
 
+@pytest.mark.slow
 def test_deepmd_reads_the_thread_variables_of_its_shell_line(tmp_path):
     """DeePMD-kit's own settings module, started by the campaign's shell line, takes its torch
     threads, inter-op threads and DataLoader workers from the derived variables."""

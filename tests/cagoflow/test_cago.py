@@ -133,6 +133,7 @@ def test_cago_with_finite_differences_reaches_delta(committee, small_box):
     assert result.n_structure_evaluations == sum(fd.calls[1:])
 
 
+@pytest.mark.slow
 def test_batched_and_single_finite_differences_are_identical(committee, small_box):
     delta = 1.5 * initial_sigma(committee, small_box)
     settings = CagoSettings(**UNGUARDED, delta=delta, gradient="finite_difference", max_steps=5)
@@ -144,6 +145,7 @@ def test_batched_and_single_finite_differences_are_identical(committee, small_bo
     np.testing.assert_allclose(batched.atoms.cell, single.atoms.cell, rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gradient", ["exact", "finite_difference"])
 def test_many_structures_at_once_equal_one_at_a_time(committee, gradient):
     """Vectorised CAGO: four structures in lock-step, one committee call per round, give the
@@ -226,6 +228,7 @@ def fooled_committee() -> tuple[MorseCommittee, MorseModel]:
     return MorseCommittee(replace(base, alpha=alpha)), replace(truth, alpha=stiff)
 
 
+@pytest.mark.slow
 def test_a_fooled_small_committee_stays_outside_the_guard_and_walks():
     """Large δ on a committee whose spread under-reports short-range errors: with the guard and
     the step limit CAGO neither returns a structure inside the guard nor jumps there."""

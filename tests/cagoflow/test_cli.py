@@ -422,6 +422,7 @@ def test_cago_refuses_a_calibration_without_validity_limit(inputs: Inputs, calib
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_cago_demo(tmp_path: Path, jobs: Jobs) -> None:
     out = tmp_path / "demo"
     result = invoke("cago", "--demo", "--output", out)

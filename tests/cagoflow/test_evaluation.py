@@ -135,6 +135,7 @@ def test_member_rmses_bracket_the_committee_mean(references):
 # --- production MD ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stable_member_reports_density_diffusion_and_coordination(stable_run):
     assert stable_run.stability.stable and stable_run.stability.steps_done == (200, 200)
     assert stable_run.n_frames == 40

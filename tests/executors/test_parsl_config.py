@@ -301,6 +301,7 @@ def test_threads_run(tmp_path: Path) -> None:
     assert (tmp_path / "out").read_text().startswith("partition=none")
 
 
+@pytest.mark.slow
 def test_local_htex_run_without_an_activated_venv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Local HTEX starts even when the venv's bin/ is not on PATH (as with `.venv/bin/cagoflow run`)."""
     monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != VENV_BIN))
@@ -440,6 +441,7 @@ def _retrying_provider(retries: int):
     return provider
 
 
+@pytest.mark.slow
 def test_scheduler_calls_outlast_a_stalled_controller(slurm_cluster: None) -> None:
     """slurmctld stopped for 6 s: squeue times out (2 s) twice or three times, then answers;
     without retries the same call raises the timeout to Parsl."""

@@ -174,6 +174,7 @@ def test_python_app_on_a_thread_pool_runs_with_the_derived_threads(tmp_path: Pat
     assert {result[:2] for result in results} == {(threads, str(threads))}
 
 
+@pytest.mark.slow
 def test_python_app_on_a_local_htex_runs_with_the_derived_threads(tmp_path: Path) -> None:
     site = SiteConfig.model_validate({"executors": {"local": {"kind": "htex_local", "max_workers": 2}}})
     threads = site.python_threads("md")

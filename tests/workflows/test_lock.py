@@ -129,6 +129,7 @@ except CampaignLocked:
 """
 
 
+@pytest.mark.slow
 def test_of_runs_started_at_the_same_moment_exactly_one_gets_the_lock(tmp_path):
     start = time.time() + 2.0
     racers = [

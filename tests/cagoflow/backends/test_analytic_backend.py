@@ -193,6 +193,7 @@ def test_training_is_deterministic(data, tmp_path):
     assert first == again
 
 
+@pytest.mark.slow
 def test_train_end_to_end_through_the_subprocess(data, tmp_path):
     workdir = tmp_path / "member"
     result = backends.train(AnalyticBackend(), data.small, data.validation, workdir, settings(steps=20))

@@ -207,6 +207,7 @@ def test_training_succeeds_with_finite_errors(trained, water_frames):
         assert result.metrics["validation_forces"] < reference_rms  # learnt something
 
 
+@pytest.mark.slow
 def test_failed_training_reports_the_log(water_frames, tmp_path):
     """A setting DeePMD refuses, and labels that make the losses NaN: failed, with the log."""
     require_module("deepmd")
@@ -227,6 +228,7 @@ def test_failed_training_reports_the_log(water_frames, tmp_path):
     assert result.message.count("\n") >= 3  # the trainer's last lines
 
 
+@pytest.mark.slow
 def test_restart_continues_from_the_checkpoint(water_frames, tmp_path):
     """A run killed after its checkpoint at step 10, rerun for 20 steps: continues at 10."""
     require_module("deepmd")

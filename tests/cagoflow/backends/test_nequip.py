@@ -286,6 +286,7 @@ def test_training_succeeds_with_finite_errors(trained, water_frames):
         assert result.metrics["validation_forces"] < 0.6 * reference_rms  # learnt something (untrained: ~1)
 
 
+@pytest.mark.slow
 def test_failed_training_reports_the_log(water_frames, tmp_path):
     """A model nequip cannot build: failed, with the trainer's last lines."""
     require_module("nequip")
@@ -296,6 +297,7 @@ def test_failed_training_reports_the_log(water_frames, tmp_path):
     assert result.message.count("\n") >= 5
 
 
+@pytest.mark.slow
 def test_restart_continues_from_the_last_checkpoint(water_frames, tmp_path):
     """A run stopped after 10 steps, rerun for 20: continues at step 10."""
     require_module("nequip")

@@ -137,6 +137,7 @@ def test_dcdft_inputs_as_text():
     assert "CUTOFF_RADIUS 3.250000" in explicit
 
 
+@pytest.mark.slow
 def test_generated_inputs_pass_cp2k_syntax_check(tmp_path):
     require_command("cp2k.psmp")
     atoms = water()
@@ -320,6 +321,7 @@ def test_pbe_water_converges_with_energy_forces_stress(pbe_water):
     assert post_filter([labelled]).kept == (0,)
 
 
+@pytest.mark.slow
 def test_pbe_forces_match_finite_differences(pbe_water, tmp_path):
     """Central difference, h = 0.005 Å, on the y force of the first H: measured |Δ| = 3e-4 eV/Å."""
     atoms, result = pbe_water
@@ -335,6 +337,7 @@ def test_pbe_forces_match_finite_differences(pbe_water, tmp_path):
     assert result.atoms.get_forces()[atom, axis] == pytest.approx(finite_difference, abs=2e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("component", [(2, 2), (0, 1)], ids=["zz", "xy"])
 def test_pbe_stress_matches_strain_derivative(pbe_water, tmp_path, component):
     """ASE stress = (1/V) ∂E/∂ε: central difference, ε = ±0.005 (atoms follow the cell).
@@ -384,6 +387,7 @@ def test_cp2k_crash_is_a_failed_result(tmp_path):
 # -- real CP2K: DC-r²SCAN -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_dc_r2scan_water_two_ranks(tmp_path):
     """One real DC-r²SCAN run (PBE guess, then HF-ADMM + r²SCAN correction) on two MPI ranks.
 

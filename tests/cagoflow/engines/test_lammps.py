@@ -285,6 +285,7 @@ def assert_healthy(result: MDResult, steps: int = 200, dump_interval: int = 10) 
         assert frame.calc is None and frame.arrays[FRAME_FORCES_ARRAY].shape == (len(frame), 3)
 
 
+@pytest.mark.slow
 def test_pair_styles_of_this_lammps(tmp_path):
     styles = lammps_pair_styles(lmp())
     assert {"deepmd", "zero"} <= styles  # the DeePMD plugin loads itself in plain lmp
@@ -351,6 +352,7 @@ def test_npt_changes_the_volume_in_both_modes(deepmd_committee, tmp_path):
         assert np.abs(a.positions - b.positions).max() < SAME_MODEL_ATOL
 
 
+@pytest.mark.slow
 def test_broken_run_ends_early(deepmd_committee, tmp_path):
     result = run_lammps(
         water_box(8), deepmd_committee, stage(timestep=10.0), tmp_path,
@@ -361,6 +363,7 @@ def test_broken_run_ends_early(deepmd_committee, tmp_path):
     print(f"\nbroken run: {result.reason.splitlines()[0]}")
 
 
+@pytest.mark.slow
 def test_lammps_crash_is_a_result(tmp_path):
     committee = fake_models_file(tmp_path, "deepmd")  # files LAMMPS cannot load
     result = run_lammps(water_box(8), committee, stage(steps=20), tmp_path / "run", seed=1, command=lmp(), mode="native")
@@ -368,6 +371,7 @@ def test_lammps_crash_is_a_result(tmp_path):
     assert "ERROR" in result.reason and "--- last lines of log.lammps ---" in result.reason
 
 
+@pytest.mark.slow
 def test_analytic_committee_through_fix_external_matches_ase(tmp_path):
     """Velocity Verlet in both engines, the committee mean, the same initial velocities."""
     lmp()
