@@ -27,6 +27,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
+from cagoflow.apps.commands import thread_environment
 from cagoflow.structures import water_box
 from real_components import missing, require_command, require_module
 
@@ -35,9 +36,7 @@ from real_components import missing, require_command, require_module
 # and trainers started with the defaults (a thread per core, 2 loader processes for training and
 # 2 for validation, each importing torch) ran 3-6 × slower. Tests of the thread settings
 # themselves delete these variables first.
-for _name, _value in {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                      "DP_INTRA_OP_PARALLELISM_THREADS": "1", "DP_INTER_OP_PARALLELISM_THREADS": "1",
-                      "NUM_WORKERS": "0"}.items():  # fmt: skip
+for _name, _value in {**thread_environment(1), "NUM_WORKERS": "0"}.items():
     os.environ.setdefault(_name, _value)
 
 #: Fixtures that train real models, run an engine for minutes, or start a cluster or a campaign:

@@ -77,6 +77,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from cagoflow.apps.commands import thread_environment
 from cagoflow.backends import TrainingSettings, get_backend, train
 from cagoflow.cago import CagoCalibration, CagoSettings, run_cago_batch, true_force_error
 from cagoflow.calibration import CommitteeCalibration, PowerLaw
@@ -107,8 +108,8 @@ CORE_SETUPS = ("full, calibrated", "subset, full law", "subset, own law")
 console = Console(width=200)
 # One thread and no DataLoader worker processes per trainer (DeePMD-kit's NUM_WORKERS): on a small
 # shared machine the workers' start-up and the threads' contention cost more than they give.
-for _name in ("OMP_NUM_THREADS", "DP_INTRA_OP_PARALLELISM_THREADS", "DP_INTER_OP_PARALLELISM_THREADS", "NUM_WORKERS"):
-    os.environ.setdefault(_name, "0" if _name == "NUM_WORKERS" else "1")
+for _name, _value in {**thread_environment(1), "NUM_WORKERS": "0"}.items():
+    os.environ.setdefault(_name, _value)
 logging.getLogger("cagoflow.cago").setLevel(logging.ERROR)  # the clamp warns per structure; the tables say it once
 
 

@@ -28,6 +28,7 @@ from rich.table import Table
 
 from cagoflow.records import all_records
 from cagoflow.stages import STAGE_ORDER
+from cagoflow.workflows.status import campaign_figures
 
 UNITS = {"train": "member", "cago": "structure", "reference": "structure", "evaluate": "task", "md": "trajectory"}
 
@@ -80,10 +81,10 @@ def main() -> None:
     for stage in (s for s in STAGE_ORDER if s in by_stage):
         row = [sum(r.seconds for r in by_stage[stage] if r.iteration == iteration) for iteration in iterations]
         per_iteration.add_row(stage, *(f"{value:.1f}" for value in row))
-    split = {r.iteration: r.summary for r in by_stage.get("split", [])}
+    training = {it["iteration"]: it["training_set"] for it in campaign_figures(args.workdir)["iterations"]}
     per_iteration.add_row(
         "members' training set (structures, without the test split)",
-        *(str(split[i]["dataset"] - split[i].get("test", 0)) if i in split else "—" for i in iterations),
+        *("—" if training.get(i) is None else str(training[i]) for i in iterations),
     )
     console.print(per_iteration)
     wall = campaign_wall_time(args.workdir)
