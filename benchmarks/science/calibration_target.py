@@ -70,6 +70,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -166,29 +167,42 @@ def teacher_frames(workdir: Path, system: System, seed: int) -> dict[str, Path]:
 
 def students(workdir: Path, system: System, pool: Path, members: int, steps: int, seed: int) -> Path:
     """A committee file of ``members`` tiny DeePMD members on bootstrap resamples of the pool (cached)."""
-    committee = workdir / "committee.yaml"
+    return train_committee(workdir / "committee.yaml", read_structures(pool), system, members, steps, seed)
+
+
+def train_committee(
+    committee: Path, frames: list, system: System, members: int, steps: int, seed: int, init_models: list[Path] | None = None, workers: int = 2
+) -> Path:
+    """``committee`` (a committee file): ``members`` tiny DeePMD members in ``students/`` beside it,
+    member m trained ``steps`` steps on its own bootstrap resample of ``frames`` (draw
+    ``seeded(seed, m)``, training seed ``seeded(seed, m + 1)``: equal for equal ``seed`` and frame
+    count), from ``init_models[m]`` when given (fine-tuning), ``workers`` at a time (cached)."""
     if committee.exists():
         return committee
-    frames = read_structures(pool)
     backend = get_backend("deepmd")
-    models = []
-    for m in range(members):
+
+    def member(m: int) -> str:
         rng = np.random.default_rng(seeded(seed, m))
         chosen = rng.choice(len(frames), size=len(frames), replace=True)
         left_out = sorted(set(range(len(frames))) - set(chosen.tolist()))[:4] or [0]
-        folder = workdir / "students" / f"member-{m:02d}"
+        folder = committee.parent / "students" / f"member-{m:02d}"
         train_file = write_structures(folder / "train.extxyz", [frames[k] for k in chosen])
         validation_file = write_structures(folder / "validation.extxyz", [frames[k] for k in left_out])
         result = backend.read_training_result(folder) if folder.exists() else None
         if result is None or result.status != "success" or result.metrics.get("steps") != steps:  # else: trained before
-            stamp(f"training student {m + 1}/{members} ({steps} steps)")
-            settings = TrainingSettings(steps=steps, seed=seeded(seed, m + 1), type_map=system.type_map, hyperparameters=system.hyperparameters)
+            stamp(f"training {committee.parent.name} member {m + 1}/{members} ({steps} steps{', fine-tuned' if init_models else ''})")
+            settings = TrainingSettings(
+                steps=steps, seed=seeded(seed, m + 1), type_map=system.type_map, hyperparameters=system.hyperparameters,
+                init_model=None if init_models is None else init_models[m],
+            )  # fmt: skip
             result = train(backend, train_file, validation_file, folder, settings)
         if result.status != "success":
-            raise SystemExit(f"student {m} did not train: {result.message}")
-        models.append(str(Path(result.model).resolve().relative_to(workdir.resolve())))
-    atomic_write_text(committee, "backend: deepmd\nmodels:\n" + "".join(f"  - {path}\n" for path in models))
-    return committee
+            raise SystemExit(f"{committee.parent.name} member {m} did not train: {result.message}")
+        return str(Path(result.model).resolve().relative_to(committee.parent.resolve()))
+
+    with ThreadPoolExecutor(workers) as pool:  # each member trains in its own process
+        models = list(pool.map(member, range(members)))
+    return atomic_write_text(committee, "backend: deepmd\nmodels:\n" + "".join(f"  - {path}\n" for path in models))
 
 
 def calibrate(workdir: Path, committee: Path, files: dict[str, Path]) -> Path:
