@@ -229,7 +229,8 @@ def _run_command(
 @stage_task("train")
 def _collect_training(workdir: str, iteration: int, member: int, prepared: dict, ran: int) -> TaskRecord:
     """Read the trained model (or the failure, with the trainer's last lines) and record it."""
-    from cagoflow.backends import get_backend, tail
+    from cagoflow.backends import get_backend
+    from cagoflow.io import log_tail
     from cagoflow.records import write_record
 
     root = Path(workdir)
@@ -240,7 +241,7 @@ def _collect_training(workdir: str, iteration: int, member: int, prepared: dict,
     code = check_started(spec.directory)
     if code != 0:
         status, model = "failed", None
-        summary = {"message": f"the trainer exited with code {code}: {tail(spec.directory / 'train.log', 5)}"}
+        summary = {"message": f"the trainer exited with code {code}: {log_tail(spec.directory / 'train.log', 5)}"}
     else:
         result = get_backend(prepared["backend"]).read_training_result(spec.directory)
         status = "done" if result.status == "success" else "failed"

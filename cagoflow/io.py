@@ -34,6 +34,28 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def last_lines(text: str, lines: int, title: str | None = None) -> str:
+    """The last ``lines`` lines of ``text`` ("" when it has none); with ``title`` (a file name),
+    after a line "--- last lines of TITLE ---" and a newline before it, to append to a message."""
+    kept = text.rstrip().splitlines()[-lines:]
+    if not kept:
+        return ""
+    body = "\n".join(kept)
+    return body if title is None else f"\n--- last lines of {title} ---\n{body}"
+
+
+def log_tail(path: str | Path | None, lines: int = 20, *, titled: bool = False) -> str:
+    """:func:`last_lines` of the file at ``path`` ("" when there is none or it cannot be read);
+    ``titled``: titled with the file's name."""
+    if path is None:
+        return ""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    return last_lines(text, lines, Path(path).name if titled else None)
+
+
 def remove_stale_temporaries(directory: str | Path) -> None:
     """Delete the temp files a writer killed mid-write left in ``directory`` (never a result);
     call it before a task runs there again."""

@@ -56,6 +56,7 @@ from parsl.launchers.base import Launcher
 from parsl.providers import LocalProvider, SlurmProvider
 
 from cagoflow.executors.site import PARSL_DEFAULT_THREADS, ExecutorConfig, SiteConfig, SlurmProviderConfig
+from cagoflow.io import log_tail
 
 __all__ = ["BLOCK_FAILURE_WINDOW", "RetryingSlurmProvider", "build_config", "fail_on_block_failures"]
 
@@ -311,7 +312,7 @@ def _job_failure(executor: BlockProviderExecutor, block: str, job: JobStatus) ->
     job_id = getattr(executor, "blocks_to_job_id", {}).get(block)
     record = getattr(executor.provider, "resources", {}).get(job_id, {}) if job_id is not None else {}
     stderr_path = job.stderr_path or record.get("job_stderr_path")
-    stderr = (job.stderr_summary or _tail(stderr_path)).strip()
+    stderr = (job.stderr_summary or log_tail(stderr_path)).strip()
     if stderr:
         parts.append("job stderr: " + " | ".join(stderr.splitlines()[-5:]))
     if job_id is not None and stderr_path:
@@ -319,12 +320,4 @@ def _job_failure(executor: BlockProviderExecutor, block: str, job: JobStatus) ->
     return "; ".join(parts) or f"job state {job.state.name}, no message from the scheduler"
 
 
-def _tail(path: str | None, size: int = 2000) -> str:
-    if not path:
-        return ""
-    try:
-        with open(path, "rb") as file:
-            file.seek(max(0, file.seek(0, 2) - size))
-            return file.read().decode(errors="replace")
-    except OSError:
-        return ""
+

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Iterable, Literal, Mapping, Protocol, Sequenc
 from pydantic import AfterValidator
 
 from cagoflow.committee import Committee
+from cagoflow.io import log_tail
 
 
 @dataclass(frozen=True)
@@ -105,14 +106,6 @@ def batch_atoms_for(device: str, defaults: Mapping[str, int], batch_atoms: int |
     return value
 
 
-def tail(path: Path, lines: int = 20) -> str:
-    """The last lines of a log file ("" when missing)."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 def train(
     backend: Backend,
     train_file: Path,
@@ -137,7 +130,7 @@ def train(
             except (OSError, subprocess.TimeoutExpired) as exc:
                 return TrainingResult("failed", None, message=f"{' '.join(command)}: {exc}", wall_time=time.perf_counter() - start)
         if completed.returncode != 0:
-            message = f"{' '.join(command)} exited with code {completed.returncode}:\n{tail(log)}"
+            message = f"{' '.join(command)} exited with code {completed.returncode}:\n{log_tail(log)}"
             return TrainingResult("failed", None, message=message, wall_time=time.perf_counter() - start)
     result = backend.read_training_result(workdir)
     return TrainingResult(result.status, result.model, result.metrics, result.message, time.perf_counter() - start)

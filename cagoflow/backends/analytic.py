@@ -45,12 +45,12 @@ from ase.data import atomic_numbers, chemical_symbols
 from pydantic import AfterValidator, Field, StrictFloat, StrictInt, ValidationInfo, field_validator, model_validator
 
 from cagoflow.analytic import MorseCommittee, MorseModel
-from cagoflow.backends import TrainingResult, TrainingSettings, tail
+from cagoflow.backends import TrainingResult, TrainingSettings
 from cagoflow.committee import CommitteePrediction
 from cagoflow.errors import InputError
 from cagoflow.inputs import Count, FieldError, Finite, InputModel, NonNegative, Positive, validate_input
 from cagoflow.geometry import pair_name
-from cagoflow.io import atomic_write_json, read_json
+from cagoflow.io import atomic_write_json, log_tail, read_json
 
 #: Value of the model file's ``format`` key, and the version this module reads and writes.
 MODEL_FORMAT = "cagoflow-analytic-morse"
@@ -362,7 +362,7 @@ class AnalyticBackend:
         path = workdir / MODEL_FILE
 
         def failed(reason: str) -> TrainingResult:
-            logs = [tail(log) for log in (workdir / LOG_FILE, *sorted(workdir.glob("step-*.log")))]
+            logs = [log_tail(log) for log in (workdir / LOG_FILE, *sorted(workdir.glob("step-*.log")))]
             text = "\n".join(log for log in logs if log)
             return TrainingResult("failed", None, message=f"{reason}\n{text}".rstrip())
 

@@ -44,10 +44,11 @@ import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
 
-from cagoflow.backends import TrainingResult, TrainingSettings, batch_atoms_for, deep_merge, tail
+from cagoflow.backends import TrainingResult, TrainingSettings, batch_atoms_for, deep_merge
 from cagoflow.committee import CommitteePrediction
 from cagoflow.engines.process import find_program
 from cagoflow.errors import InputError
+from cagoflow.io import log_tail
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +339,7 @@ class DeepmdBackend:
         workdir = Path(workdir)
         model = workdir / FROZEN_MODEL
         logs = "\n".join(
-            f"--- {name} ---\n{text}" for name in (LCURVE, TRAIN_LOG, FREEZE_LOG) if (text := tail(workdir / name, 12))
+            f"--- {name} ---\n{text}" for name in (LCURVE, TRAIN_LOG, FREEZE_LOG) if (text := log_tail(workdir / name, 12))
         )
         try:
             step, values = read_lcurve(workdir / LCURVE)

@@ -56,6 +56,7 @@ from cagoflow.backends import TrainingResult, TrainingSettings, batch_atoms_for,
 from cagoflow.committee import CommitteePrediction
 from cagoflow.engines.process import find_program
 from cagoflow.errors import InputError
+from cagoflow.io import log_tail
 
 ModelFamily = Literal["nequip", "allegro"]
 CompileDevice = Literal["cpu", "cuda"]
@@ -434,10 +435,8 @@ class AllegroBackend(NequipBackend):
 
 def _log_tail(workdir: Path, lines: int = 20) -> str:
     """The last lines of the newest log file in ``workdir``."""
-    from cagoflow.backends import tail
-
     logs = sorted(workdir.glob("*.log"), key=lambda p: p.stat().st_mtime)
-    return tail(logs[-1], lines) if logs else ""
+    return log_tail(logs[-1], lines) if logs else ""
 
 
 def _final_metrics(workdir: Path) -> dict[str, float]:

@@ -95,6 +95,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from cagoflow.engines import cp2k_templates as T
 from cagoflow.engines.reference import ReferenceResult, ReferenceStatus
 from cagoflow.filters import REFERENCE_STATUS_KEY
+from cagoflow.io import last_lines
 
 __all__ = [
     "METHODS",
@@ -616,8 +617,7 @@ class Cp2kReference:
     def _failed(self, atoms: Atoms, reason: str, path: Path | None, text: str | None) -> ReferenceResult:
         message = reason
         if text:
-            tail = "\n".join(text.rstrip().splitlines()[-_TAIL_LINES:])
-            message += f"\n--- last lines of {path.name} ---\n{tail}"
+            message += last_lines(text, _TAIL_LINES, path.name)
         bare = atoms.copy()
         bare.calc = None
         bare.info[REFERENCE_STATUS_KEY] = ReferenceStatus.FAILED.value

@@ -95,6 +95,7 @@ from cagoflow.engines.md_settings import MDStage
 from cagoflow.engines.ase_md import MDResult, _stability_check, initial_velocities
 from cagoflow.engines.process import find_program, run_logged
 from cagoflow.errors import InputError
+from cagoflow.io import log_tail
 
 __all__ = [
     "DATA_FILE",
@@ -849,11 +850,7 @@ def _read(path: Path) -> str:
 
 def _tail(directory: Path) -> str:
     """The last lines of the log (or, without one, of the screen output)."""
-    for name in (LOG_FILE, SCREEN_FILE):
-        lines = _read(directory / name).rstrip().splitlines()
-        if lines:
-            return f"\n--- last lines of {name} ---\n" + "\n".join(lines[-_TAIL_LINES:])
-    return ""
+    return next((text for name in (LOG_FILE, SCREEN_FILE) if (text := log_tail(directory / name, _TAIL_LINES, titled=True))), "")
 
 
 def _distance(value: float) -> float:

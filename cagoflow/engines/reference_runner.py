@@ -28,6 +28,7 @@ from ase import Atoms
 from cagoflow.engines.process import run_logged
 from cagoflow.engines.reference import FileReference, ReferenceResult, ReferenceStatus
 from cagoflow.filters import REFERENCE_STATUS_KEY
+from cagoflow.io import log_tail
 
 __all__ = ["LOG_FILE", "run_file_reference", "runner_environment"]
 
@@ -72,21 +73,11 @@ def run_file_reference(
     if not run.started:
         return _failed(engine, atoms, run.problem, start)
     if run.returncode is None:
-        return _failed(engine, atoms, f"{run.problem}: {' '.join(argv)}{_tail(log)}", start)
+        return _failed(engine, atoms, f"{run.problem}: {' '.join(argv)}{log_tail(log, _TAIL_LINES, titled=True)}", start)
     result = engine.read_result(atoms, directory, run.returncode)
     if result.status is ReferenceStatus.FAILED and run.returncode != 0:
-        result = replace(result, message=result.message + _tail(log))
+        result = replace(result, message=result.message + log_tail(log, _TAIL_LINES, titled=True))
     return replace(result, wall_time=time.monotonic() - start)
-
-
-def _tail(log: Path) -> str:
-    try:
-        lines = log.read_text(errors="replace").rstrip().splitlines()
-    except OSError:
-        return ""
-    if not lines:
-        return ""
-    return f"\n--- last lines of {log.name} ---\n" + "\n".join(lines[-_TAIL_LINES:])
 
 
 def _failed(engine: FileReference, atoms: Atoms, message: str, start: float) -> ReferenceResult:

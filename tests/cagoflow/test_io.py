@@ -17,6 +17,8 @@ from cagoflow.io import (
     atomic_write_json,
     atomic_write_text,
     check_structures,
+    last_lines,
+    log_tail,
     read_json,
     read_structures,
     structure_labels,
@@ -211,3 +213,21 @@ def test_check_structures_sees_periodic_images():
         check_structures([atoms], file="box.extxyz")
     atoms.pbc = False
     check_structures([atoms], file="box.extxyz")
+
+
+def test_last_lines_keeps_the_end_and_titles_it_with_the_file_name():
+    text = "".join(f"line {k}\n" for k in range(30)) + "\n\n"
+    assert last_lines(text, 3) == "line 27\nline 28\nline 29"
+    assert last_lines(text, 2, "out.log") == "\n--- last lines of out.log ---\nline 28\nline 29"
+    assert last_lines("  \n", 5, "empty.log") == ""
+
+
+def test_log_tail_reads_a_file_and_is_empty_for_a_missing_or_empty_one(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("start\nstep 1\nERROR: lost atoms\n")
+    assert log_tail(log, 2) == "step 1\nERROR: lost atoms"
+    assert log_tail(log, 1, titled=True) == "\n--- last lines of train.log ---\nERROR: lost atoms"
+    assert log_tail(tmp_path / "missing.log") == ""
+    assert log_tail(None) == ""
+    (tmp_path / "empty.log").write_text("")
+    assert log_tail(tmp_path / "empty.log", titled=True) == ""
