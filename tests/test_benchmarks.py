@@ -21,3 +21,53 @@ def test_gpu_check_fails_loudly_when_its_set_up_fails(tmp_path):
     shown = run.stdout + run.stderr
     assert "gpu_check.sh: FAILED: the set-up failed" in shown and "no table was written" in shown
     assert "the table is" not in shown and not (out / "gpu_check.md").exists()
+
+
+def _paired_module():
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks" / "science"))
+    try:
+        return importlib.import_module("paired_active_learning")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks" / "science"))
+
+
+def _seed(seed: int, base: float, arms: dict[str, tuple[float, float]]) -> dict:
+    """A seed's scores (eV/Å): base in and out of distribution at ``base``, each arm at (ID, OOD)."""
+    module = _paired_module()
+    ood = "out of distribution (mean of 4)"
+    scores = {"base": {module.IN_DISTRIBUTION: base, ood: base}}
+    scores |= {arm: {module.IN_DISTRIBUTION: i, ood: o} for arm, (i, o) in arms.items()}
+    return {"seed": seed, "scores": scores}
+
+
+def test_paired_active_learning_sign_test_and_interval():
+    module = _paired_module()
+    assert abs(module.sign_test(4, 5) - 6 / 32) < 1e-12 and abs(module.sign_test(5, 5) - 1 / 32) < 1e-12
+    low, high = module.bootstrap_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert 1.0 <= low < 3.0 < high <= 5.0
+
+
+def test_paired_active_learning_decision_rule():
+    """CAGO better out of distribution in 4 of 5 seeds than both rivals, no loss in distribution,
+    after a gate the unpushed frames pass: it helps; lose one more seed, or fail the gate: not."""
+    module = _paired_module()
+
+    def seeds(cago_ood: list[float], unpushed_id: float = 0.20) -> list[dict]:
+        return [
+            _seed(s, 0.25 + 0.001 * s, {
+                "unpushed": (unpushed_id, 0.30), "max-uncertainty": (unpushed_id, 0.30), "cago-relative": (unpushed_id, cago_ood[s]),
+                "cago-absolute": (unpushed_id, 0.30), "random-500K": (unpushed_id, 0.30),
+            })  # fmt: skip
+            for s in range(5)
+        ]
+
+    helps = module.decision(seeds([0.28, 0.28, 0.28, 0.28, 0.31]))
+    assert helps["informative"] and helps["beats_both_out_of_distribution"] and helps["no_loss_in_distribution"]
+    assert helps["verdict"] == "CAGO's push helps"
+    assert helps["comparisons"]["cago-relative − unpushed"]["out of distribution (mean of 4)"]["wins"] == 4
+    assert module.decision(seeds([0.28, 0.28, 0.28, 0.31, 0.31]))["verdict"] == "CAGO's push is not shown to help"
+    gate = module.decision(seeds([0.28] * 5, unpushed_id=0.251))
+    assert not gate["informative"] and gate["verdict"].startswith("uninformative")
