@@ -357,13 +357,7 @@ def plan_md(workdir: str, iteration: int, config: CampaignConfig, system: str, r
     spec = TaskSpec(root, "md", iteration, f"{system}-{replica:02d}")
     stage = config.md_stage(iteration)
     start = config.systems[system].structures
-    density = config.md.stop_density_ratio
-    options = dict(
-        seed=seed_for(config, "md", iteration, system, replica) % 2**31,
-        check_interval=config.md.check_interval,
-        min_distance=config.md.stop_min_distance,
-        density_range=None if density is None else tuple(density),
-    )
+    options = dict(seed=seed_for(config, "md", iteration, system, replica) % 2**31, **config.md.check_arguments())
     settings = {"stage": stage.model_dump(mode="json"), "md": config.md.model_dump(mode="json"), "seed": config.seed}
     return MDPlan(spec, [start, *successful_models(members, root)], settings, start, options)
 

@@ -26,7 +26,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, fie
 from cagoflow.backends import BackendName
 from cagoflow.cago import CagoSettings
 from cagoflow.convergence import StopSettings
-from cagoflow.engines.md_settings import MDStage
+from cagoflow.engines.md_settings import MDStage, StabilityChecks
 from cagoflow.errors import InputError
 from cagoflow.evaluation import EvaluationSettings
 from cagoflow.filters import FilterSettings
@@ -175,26 +175,13 @@ class CalibrationConfig(InputModel):
 MDSchedule = Annotated[tuple[MDStage, ...], BeforeValidator(schedule_input(None)), AfterValidator(check_schedule)]
 
 
-class MDConfig(InputModel):
-    """Committee-driven MD that explores configurations to sample from."""
+class MDConfig(StabilityChecks):
+    """Committee-driven MD that explores configurations to sample from; a trajectory stops at the
+    first failed stability check (:class:`~cagoflow.engines.md_settings.StabilityChecks`)."""
 
     engine: Literal["ase", "lammps"] = Field("ase", description="MD engine")
     schedule: MDSchedule = Field((MDStage(),), description="MD settings per iteration")
     replicas: int = Field(1, ge=1, description="independent trajectories per system and iteration")
-    check_interval: int = Field(100, ge=1, description="steps between stability checks")
-    stop_min_distance: float | None = Field(
-        0.4, gt=0, description="stop a trajectory when two atoms come closer than this, Å (null: never)"
-    )
-    stop_density_ratio: tuple[float, float] | None = Field(
-        (0.25, 2.0), description="stop a trajectory when density/initial density leaves [low, high] (null: never)"
-    )
-
-    @field_validator("stop_density_ratio")
-    @classmethod
-    def _ratio_bracket(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
-        if value is not None and not 0 < value[0] < 1 < value[1]:
-            raise ValueError(f"expected [low, high] with 0 < low < 1 < high, found {list(value)}")
-        return value
 
 
 class CagoSource(ScheduleEntry):

@@ -32,7 +32,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from cagoflow import analysis
 from cagoflow.committee import Committee, CommitteePrediction
-from cagoflow.engines.md_settings import MDStage
+from cagoflow.engines.md_settings import MDStage, StabilityChecks
 from cagoflow.inputs import IMPORT_PATH, FieldError, InputModel, resolve_file
 from cagoflow.io import read_structures
 
@@ -114,30 +114,17 @@ class BenchmarkSettings(InputModel):
         return self
 
 
-class ProductionSettings(InputModel):
-    """Production MD of each member alone (the paper's benchmark) and the properties measured."""
+class ProductionSettings(StabilityChecks):
+    """Production MD of each member alone (the paper's benchmark) and the properties measured;
+    a member is unstable at its first failed stability check."""
 
     replicas: int = Field(2, ge=1, description="independent trajectories per member (stable only if all are)")
     md: MDStage = Field(MDStage(), description="ensemble (NVT or NPT), temperature, length, dump interval")
-    check_interval: int = Field(100, ge=1, description="steps between stability checks")
-    min_distance: float | None = Field(
-        0.4, gt=0, description="unstable below this interatomic distance, Å (null: never)"
-    )
-    density_range: tuple[float, float] | None = Field(
-        (0.25, 2.0), description="unstable when density/initial density leaves [low, high] (null: never)"
-    )
     diffusion_species: str = Field("O", description="species whose self-diffusion coefficient is measured")
     coordination_pair: tuple[str, str] = Field(
         ("O", "O"), description="(centre, partner) of the first-shell coordination number"
     )
     rdf_r_max: float = Field(6.0, gt=0, description="range of the RDF the first shell is found in, Å")
-
-    @field_validator("density_range")
-    @classmethod
-    def _ratio_bracket(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
-        if value is not None and not 0 < value[0] < 1 < value[1]:
-            raise ValueError(f"expected [low, high] with 0 < low < 1 < high, found {list(value)}")
-        return value
 
     @property
     def frame_interval_fs(self) -> float:
@@ -293,9 +280,7 @@ def production_md(committee: Committee, start: Atoms, settings: ProductionSettin
             committee,
             settings.md,
             seed=int(np.random.SeedSequence((seed, replica)).generate_state(1)[0]),
-            check_interval=settings.check_interval,
-            min_distance=settings.min_distance,
-            density_range=settings.density_range,
+            **settings.check_arguments(),
         )
         for replica in range(settings.replicas)
     ]

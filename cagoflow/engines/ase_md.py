@@ -42,7 +42,7 @@ from ase.md import velocitydistribution
 from ase.md.velocitydistribution import Stationary, ZeroRotation
 
 from cagoflow.committee import Committee
-from cagoflow.engines.md_settings import MDStage
+from cagoflow.engines.md_settings import DEFAULT_CHECKS, MDStage
 from cagoflow.engines.committee_calculator import CommitteeCalculator
 from cagoflow.geometry import min_interatomic_distance
 
@@ -140,9 +140,9 @@ def run_md(
     stage: MDStage,
     *,
     seed: int,
-    check_interval: int = 100,
-    min_distance: float | None = 0.4,
-    density_range: tuple[float, float] | None = (0.25, 2.0),
+    check_interval: int = DEFAULT_CHECKS.check_interval,
+    min_distance: float | None = DEFAULT_CHECKS.min_distance,
+    density_range: tuple[float, float] | None = DEFAULT_CHECKS.density_range,
     progress: ProgressCallback | None = None,
 ) -> MDResult:
     """Run committee-mean MD of ``stage`` from ``atoms`` (not modified) and return its frames.

@@ -91,7 +91,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 from ase import Atoms
 
-from cagoflow.engines.md_settings import MDStage
+from cagoflow.engines.md_settings import DEFAULT_CHECKS, MDStage
 from cagoflow.engines.ase_md import MDResult, _stability_check, initial_velocities
 from cagoflow.engines.process import find_program, run_logged
 from cagoflow.errors import InputError
@@ -211,9 +211,9 @@ class LammpsMD:
     seed: int
     mode: Mode = "native"
     driver: Driver | None = None
-    check_interval: int = 100
-    min_distance: float | None = 0.4
-    density_range: tuple[float, float] | None = (0.25, 2.0)
+    check_interval: int = DEFAULT_CHECKS.check_interval
+    min_distance: float | None = DEFAULT_CHECKS.min_distance
+    density_range: tuple[float, float] | None = DEFAULT_CHECKS.density_range
     type_map: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -633,9 +633,9 @@ def lammps_template(
     *,
     seed: int,
     command: Sequence[str] | None = None,
-    check_interval: int = 100,
-    min_distance: float | None = 0.4,
-    density_range: tuple[float, float] | None = (0.25, 2.0),
+    check_interval: int = DEFAULT_CHECKS.check_interval,
+    min_distance: float | None = DEFAULT_CHECKS.min_distance,
+    density_range: tuple[float, float] | None = DEFAULT_CHECKS.density_range,
     mode: Literal["auto", "native", "external"] = "auto",
     driver: Driver | None = None,
 ) -> LammpsMD:

@@ -8,11 +8,42 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from typing import Any
 
-from cagoflow.inputs import FieldError, ScheduleEntry
+from pydantic import Field, field_validator, model_validator
 
-__all__ = ["MDStage"]
+from cagoflow.inputs import FieldError, InputModel, ScheduleEntry
+
+__all__ = ["MDStage", "StabilityChecks"]
+
+
+class StabilityChecks(InputModel):
+    """When an MD trajectory counts as blown up (the paper's benchmark criteria), checked every
+    ``check_interval`` steps by every MD engine; campaign MD and production MD both use these."""
+
+    check_interval: int = Field(100, ge=1, description="steps between stability checks")
+    min_distance: float | None = Field(
+        0.4, gt=0, description="unstable when two atoms come closer than this, Å (null: never)"
+    )
+    density_range: tuple[float, float] | None = Field(
+        (0.25, 2.0), description="unstable when density/initial density leaves [low, high] (null: never)"
+    )
+
+    @field_validator("density_range")
+    @classmethod
+    def _ratio_bracket(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 < value[0] < 1 < value[1]:
+            raise ValueError(f"expected [low, high] with 0 < low < 1 < high, found {list(value)}")
+        return value
+
+    def check_arguments(self) -> dict[str, Any]:
+        """``check_interval``, ``min_distance`` and ``density_range`` as the MD engines take them."""
+        return {name: getattr(self, name) for name in STABILITY_FIELDS}
+
+
+#: The stability checks' fields, and their defaults (the engines' keyword defaults).
+STABILITY_FIELDS = tuple(StabilityChecks.model_fields)
+DEFAULT_CHECKS = StabilityChecks()
 
 
 class MDStage(ScheduleEntry):

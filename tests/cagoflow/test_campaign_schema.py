@@ -282,6 +282,8 @@ BROKEN_CAMPAIGNS = [
     ),
     case("ase-no-calculator", changed({"reference.engine": "ase"}), "reference.calculator", "module:Class"),
     case("xtb-method-case", changed({"reference.method": "GFN2-XTB"}), "reference.method", "did you mean 'GFN2-xTB'"),
+    case("md-density-range-order", changed({"md.density_range": [1.2, 2.0]}), "md.density_range", "0 < low < 1 < high"),
+    case("md-old-stop-name", changed({"md.stop_min_distance": 0.5}), "md.stop_min_distance", "min_distance"),
     case(
         "bad-system-name",
         changed({"systems": {"my water": {"structures": "water.extxyz"}}}),
@@ -362,3 +364,13 @@ def test_campaign_file_without_permission(tmp_path: Path, small_water: Atoms) ->
         assert_campaign_error(path, None, "permission denied")
     finally:
         path.chmod(0o644)
+
+
+def test_campaign_md_and_production_md_share_one_definition_of_stability(tmp_path: Path, small_water: Atoms) -> None:
+    """The same three settings, names and checks in ``md`` and ``evaluation.production``, as the
+    MD engines take them."""
+    data = changed({"md.min_distance": 0.5, "md.density_range": [0.5, 1.5], "md.check_interval": 20,
+                    "evaluation": {"production": {"min_distance": 0.3, "density_range": [0.8, 1.2]}}})  # fmt: skip
+    config = load_campaign(write_campaign(tmp_path, data, small_water))
+    assert config.md.check_arguments() == {"check_interval": 20, "min_distance": 0.5, "density_range": (0.5, 1.5)}
+    assert config.evaluation.production.check_arguments() == {"check_interval": 100, "min_distance": 0.3, "density_range": (0.8, 1.2)}
