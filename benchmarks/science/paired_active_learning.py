@@ -17,8 +17,10 @@ seed shares its base committee, its pools and its fine-tuning draws):
    ``cago-absolute`` (the same frames pushed to δ = 0.5 eV/Å, two-sided, clamped to the
    validity limit), ``max-uncertainty`` (the 300 K pool frames with the largest σ̂ on any atom)
    and ``random-500K`` (random frames of the 500 K pool).
-5. Fine-tuning: every arm's member m starts from base member m and trains ``--steps`` steps on the
-   same bootstrap draw of base set + added structures (equal sizes: equal draws).
+5. Fine-tuning: every arm's member m starts from base member m and trains ``--finetune-steps``
+   steps at the learning rate ``--finetune-lr`` (default: from the base's final rate down by
+   10) on the same bootstrap draw of base set + added structures (equal sizes: equal draws); the
+   control ``no new data`` is fine-tuned the same way on the base set alone.
 6. Scores on teacher-labelled held-out sets that nothing trains on (made once, shared by all
    seeds): in distribution, 20 frames of a 300 K run of a new 16-H2O box; out of distribution,
    10 frames each of a 24-H2O box at 300 K, a 16-H2O box at 600 K, one compressed to
@@ -29,7 +31,7 @@ seed shares its base committee, its pools and its fine-tuning draws):
    0.25–2 × the density.
 
 Then the decision rule of docs/validation.md §5: the gate (adding the unpushed frames lowers the
-in-distribution error by more than the base's spread over seeds), and cago-relative against
+in-distribution error below the control's by more than the base's spread over seeds), and cago-relative against
 ``unpushed`` and ``max-uncertainty`` out of distribution (wins per seed, one-sided sign test,
 bootstrap interval over seeds of the mean paired difference) with no loss in distribution.
 Everything is cached per seed under ``--workdir`` (delete a file to redo its step); prints the
@@ -46,6 +48,7 @@ import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +72,10 @@ from systems import SYSTEMS, Frames  # noqa: E402
 
 SYSTEM = SYSTEMS["water"]
 ARMS = ("unpushed", "cago-relative", "cago-absolute", "max-uncertainty", "random-500K")
+#: The control: the base members fine-tuned exactly like the arms on the base set alone (what
+#: the extra training steps give without new data).
+CONTROL = "no new data"
+FINETUNED = (CONTROL, *ARMS)
 PRIMARY, RIVALS, SECONDARY = "cago-relative", ("unpushed", "max-uncertainty"), ("cago-absolute", "random-500K")
 RELATIVE, ABSOLUTE = 1.5, 0.5  # δ of the CAGO arms: × the start's σ_cal; eV/Å
 BASE_FRAMES = 16
@@ -238,13 +245,17 @@ def run_seed(args, seed: int, sets: dict[str, list]) -> dict:
     committee = load_committee_spec(base).build()
     added = choose(folder, seed, committee, calibration, args.labels)
     init = [folder / "base" / model for model in load_committee_spec(base).models]
-    for arm in ARMS:
-        frames = base_frames + read_structures(folder / arm / "added.extxyz")
-        committees[arm] = train_committee(
-            folder / arm / "committee.yaml", frames, SYSTEM, args.members, args.finetune_steps, seed, init_models=init, workers=args.workers
-        )
+    start_lr, stop_lr = args.finetune_lr
+    tuned = replace(SYSTEM, hyperparameters={**SYSTEM.hyperparameters, "learning_rate": {"start_lr": start_lr, "stop_lr": stop_lr}})
+    for name in FINETUNED:
+        frames = base_frames + (read_structures(folder / name / "added.extxyz") if name in ARMS else [])
+        committees[name] = train_committee(
+            finetuned_folder(folder, args) / name / "committee.yaml", frames, tuned, args.members, args.finetune_steps, seed,
+            init_models=init, workers=args.workers,
+        )  # fmt: skip
     result = {
         "seed": seed, "added": added, "training_set": {name: args.base + (added[name]["labelled"] if name in ARMS else 0) for name in committees},
+        "finetune": {"steps": args.finetune_steps, "learning_rate": list(args.finetune_lr)},
         "validity_limit": CommitteeCalibration.load(calibration).force_validity_limit,
         "scores": {name: scores(path, sets) for name, path in committees.items()}, "seconds": time.perf_counter() - begin,
     }  # fmt: skip
@@ -253,11 +264,16 @@ def run_seed(args, seed: int, sets: dict[str, list]) -> dict:
     return result
 
 
+def finetuned_folder(folder: Path, args) -> Path:
+    """Where a seed's fine-tuned committees live: one folder per fine-tuning's steps and rate."""
+    return folder / f"finetuned-{args.finetune_steps}-steps-lr{args.finetune_lr[0]:g}"
+
+
 def run_stability(args, seed: int, result: dict, start) -> dict:
     folder = args.workdir / f"seed-{seed}"
-    names = ["base", *ARMS]
+    places = {"base": folder / "base"} | {name: finetuned_folder(folder, args) / name for name in FINETUNED}
     result["stability"] = {
-        name: stability(folder / name, folder / name / "committee.yaml", start, *args.stability, seed, args.workers) for name in names
+        name: stability(place, place / "committee.yaml", start, *args.stability, seed, args.workers) for name, place in places.items()
     }
     atomic_write_json(folder / "results.json", result)
     return result
@@ -298,7 +314,7 @@ def decision(results: list[dict]) -> dict:
     ood = "out of distribution (mean of 4)"
     base_id = [1000 * r["scores"]["base"][IN_DISTRIBUTION] for r in results]
     spread = max(base_id) - min(base_id)
-    gain = float(np.mean([1000 * (r["scores"]["base"][IN_DISTRIBUTION] - r["scores"]["unpushed"][IN_DISTRIBUTION]) for r in results]))
+    gain = float(np.mean([1000 * (r["scores"][CONTROL][IN_DISTRIBUTION] - r["scores"]["unpushed"][IN_DISTRIBUTION]) for r in results]))
     doubled = [r for r in results if "base, 2 × steps" in r["scores"]]
     change = [1000 * abs(r["scores"]["base, 2 × steps"][IN_DISTRIBUTION] - r["scores"]["base"][IN_DISTRIBUTION]) for r in doubled]
     comparisons = {
@@ -309,7 +325,7 @@ def decision(results: list[dict]) -> dict:
     no_loss = comparisons[f"{PRIMARY} − unpushed"][IN_DISTRIBUTION]["relative_interval"][1] < MAX_ID_LOSS
     informative = gain > spread
     verdict = (
-        "uninformative: adding the unpushed frames does not lower the in-distribution error by more than the base's seed spread"
+        "uninformative: adding the unpushed frames does not lower the in-distribution error below the control's by more than the base's seed spread"
         if not informative
         else ("CAGO's push helps" if beats and no_loss else "CAGO's push is not shown to help")
     )
@@ -394,10 +410,10 @@ def plot(results: list[dict], verdict: dict, path: Path) -> Path:
     axes = figure.subplots(1, 3)
     for column, score in enumerate((IN_DISTRIBUTION, "out of distribution (mean of 4)")):
         base = np.array([1000 * r["scores"]["base"][score] for r in results])
-        for k, arm in enumerate(ARMS):
+        for k, arm in enumerate(FINETUNED):
             values = np.array([1000 * r["scores"][arm][score] for r in results])
             size = np.mean([r["training_set"][arm] for r in results])
-            x = np.array([np.mean([r["training_set"]["base"] for r in results]), size]) + 0.15 * (k - 2)
+            x = np.array([np.mean([r["training_set"]["base"] for r in results]), size]) + 0.15 * (k - 3)
             means = np.array([base.mean(), values.mean()])
             spans = [[means[0] - base.min(), means[1] - values.min()], [base.max() - means[0], values.max() - means[1]]]
             axes[column].errorbar(x, means, yerr=spans, marker="o", capsize=3, color=f"C{k}", label=arm)
@@ -425,10 +441,11 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=4)
     parser.add_argument("--steps", type=int, default=600, help="training steps of the base members")
     parser.add_argument("--finetune-steps", type=int, default=300, help="training steps of every arm's fine-tuning (from the base members)")
+    parser.add_argument("--finetune-lr", type=float, nargs=2, default=[0.001, 0.0001], metavar=("START", "STOP"), help="the fine-tuning's learning rate")
     parser.add_argument("--base", type=int, default=BASE_FRAMES, help="frames in the base set")
     parser.add_argument("--labels", type=int, default=8, help="structures every arm adds")
     parser.add_argument("--convergence-seeds", type=int, nargs="*", default=[0, 1], help="seeds whose base is also trained 2 × --steps")
-    parser.add_argument("--stability", type=int, nargs=2, default=[2, 2000], metavar=("MEMBERS", "STEPS"), help="members per committee and 0.5 fs steps at 600 K (0 0: none)")
+    parser.add_argument("--stability", type=int, nargs=2, default=[1, 2000], metavar=("MEMBERS", "STEPS"), help="members per committee and 0.5 fs steps at 600 K (0 0: none)")
     parser.add_argument("--workers", type=int, default=2, help="trainings and stability runs at a time (one process each)")
     parser.add_argument("--held-out-only", action="store_true", help="make the held-out sets and stop (before seeds run in parallel calls)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the chain, not a result")
@@ -461,7 +478,7 @@ def main() -> None:
         f"{'converged' if convergence['converged'] else 'NOT converged'}", highlight=False,
     )  # fmt: skip
     console.print(
-        f"gate: the unpushed frames lower the in-distribution RMSE by {verdict['unpushed_gain']:.1f} meV/Å on average "
+        f"gate: the unpushed frames lower the in-distribution RMSE below the control's by {verdict['unpushed_gain']:.1f} meV/Å on average "
         f"(needed: more than {verdict['base_in_distribution_spread']:.1f}) → {'informative' if verdict['informative'] else 'UNINFORMATIVE'}", highlight=False,
     )  # fmt: skip
     console.print(f"[bold]verdict[/]: {verdict['verdict']}")
