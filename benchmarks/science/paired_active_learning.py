@@ -428,7 +428,7 @@ def plot(results: list[dict], verdict: dict, path: Path) -> Path:
     axes[2].set_xlabel("seed")
     axes[2].set_ylabel("paired OOD difference (meV/Å)")
     axes[2].legend(fontsize=7)
-    figure.suptitle(f"Paired active learning, 16 H2O, GFN1-xTB teacher, {len(results)} seeds: {verdict['verdict']}", fontsize=9)
+    figure.suptitle(f"Paired active learning, 16 H2O, GFN1-xTB teacher, {len(results)} seeds; bars: min–max over seeds\n{verdict['verdict']}", fontsize=9)
     figure.tight_layout()
     return write_figure(figure, path)
 
