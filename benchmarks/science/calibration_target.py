@@ -141,6 +141,18 @@ def labelled(teacher, structures) -> list:
     return [result.labelled() if result.ok else None for result in results]
 
 
+def true_errors(committee, labels: list) -> list[float | None]:
+    """Each labelled structure's true force error under ``committee`` (eV/Å; None where the
+    teacher failed), in one committee call."""
+    done = [k for k, atoms in enumerate(labels) if atoms is not None]
+    errors: list[float | None] = [None] * len(labels)
+    if done:
+        prediction = committee.predict([labels[k] for k in done])
+        for position, k in enumerate(done):
+            errors[k] = true_force_error(prediction.structure_forces(position), labels[k].get_forces())
+    return errors
+
+
 def check_sizes(workdir: Path, facts: dict) -> None:
     """Refuse to mix sizes in one folder: its cached files hold the sizes of its first run."""
     path = workdir / "sizes.json"
@@ -211,7 +223,12 @@ def train_committee(
 
     with ThreadPoolExecutor(workers) as pool:  # each member trains in its own process
         models = list(pool.map(member, range(members)))
-    return atomic_write_text(committee, "backend: deepmd\nmodels:\n" + "".join(f"  - {path}\n" for path in models))
+    return write_committee(committee, models)
+
+
+def write_committee(path: Path, models: list) -> Path:
+    """A DeePMD committee file listing ``models`` (paths relative to it, or absolute)."""
+    return atomic_write_text(path, "backend: deepmd\nmodels:\n" + "".join(f"  - {model}\n" for model in models))
 
 
 def calibrate(workdir: Path, committee: Path, files: dict[str, Path], name: str = "calibration", subset: bool = True) -> Path:
@@ -380,12 +397,7 @@ def run_setups(
             runs = run_cago_batch(starts, engine, setup.calibration, settings, trust_radius=trust_radius)
             seconds = time.perf_counter() - start
             labels = labelled(teacher, [run.atoms for run in runs])
-            done = [k for k, atoms in enumerate(labels) if atoms is not None]
-            true: list[float | None] = [None] * len(runs)
-            if done:
-                prediction = engine.predict([labels[k] for k in done])
-                for position, k in enumerate(done):
-                    true[k] = true_force_error(prediction.structure_forces(position), labels[k].get_forces())
+            true = true_errors(engine, labels)
             write_structures(workdir / "cago" / _cago_file(key), [a for a in labels if a is not None])
             results[key] = {
                 "setup": name, "target": label, "members": None if setup.members is None else list(setup.members),

@@ -56,18 +56,18 @@ from rich.console import Console
 from rich.table import Table
 
 from cagoflow.analysis import model_errors
-from cagoflow.cago import CagoSettings, run_cago_batch, true_force_error
+from cagoflow.cago import CagoSettings, run_cago_batch
 from cagoflow.calibration import CommitteeCalibration
 from cagoflow.engines.lammps import run_lammps
 from cagoflow.engines.md_settings import MDStage
 from cagoflow.evaluation import BenchmarkGeneration, benchmark_frames
-from cagoflow.io import atomic_write_json, atomic_write_text, read_json, read_structures, write_structures
+from cagoflow.io import atomic_write_json, read_json, read_structures, write_structures
 from cagoflow.models import load_committee_spec
 from cagoflow.sampling import max_uncertainty_frames, random_frames, structure_force_uncertainty
 from cagoflow.structures import water_box
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from calibration_target import calibrate, header, labelled, seeded, stamp, teacher_frames, train_committee  # noqa: E402
+from calibration_target import calibrate, header, labelled, seeded, stamp, teacher_frames, train_committee, true_errors, write_committee  # noqa: E402
 from systems import SYSTEMS, Frames  # noqa: E402
 
 SYSTEM = SYSTEMS["water"]
@@ -108,8 +108,9 @@ def held_out_sets(workdir: Path, md_steps: int) -> dict[str, list]:
             stamp(f"held-out set '{name}': teacher MD, {md_steps} steps, {frames} frames")
             md = SYSTEM.md.model_copy(update={"temperature": temperature, "steps": md_steps})
             start = water_box(molecules, density_g_cm3=density, seed=box_seed)
-            structures = benchmark_frames(start, SYSTEM.teacher().calculator(), BenchmarkGeneration(frames=frames, md=md), box_seed)
-            labels = labelled(SYSTEM.teacher(), structures)
+            teacher = SYSTEM.teacher()
+            structures = benchmark_frames(start, teacher.calculator(), BenchmarkGeneration(frames=frames, md=md), box_seed)
+            labels = labelled(teacher, structures)
             write_structures(path, [atoms for atoms in labels if atoms is not None])
         sets[name] = read_structures(path, require_labels=True)
     return sets
@@ -183,10 +184,7 @@ def cago_records(runs, labels: list, committee) -> list[dict] | None:
     if runs is None:
         return None
     records = []
-    for run, label in zip(runs, labels):
-        true = None
-        if label is not None:
-            true = true_force_error(committee.predict([label]).structure_forces(0), label.get_forces())
+    for run, true in zip(runs, true_errors(committee, labels)):
         records.append({
             "reason": run.reason, "direction": run.direction, "steps": run.n_steps, "requested_delta": float(run.requested_delta),
             "delta": None if run.delta is None else float(run.delta), "start_sigma_cal": float(run.start_sigma_cal),
@@ -217,7 +215,7 @@ def stability(folder: Path, committee_file: Path, start, members: int, steps: in
     def one(m: int) -> dict:
         run = folder / f"stability-{steps}" / f"member-{m:02d}"
         pair = [models[m], models[(m + 1) % len(models)]]  # member m drives; the other only samples the deviation
-        spec = atomic_write_text(run / "committee.yaml", "backend: deepmd\nmodels:\n" + "".join(f"  - {p.resolve()}\n" for p in pair))
+        spec = write_committee(run / "committee.yaml", [p.resolve() for p in pair])
         stage = MDStage(ensemble="nvt", temperature=600.0, steps=steps, timestep=0.5, dump_interval=100, thermostat_damping=50)
         result = run_lammps(start, spec, stage, run / "md", seed=seeded(seed, 800 + m), mode="native", driver="first")
         return {"member": m, "stable": bool(result.stable), "steps_done": int(result.steps_done), "reason": result.reason}

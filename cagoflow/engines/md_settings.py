@@ -38,11 +38,10 @@ class StabilityChecks(InputModel):
 
     def check_arguments(self) -> dict[str, Any]:
         """``check_interval``, ``min_distance`` and ``density_range`` as the MD engines take them."""
-        return {name: getattr(self, name) for name in STABILITY_FIELDS}
+        return {name: getattr(self, name) for name in StabilityChecks.model_fields}
 
 
-#: The stability checks' fields, and their defaults (the engines' keyword defaults).
-STABILITY_FIELDS = tuple(StabilityChecks.model_fields)
+#: The stability checks' defaults (the engines' keyword defaults).
 DEFAULT_CHECKS = StabilityChecks()
 
 
