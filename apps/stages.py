@@ -124,8 +124,15 @@ def initial_count(config: CampaignConfig, system: str) -> int:
 
 @stage_task("split")
 def _split(workdir: str, iteration: int, config: CampaignConfig, merged: TaskRecord) -> TaskRecord:
-    """Test set and per-member bootstrap splits of the dataset as the previous merge left it."""
+    """Test set and per-member bootstrap splits of the dataset as the previous merge left it.
+
+    The snapshot names labelled structures (:func:`cagoflow.hashing.labelled_hash`); the draws
+    use their geometry (:func:`cagoflow.hashing.structure_hash`, as the routed CAGO structures
+    do), so a structure relabelled by a reference run again keeps its place in the splits and
+    only the members that train or validate on it are retrained.
+    """
     from cagoflow.dataset import Dataset, make_splits_for_hashes
+    from cagoflow.hashing import structure_hash
 
     root = Path(workdir)
     spec = TaskSpec(root, "split", iteration, "dataset")
@@ -140,7 +147,7 @@ def _split(workdir: str, iteration: int, config: CampaignConfig, merged: TaskRec
         position = {entry.hash: k for k, entry in enumerate(dataset.entries)}
         structures = dataset.structures([position[h] for h in hashes])
         splits = make_splits_for_hashes(
-            hashes,
+            [structure_hash(atoms) for atoms in structures],
             config.committee.size,
             config.seed,
             test_fraction=config.dataset.test_fraction,
@@ -670,7 +677,7 @@ def _prefilter(
         rejected = {cagos[r.index].task: r.reason for r in result.rejected}
         return Outcome(summary={"kept": kept, "rejected": rejected})
 
-    return run_task(spec, files, settings, body)
+    return run_task(spec, files + successful_models(members, root), settings, body)
 
 
 # --- reference, post-filter, merge ----------------------------------------------------------------
@@ -861,7 +868,7 @@ def _merge(
     When not a single reference of the iteration gave a usable structure, the campaign stops.
     """
     from cagoflow.dataset import Dataset, Provenance, spread_pick
-    from cagoflow.hashing import structure_hash
+    from cagoflow.hashing import labelled_hash, structure_hash
     from cagoflow.io import atomic_write_json
 
     root = Path(workdir)
@@ -891,7 +898,7 @@ def _merge(
         Dataset(root / DATASET).append(kept, provenance)
         training_set = json.loads(before[0].read_text()) if before else []
         known = set(training_set)
-        added = [h for h in dict.fromkeys(structure_hash(atoms) for atoms in kept) if h not in known]
+        added = [h for h in dict.fromkeys(labelled_hash(atoms) for atoms in kept) if h not in known]
         snapshot = atomic_write_json(directory / "dataset.json", training_set + added)
         routed = json.loads(routed_before[0].read_text()) if routed_before else []
         routed += [h for h in dict.fromkeys(structure_hash(kept[k]) for k in sorted(to_test)) if h not in set(routed)]

@@ -13,9 +13,11 @@ or deletes it. Batch names follow from the index (batch number = number of batch
 re-running an append after a crash produces the same files. One writer at a time: the store
 has no lock, the workflow driver is its only writer.
 
-Content hashes are :func:`cagoflow.hashing.structure_hash`, which snaps positions and cell to
-the extxyz text precision, so a structure hashes the same before it is stored and after it is
-read back from its batch file.
+An entry's identity is :func:`cagoflow.hashing.labelled_hash`: the geometry and the reference
+labels, snapped to the extxyz text precision, so a structure hashes the same before it is stored
+and after it is read back from its batch file, and a structure relabelled by a new reference
+calculation is a new entry (the merge snapshot that names it changes, and so does every task
+that trains on it). Version 1 indexes hashed the geometry only; they are read and rehashed.
 
 Splits (:func:`make_splits_for_hashes`) assign each structure to the test set by a draw that
 depends only on the seed and its content hash, so the test set is stable while the dataset grows.
@@ -28,7 +30,7 @@ import json
 import math
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -38,13 +40,13 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from pydantic import Field, PlainValidator, field_validator, model_validator
 
 from cagoflow.errors import InputError
-from cagoflow.hashing import structure_hash
+from cagoflow.hashing import labelled_hash, structure_hash
 from cagoflow.inputs import Count, FieldError, InputModel, validate_input
 from cagoflow.io import atomic_write_json, read_json, read_structures, structure_labels, write_structures
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT: Final = "cagoflow-dataset"
-INDEX_VERSION: Final = 1
+INDEX_VERSION: Final = 2
 #: ``atoms.info`` key holding the provenance dict of a stored structure.
 PROVENANCE_KEY = "provenance"
 _BATCH_NAME = "batch-{:05d}.extxyz"
@@ -272,8 +274,8 @@ class Dataset:
         return len(self._index.entries)
 
     def __contains__(self, item: str | Atoms) -> bool:
-        """Whether a hash (or a structure, by its :func:`structure_hash`) is in the dataset."""
-        key = structure_hash(item) if isinstance(item, Atoms) else item
+        """Whether a hash (or a labelled structure, by its :func:`labelled_hash`) is in the dataset."""
+        key = labelled_hash(item) if isinstance(item, Atoms) else item
         return key in self.hashes
 
     def __repr__(self) -> str:
@@ -323,7 +325,7 @@ class Dataset:
             )
         atoms = batch[entry.index].copy()
         atoms.calc = SinglePointCalculator(atoms, **structure_labels(batch[entry.index]))
-        if structure_hash(atoms) != entry.hash:
+        if labelled_hash(atoms) != entry.hash:
             raise InputError(
                 f"structure {entry.index} of this file does not match its hash in the index "
                 "(the file was changed after it was appended)",
@@ -338,26 +340,29 @@ class Dataset:
 
         ``provenance`` is one :class:`Provenance` for all or one per structure. A structure is
         refused (never stored) when it lacks finite energy+forces labels, is already in the
-        dataset, or repeats an earlier structure of the same call. Atomic and crash safe.
+        dataset with the same labels, or repeats the geometry of an earlier structure of the
+        same call (one label per geometry and batch). The same geometry with new labels (a
+        reference calculation run again) is a new entry. Atomic and crash safe.
         """
         structures = list(structures)
         provenances = _broadcast_provenance(provenance, len(structures))
         self._index = self._load_index()  # the file on disk is the truth
-        hashes = [structure_hash(atoms) for atoms in structures]
+        hashes = [labelled_hash(atoms) for atoms in structures]
         known = self.hashes
         first_seen: dict[str, int] = {}
         accepted: list[int] = []
         refused: list[tuple[str, str]] = []
         for number, (atoms, digest) in enumerate(zip(structures, hashes)):
+            geometry = structure_hash(atoms)
             reason = label_problem(atoms)
             if reason is None and digest in known:
                 reason = "already in the dataset"
-            elif reason is None and digest in first_seen:
-                reason = f"duplicate of structure {first_seen[digest]} of this batch"
+            elif reason is None and geometry in first_seen:
+                reason = f"duplicate of structure {first_seen[geometry]} of this batch"
             if reason is not None:
                 refused.append((digest, reason))
                 continue
-            first_seen[digest] = number
+            first_seen[geometry] = number
             accepted.append(number)
         if not accepted:
             self._remove_stray_files()
@@ -390,7 +395,8 @@ class Dataset:
         if not self.index_path.exists():
             return _Index()
         data = read_json(self.index_path)
-        index = validate_input(IndexJson, data, file=self.index_path, text="", context={}).value()
+        model = validate_input(IndexJson, data, file=self.index_path, text="", context={})
+        index = model.value()
         for number, name in enumerate(index.batches):
             if not (self.path / name).is_file():
                 raise InputError(
@@ -398,7 +404,23 @@ class Dataset:
                     file=self.index_path,
                     field=f"batches.{number}",
                 )
-        return index
+        return index if model.version == INDEX_VERSION else self._rehashed(index)
+
+    def _rehashed(self, index: _Index) -> _Index:
+        """A version-1 index (geometry hashes) with every entry's :func:`labelled_hash`, each
+        structure checked against its old hash first; written as version 2 by the next append."""
+        batches = {name: self._read_batch(name) for name in index.batches}
+        entries = []
+        for position, entry in enumerate(index.entries):
+            atoms = batches[entry.file][entry.index] if entry.index < len(batches[entry.file]) else None
+            if atoms is None or structure_hash(atoms) != entry.hash:
+                raise InputError(
+                    "the index does not match its batch file (the file was changed after it was appended)",
+                    file=self.path / entry.file,
+                    field=f"entries.{position}.hash",
+                )
+            entries.append(replace(entry, hash=labelled_hash(atoms)))
+        return _Index(index.batches, tuple(entries))
 
 
 def _broadcast_provenance(provenance: Provenance | Sequence[Provenance], n: int) -> list[Provenance]:
@@ -423,7 +445,7 @@ def _provenance(value: Any) -> Provenance:
 class IndexEntryJson(InputModel):
     """:class:`DatasetEntry` in the index file."""
 
-    hash: str = Field(..., description="content hash of the structure (cagoflow.hashing.structure_hash)")
+    hash: str = Field(..., description="content hash of the labelled structure (cagoflow.hashing.labelled_hash; version 1: the geometry's)")
     file: str = Field(..., description="batch file holding the structure")
     index: Count = Field(..., description="position of the structure in its batch file")
     provenance: Annotated[Provenance, PlainValidator(_provenance)] = Field(
@@ -439,7 +461,7 @@ class IndexJson(InputModel):
     """The index file of a dataset (``index.json``)."""
 
     format: Literal[INDEX_FORMAT] = Field(..., description="identifies a dataset index")
-    version: Literal[INDEX_VERSION] = Field(..., description="version of the index format")
+    version: Literal[1, INDEX_VERSION] = Field(..., description="version of the index format (1: hashes of the geometry only)")
     batches: list[str] = Field(..., description="batch files in append order: batch-00000.extxyz, batch-00001.extxyz, ...")
     entries: list[IndexEntryJson] = Field(..., description="every stored structure, in append order")
 

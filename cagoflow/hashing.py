@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from cagoflow.io import structure_labels
 
 #: Positions and cells are snapped to this many decimals (Å) before hashing: the precision of
 #: ASE's extxyz writer (positions as ``%16.8f``), so a stored structure hashes like the original.
@@ -40,6 +43,24 @@ def structure_hash(atoms: Atoms) -> str:
     for array in (atoms.positions, np.asarray(atoms.cell)):
         digest.update(np.ascontiguousarray(_snap(array)).tobytes())
     digest.update(np.asarray(atoms.pbc, dtype=np.int8).tobytes())
+    return digest.hexdigest()
+
+
+def labelled_hash(atoms: Atoms) -> str:
+    """SHA-256 (hex) of a labelled structure: its :func:`structure_hash` and its reference labels.
+
+    Energy (eV), forces (eV/Å) and stress (eV/Å³, Voigt order) are snapped like the positions,
+    so the hash survives an extxyz round trip; a structure relabelled by a new reference
+    calculation hashes differently from its old label. The identity of a dataset entry.
+    """
+    labels = structure_labels(atoms)
+    digest = hashlib.sha256(structure_hash(atoms).encode())
+    for name in ("energy", "forces", "stress"):
+        if name in labels:
+            value = np.asarray(labels[name], dtype=float)
+            value = full_3x3_to_voigt_6_stress(value) if name == "stress" and value.shape == (3, 3) else value
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(_snap(value)).tobytes())
     return digest.hexdigest()
 
 

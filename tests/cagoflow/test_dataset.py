@@ -27,7 +27,7 @@ from cagoflow.dataset import (
     split_draw,
 )
 from cagoflow.errors import InputError
-from cagoflow.hashing import structure_hash
+from cagoflow.hashing import labelled_hash, structure_hash
 from cagoflow.io import read_structures, write_structures
 
 
@@ -73,9 +73,9 @@ def test_append_and_read_back_keeps_labels_and_provenance(tmp_path):
         np.testing.assert_allclose(stored.get_forces(), original.get_forces(), atol=1e-8)
         assert Provenance.from_info(stored.info) == provenance
     np.testing.assert_allclose(back[0].get_stress(), structures[0].get_stress(), atol=1e-12)
-    assert [structure_hash(a) for a in back] == list(result.added)
+    assert [labelled_hash(a) for a in back] == list(result.added)
     # a subset, in the requested order
-    assert [structure_hash(a) for a in ds.structures([2, 0])] == [result.added[2], result.added[0]]
+    assert [labelled_hash(a) for a in ds.structures([2, 0])] == [result.added[2], result.added[0]]
 
 
 def test_provenance_round_trip_through_raw_extxyz(tmp_path):
@@ -129,10 +129,10 @@ def test_index_round_trip(tmp_path):
 
     assert reopened.entries == ds.entries
     assert reopened.batch_files == ("batch-00000.extxyz", "batch-00001.extxyz")
-    assert reopened.entries[2] == DatasetEntry(structure_hash(water(2)), "batch-00001.extxyz", 0, CAGO)
+    assert reopened.entries[2] == DatasetEntry(labelled_hash(water(2)), "batch-00001.extxyz", 0, CAGO)
     data = json.loads((tmp_path / "index.json").read_text())
     assert data["format"] == "cagoflow-dataset" and len(data["entries"]) == 3
-    assert water(2) in reopened and structure_hash(water(5)) not in reopened
+    assert water(2) in reopened and labelled_hash(water(5)) not in reopened
 
 
 def test_index_of_an_earlier_version_still_opens(tmp_path):
@@ -150,7 +150,7 @@ def test_index_of_an_earlier_version_still_opens(tmp_path):
     ]
 
     assert ds.batch_files == ("batch-00000.extxyz", "batch-00001.extxyz")
-    assert ds.entries == tuple(DatasetEntry(structure_hash(a), name, k, prov) for a, prov, name, k in expected)
+    assert ds.entries == tuple(DatasetEntry(labelled_hash(a), name, k, prov) for a, prov, name, k in expected)
     for stored, (original, provenance, _, _) in zip(ds.structures(), expected):
         np.testing.assert_allclose(stored.positions, original.positions, atol=1e-8)
         assert stored.get_potential_energy() == original.get_potential_energy()
@@ -172,18 +172,46 @@ def test_duplicates_refused_within_and_across_batches(tmp_path):
 
     first = ds.append([a, a_again, b], INITIAL)
 
-    assert first.added == (structure_hash(a), structure_hash(b))
-    assert first.refused == ((structure_hash(a), "duplicate of structure 0 of this batch"),)
+    assert first.added == (labelled_hash(a), labelled_hash(b))
+    assert first.refused == ((labelled_hash(a_again), "duplicate of structure 0 of this batch"),)
 
     nearly_b = b.copy()
     nearly_b.positions += 1e-10  # below the stored precision: the same structure
     nearly_b.calc = SinglePointCalculator(nearly_b, **b.calc.results)
     second = ds.append([nearly_b, water(2)], CAGO)
 
-    assert second.added == (structure_hash(water(2)),)
-    assert second.refused == ((structure_hash(b), "already in the dataset"),)
+    assert second.added == (labelled_hash(water(2)),)
+    assert second.refused == ((labelled_hash(b), "already in the dataset"),)
     assert len(ds) == 3 and len(ds.structures()) == 3
     assert ds.entries[0].provenance == INITIAL  # the first copy keeps its provenance
+
+
+def test_a_relabelled_structure_is_a_new_entry(tmp_path):
+    """A reference run again (new labels, same geometry) is stored; the same labels are not."""
+    ds = Dataset(tmp_path)
+    (old,) = ds.append([water(0)], INITIAL).added
+    relabelled = water(0)
+    relabelled.calc = SinglePointCalculator(relabelled, energy=relabelled.get_potential_energy() + 0.01,
+                                            forces=relabelled.get_forces())  # fmt: skip
+
+    (new,) = ds.append([relabelled], INITIAL).added
+
+    assert new != old and structure_hash(relabelled) == structure_hash(water(0))
+    assert [a.get_potential_energy() for a in ds.structures()] == pytest.approx(
+        [water(0).get_potential_energy(), water(0).get_potential_energy() + 0.01]
+    )
+    assert ds.append([water(0)], INITIAL).refused == ((old, "already in the dataset"),)
+
+
+def test_a_label_changed_in_a_batch_file_is_refused_on_read(tmp_path):
+    ds = Dataset(tmp_path)
+    ds.append([water(0)], INITIAL)
+    (atoms,) = read_structures(tmp_path / "batch-00000.extxyz")
+    atoms.calc.results["forces"][0, 0] += 0.1
+    write_structures(tmp_path / "batch-00000.extxyz", [atoms])
+    with pytest.raises(InputError, match="does not match its hash") as info:
+        Dataset.open(tmp_path).structures()
+    assert info.value.field == "entries.0.hash"
 
 
 def test_unlabelled_and_nonfinite_structures_refused(tmp_path):
@@ -193,13 +221,13 @@ def test_unlabelled_and_nonfinite_structures_refused(tmp_path):
 
     result = ds.append([water(0, labelled=False), bad, water(2)], INITIAL)
 
-    assert result.added == (structure_hash(water(2)),)
+    assert result.added == (labelled_hash(water(2)),)
     assert [reason for _, reason in result.refused] == [
         "no reference energy and forces",
         "reference energy or forces are not finite",
     ]
     # the unlabelled structure may be appended later, once labelled
-    assert ds.append([water(0)], INITIAL).added == (structure_hash(water(0)),)
+    assert ds.append([water(0)], INITIAL).added == (labelled_hash(water(0)),)
 
 
 def test_append_of_nothing_new_writes_nothing(tmp_path):
@@ -229,7 +257,7 @@ def test_hash_is_stable_through_extxyz_precision(tmp_path):
     assert structure_hash(back) == structure_hash(atoms)  # structure_hash survives the round trip
     ds = Dataset(tmp_path)
     (digest,) = ds.append([atoms], INITIAL).added
-    assert structure_hash(ds.structures()[0]) == digest == structure_hash(atoms)
+    assert labelled_hash(ds.structures()[0]) == digest == labelled_hash(atoms) == labelled_hash(back)
     assert ds.append([atoms], INITIAL).refused == ((digest, "already in the dataset"),)
     assert ds.append([back], INITIAL).refused == ((digest, "already in the dataset"),)
 
@@ -264,10 +292,10 @@ def test_stray_batch_file_is_ignored_and_overwritten(tmp_path):
     assert result.file == "batch-00001.extxyz"
     assert len(read_structures(tmp_path / "batch-00001.extxyz")) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["batch-00000.extxyz", "batch-00001.extxyz", "index.json"]
-    assert [structure_hash(a) for a in Dataset.open(tmp_path).structures()] == [
-        structure_hash(water(0)),
-        structure_hash(water(1)),
-        structure_hash(water(2)),
+    assert [labelled_hash(a) for a in Dataset.open(tmp_path).structures()] == [
+        labelled_hash(water(0)),
+        labelled_hash(water(1)),
+        labelled_hash(water(2)),
     ]
 
 
@@ -329,7 +357,7 @@ def test_corrupt_index_raises_input_error(tmp_path):
     "change, field, message",
     [
         (lambda d: d.update(format="cagoflow.committee-calibration"), "format", "expected 'cagoflow-dataset'"),
-        (lambda d: d.update(version=2), "version", "expected 1, found 2"),
+        (lambda d: d.update(version=3), "version", "expected 1 or 2, found 3"),
         (lambda d: d["batches"].reverse(), "batches.0", "expected 'batch-00000.extxyz'"),
         (lambda d: d["entries"][1].update(index=-1), "entries.1.index", "greater than or equal to 0"),
         (lambda d: d["entries"][1].update(file="batch-00007.extxyz"), "entries.1.file", "not listed in 'batches'"),
