@@ -1,7 +1,7 @@
 """Parsl apps of the campaign stages (``cagoflow.apps``).
 
-The stage bodies are plain functions in :mod:`cagoflow.apps.stages`, each registered with its
-stage; :func:`make_apps` binds each to the executor that the site-config maps its stage to (psiflow's idiom
+The stage bodies are plain functions, one module per family (:data:`TASK_MODULES`), each
+registered with its stage (:func:`cagoflow.apps.tasks.stage_task`); :func:`make_apps` binds each to the executor that the site-config maps its stage to (psiflow's idiom
 ``f = python_app(_f, executors=[...])``). External programs (trainers) run in bash apps, each
 in its own task directory. Every task gets the threads of its worker's share of cores: a
 program through its environment (:mod:`cagoflow.apps.commands`), a Python task through
@@ -18,6 +18,9 @@ from typing import Any, Callable
 from cagoflow.apps.commands import thread_environment
 from cagoflow.executors.site import SiteConfig
 from cagoflow.stages import PROGRAM_STAGES
+
+#: The modules of task bodies, by family; importing them fills :data:`cagoflow.apps.tasks.TASKS`.
+TASK_MODULES = ("dataset_tasks", "training_tasks", "exploration_tasks", "cago_tasks", "reference_tasks", "evaluation_tasks")
 
 
 def run_with_threads(threads: int, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -38,8 +41,8 @@ def with_threads(function: Callable[..., Any], threads: int) -> Callable[..., An
 
 
 def make_apps(site: SiteConfig) -> SimpleNamespace:
-    """One Parsl app per task body of :mod:`cagoflow.apps.stages` (``apps.<name>``, see
-    :data:`~cagoflow.apps.stages.TASKS`) and one bash app ``run_<stage>`` per stage that starts
+    """One Parsl app per task body of :data:`TASK_MODULES` (``apps.<name>``, see
+    :data:`~cagoflow.apps.tasks.TASKS`) and one bash app ``run_<stage>`` per stage that starts
     programs (:data:`cagoflow.stages.PROGRAM_STAGES`), each bound to the executor ``site`` maps
     its stage to.
 
@@ -48,9 +51,15 @@ def make_apps(site: SiteConfig) -> SimpleNamespace:
     :meth:`~cagoflow.executors.site.SiteConfig.python_executor_for` that stage. Each Python task
     runs on :meth:`~cagoflow.executors.site.SiteConfig.python_threads` threads.
     """
+    import importlib
+
     from parsl import bash_app, python_app
 
-    from cagoflow.apps.stages import TASKS, _run_command
+    from cagoflow.apps.commands import _run_command
+    from cagoflow.apps.tasks import TASKS
+
+    for module in TASK_MODULES:
+        importlib.import_module(f"cagoflow.apps.{module}")
 
     apps = {
         name: python_app(with_threads(function, site.python_threads(stage)), executors=[site.python_executor_for(stage)])

@@ -172,3 +172,13 @@ def exit_status(directory: Path) -> int:
         return int((directory / "exit-status").read_text().strip())
     except (OSError, ValueError):
         return 1
+
+
+def _run_command(
+    prepared: dict, stdout: str | None = None, stderr: str | None = None, parsl_resource_specification: dict | None = None
+) -> str:
+    """Bash app body: the prepared command (its exit status goes to a file, never raised).
+
+    ``parsl_resource_specification`` (nodes, ranks) is read by Parsl's MPIExecutor, which puts
+    the matching launcher line into ``$PARSL_MPI_PREFIX``."""
+    return prepared["command"]

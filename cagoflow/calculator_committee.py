@@ -2,7 +2,7 @@
 
 This is the reference implementation of :class:`cagoflow.committee.Committee` for any engine
 that ASE can drive. ASE calculators evaluate one structure at a time, so this is the slow,
-generic path (M × S single-point calls); batched backends (:class:`cagoflow.analytic.MorseCommittee`,
+generic path (M × S single-point calls); batched backends (:class:`cagoflow.morse_committee.MorseCommittee`,
 the ML potentials) implement ``predict`` natively and should be compared against this one.
 """
 

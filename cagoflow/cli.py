@@ -400,7 +400,7 @@ def run(
     One run at a time holds a work directory; a second refuses (exit code 2)."""
     from cagoflow.campaign import load_campaign
     from cagoflow.executors.site import default_site, load_site
-    from cagoflow.workflows.campaign import run_campaign
+    from cagoflow.workflows.driver import run_campaign
 
     config = load_campaign(campaign)
     site_config = default_site() if site is None else load_site(site)

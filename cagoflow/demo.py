@@ -1,7 +1,7 @@
 """A self-contained CAGO demonstration on embedded defaults (``cagoflow cago --demo``).
 
 Everything is synthetic but real: a box of 16 water molecules, the analytic Morse committee
-of :mod:`cagoflow.analytic`, and its unperturbed model as the reference ("truth"). The demo
+of :mod:`cagoflow.morse_committee`, and its unperturbed model as the reference ("truth"). The demo
 labels rattled copies of the box, calibrates the committee and a 3-member subset, pushes a
 few structures with CAGO to the target error δ using the subset and its own calibration, then
 labels the CAGO structures and measures the hit: the true error against δ.

@@ -7,7 +7,7 @@ A committee file is a small YAML file. Trained members, of any backend of
     models: [member-00/frozen_model.pth, member-01/frozen_model.pth]   # relative to this file
     device: auto        # auto (CUDA when available), cpu or cuda
 
-The untrained Morse test committee (:mod:`cagoflow.analytic`), the synthetic model of demos
+The untrained Morse test committee (:mod:`cagoflow.morse_committee`), the synthetic model of demos
 and tests::
 
     backend: morse
@@ -36,7 +36,7 @@ MORSE = "morse"
 
 
 class MorseCommitteeSpec(InputModel):
-    """Morse pair potentials with member-wise perturbed parameters (:mod:`cagoflow.analytic`)."""
+    """Morse pair potentials with member-wise perturbed parameters (:mod:`cagoflow.morse_committee`)."""
 
     backend: Literal["morse"] = MORSE
     members: int = Field(4, ge=2, description="committee size M")
@@ -46,7 +46,7 @@ class MorseCommitteeSpec(InputModel):
     cutoff: float = Field(5.0, gt=1, description="pair cutoff, Å")
 
     def build(self) -> Committee:
-        from cagoflow.analytic import MorseCommittee, MorseModel
+        from cagoflow.morse_committee import MorseCommittee, MorseModel
 
         model = MorseModel.for_symbols(
             list(self.species), n_members=self.members, spread=self.spread, seed=self.seed, cutoff=self.cutoff
@@ -55,7 +55,7 @@ class MorseCommitteeSpec(InputModel):
 
     def truth(self):
         """The unperturbed model as an ASE calculator: the synthetic reference of demos and tests."""
-        from cagoflow.analytic import MorseCalculator, MorseModel
+        from cagoflow.morse_committee import MorseCalculator, MorseModel
 
         return MorseCalculator(MorseModel.for_symbols(list(self.species), cutoff=self.cutoff))
 

@@ -72,3 +72,37 @@ def site_stage(stage: str) -> str:
     if stage not in STAGE_BY_NAME:
         raise ValueError(f"unknown stage '{stage}'; stages: {', '.join(STAGE_ORDER)}")
     return STAGE_BY_NAME[stage].runs_on or stage
+
+
+# --- task names: made here only, so the driver, the task bodies and ``status`` agree ----------
+
+
+def structure_task(system: str, index: int, kind: str = "") -> str:
+    """One structure's task: its CAGO walk and its reference share the name ("water-003"), so the
+    post-filter pairs them; ``kind`` names the labels of other structures ("water-init-003",
+    "water-benchmark-003")."""
+    return f"{system}-{kind + '-' if kind else ''}{index:03d}"
+
+
+def md_task(system: str, replica: int) -> str:
+    """One MD replica of a system ("water-00")."""
+    return f"{system}-{replica:02d}"
+
+
+def member_task(member: int) -> str:
+    """One committee member's training ("member-00")."""
+    return f"member-{member:02d}"
+
+
+def cago_slot(system: str, index: int) -> str:
+    """The key of a CAGO start in the calibration's member-subset table ("water/3")."""
+    return f"{system}/{index}"
+
+
+def task_system(task: str) -> str:
+    """The system of a task named by :func:`structure_task` or :func:`md_task` ("water-003",
+    "water-init-003", "water-01" → "water")."""
+    system = task.rsplit("-", 1)[0]
+    for kind in ("init", "benchmark"):
+        system = system.removesuffix(f"-{kind}")
+    return system

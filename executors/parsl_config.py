@@ -45,6 +45,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from parsl.config import Config
+from parsl.dataflow.dependency_resolvers import DEEP_DEPENDENCY_RESOLVER
 from parsl.dataflow.memoization import BasicMemoizer
 from parsl.executors import HighThroughputExecutor, MPIExecutor, ThreadPoolExecutor
 from parsl.executors.base import ParslExecutor
@@ -77,13 +78,18 @@ def build_config(site: SiteConfig, run_dir: Path) -> Config:
     """The Parsl configuration of ``site``, with Parsl's run files under ``run_dir``.
 
     ``site.retries`` becomes Parsl's retry budget per task; memoization holds within the run only.
+    Futures are resolved inside lists and dicts too (Parsl's deep dependency resolver): a task
+    takes its upstream records by role (``members=[...]``), not as a flat argument list.
     Nothing is submitted or started here (a ``SlurmProvider`` does run ``sacct`` once to decide
     between ``sacct`` and ``squeue`` for job status).
     """
     run_dir = Path(run_dir).absolute()
     memoizer = BasicMemoizer(checkpoint_mode=None, checkpoint_files=[], memoize=True)
     executors = [_executor(label, executor) for label, executor in site.executors.items()]
-    return Config(executors=executors, memoizer=memoizer, retries=site.retries, run_dir=str(run_dir))
+    return Config(
+        executors=executors, memoizer=memoizer, retries=site.retries, run_dir=str(run_dir),
+        dependency_resolver=DEEP_DEPENDENCY_RESOLVER,
+    )  # fmt: skip
 
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 from cagoflow.errors import InputError
 from cagoflow.io import read_json
 from cagoflow.records import RECORD_NAME, TaskRecord, read_record
-from cagoflow.stages import STAGE_BY_NAME, STAGE_ORDER
+from cagoflow.stages import STAGE_BY_NAME, STAGE_ORDER, task_system
 
 #: Written by the campaign when a convergence criterion stopped it early: {"iteration", "reason"}.
 STOPPED_NAME = "stopped.json"
@@ -57,11 +57,6 @@ class StageStatus:
         return "done" if self.done else "—"
 
 
-def system_of(task: str) -> str:
-    """The system of a per-system task: "water-003" (CAGO) and "water-01" (MD) → "water"."""
-    return task.rsplit("-", 1)[0]
-
-
 @dataclass
 class IterationStatus:
     """One iteration: its stages, and the figures a chemist looks at first."""
@@ -76,7 +71,7 @@ class IterationStatus:
     def _records(self, stage: str, system: str | None = None) -> list[TaskRecord]:
         """Records of a stage, of one system's tasks or of all."""
         records = self.stages.get(stage, StageStatus()).records
-        return [r for r in records if system is None or system_of(r.task) == system]
+        return [r for r in records if system is None or task_system(r.task) == system]
 
     @property
     def dataset_size(self) -> int | None:

@@ -4,9 +4,9 @@ It runs the same train → load path as DeePMD-kit and NequIP: :class:`AnalyticB
 ``input.json`` into a work directory and names the trainer's command
 (``python -m cagoflow.backends.analytic_train input.json``), which fits one member and writes
 ``model.json``; :meth:`AnalyticBackend.load` turns trained member files into one
-:class:`~cagoflow.analytic.MorseCommittee`.
+:class:`~cagoflow.morse_committee.MorseCommittee`.
 
-A trained member is a Morse model (:class:`cagoflow.analytic.MorseModel`) plus one reference
+A trained member is a Morse model (:class:`cagoflow.morse_committee.MorseModel`) plus one reference
 energy per species, so that total energies of any reference method can be fitted::
 
     E = Σ_i e_ref[Z_i] + Σ_{i<j} D_ij [e^{−2α_ij (r−r0_ij)} − 2 e^{−α_ij (r−r0_ij)}] · f_c(r)
@@ -44,7 +44,7 @@ from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
 from pydantic import AfterValidator, Field, StrictFloat, StrictInt, ValidationInfo, field_validator, model_validator
 
-from cagoflow.analytic import MorseCommittee, MorseModel
+from cagoflow.morse_committee import MorseCommittee, MorseModel
 from cagoflow.backends import TrainingResult, TrainingSettings
 from cagoflow.committee import CommitteePrediction
 from cagoflow.errors import InputError

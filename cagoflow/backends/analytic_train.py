@@ -15,7 +15,7 @@ species) minimise
     L = w_E · mean_s((E_s − E_s^ref) / N_s)² + w_F · mean_{i,k}(F_ik − F_ik^ref)²
 
 with torch's L-BFGS (strong-Wolfe line search) in float64; the gradient comes from autograd
-(forces by double backpropagation through :func:`cagoflow.analytic.pair_energies`). The pair
+(forces by double backpropagation through :func:`cagoflow.morse_committee.pair_energies`). The pair
 parameters are kept inside physical ranges (:class:`Parameters`). A fresh member starts from the
 generic parameters of :meth:`MorseModel.for_symbols` times ``exp(perturbation · N(0, 1))`` drawn
 from the seed, and from reference energies fitted by least squares to the remaining energy
@@ -40,7 +40,7 @@ from typing import Any, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from cagoflow.analytic import MorseModel, PairList, build_pairs, pair_energies
+from cagoflow.morse_committee import MorseModel, PairList, build_pairs, pair_energies
 from cagoflow.backends.analytic import (
     AnalyticHyperparameters,
     ReferencedMorseModel,

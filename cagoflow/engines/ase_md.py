@@ -1,6 +1,6 @@
 """Committee MD through ASE's integrators: the embedded MD engine for local runs.
 
-The committee MEAN drives the dynamics (:class:`~cagoflow.engines.committee_calculator.CommitteeCalculator`):
+The committee MEAN drives the dynamics (:class:`~cagoflow.engines.committee_mean_calculator.CommitteeMeanCalculator`):
 
 - NVT: Nosé–Hoover chain (:class:`ase.md.nose_hoover_chain.NoseHooverChainNVT`), chain length
   and damping time from the stage;
@@ -43,7 +43,7 @@ from ase.md.velocitydistribution import Stationary, ZeroRotation
 
 from cagoflow.committee import Committee
 from cagoflow.engines.md_settings import DEFAULT_CHECKS, MDStage
-from cagoflow.engines.committee_calculator import CommitteeCalculator
+from cagoflow.engines.committee_mean_calculator import CommitteeMeanCalculator
 from cagoflow.geometry import min_interatomic_distance
 
 __all__ = ["FRAME_INFO_KEYS", "MDResult", "make_integrator", "run_md"]
@@ -162,7 +162,7 @@ def run_md(
     if check_interval < 1:
         raise ValueError(f"check_interval must be at least 1, got {check_interval}")
     atoms = atoms.copy()
-    atoms.calc = CommitteeCalculator(committee)
+    atoms.calc = CommitteeMeanCalculator(committee)
     initial_velocities(atoms, stage.temperature, seed)
     atoms.get_forces()  # a committee that cannot evaluate the start is an input problem: raise
     dynamics = make_integrator(atoms, stage)
@@ -237,7 +237,7 @@ def _stability_check(
 
 def _frame(atoms: Atoms, step: int, timestep_fs: float, distance: float, density_ratio: float) -> Atoms:
     """A copy of the current configuration with the committee statistics in ``info``/``arrays``."""
-    calculator: CommitteeCalculator = atoms.calc
+    calculator: CommitteeMeanCalculator = atoms.calc
     atoms.get_potential_energy()  # make sure the statistics belong to these positions
     statistics = calculator.statistics
     frame = atoms.copy()  # no calculator: a frame is not a labelled structure

@@ -8,7 +8,7 @@ from ase.build import molecule
 from ase.units import GPa
 from pydantic import ValidationError
 
-from cagoflow.analytic import MorseCommittee, MorseModel
+from cagoflow.morse_committee import MorseCommittee, MorseModel
 from cagoflow.cago import (
     CagoCalibration,
     CagoSettings,
@@ -424,7 +424,7 @@ def test_labelled_hits_one_prediction_per_subset(committee, small_box):
     """Hits of labelled structures: one predict per member subset, a true error only without δ."""
     from cagoflow.cago import labelled_hits
     from cagoflow.demo import label
-    from cagoflow.analytic import MorseCalculator
+    from cagoflow.morse_committee import MorseCalculator
 
     truth = MorseCalculator(MorseModel.for_symbols(["O", "H"]))
     structures = label([water_box(4, seed=seed) for seed in range(3)], truth)

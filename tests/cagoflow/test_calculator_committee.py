@@ -9,7 +9,7 @@ from ase.build import bulk, molecule
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 
-from cagoflow.analytic import MorseCalculator, MorseCommittee, MorseModel
+from cagoflow.morse_committee import MorseCalculator, MorseCommittee, MorseModel
 from cagoflow.calculator_committee import CalculatorCommittee
 from cagoflow.committee import Committee
 from cagoflow.structures import water_box

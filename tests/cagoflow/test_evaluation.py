@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from cagoflow.analytic import MorseCalculator, MorseCommittee, MorseModel, MorsePair
+from cagoflow.morse_committee import MorseCalculator, MorseCommittee, MorseModel, MorsePair
 from cagoflow.calculator_committee import CalculatorCommittee
 from cagoflow.calibration import calibrate_committee
 from cagoflow.committee import committee_statistics
 from cagoflow.demo import label
 from cagoflow.engines.ase_md import run_md
-from cagoflow.engines.committee_calculator import CommitteeCalculator
+from cagoflow.engines.committee_mean_calculator import CommitteeMeanCalculator
 from cagoflow.engines.md_settings import MDStage
 from cagoflow.errors import InputError
 from cagoflow.evaluation import (
@@ -163,7 +163,7 @@ def test_too_short_a_run_has_no_diffusion_but_says_why(box):
 def test_one_member_drives_md_but_has_no_spread(box, references):
     one = COMMITTEE.subset([1])
     atoms = box.copy()
-    atoms.calc = CommitteeCalculator(one)
+    atoms.calc = CommitteeMeanCalculator(one)
     assert atoms.get_potential_energy() == pytest.approx(float(one.predict([box]).energies[0, 0]))
     statistics = atoms.calc.statistics
     assert np.isnan(statistics.force_sigma).all() and statistics.force_sigma.shape == (len(box),)

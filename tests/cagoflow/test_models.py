@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cagoflow.analytic import MorseCommittee
+from cagoflow.morse_committee import MorseCommittee
 from cagoflow.backends import BACKENDS, Backend, get_backend
 from cagoflow.backends.analytic import ReferencedMorseCommittee, ReferencedMorseModel, write_model_file
 from cagoflow.campaign import CommitteeConfig

@@ -73,7 +73,7 @@ def test_max_uncertainty_frames_of_a_ramp():
 
 
 def inline_subsets(n_models: int, subset_size: int, seeds: dict[str, int]) -> tuple[dict[str, int], list[tuple]]:
-    """The subset choice as apps/stages.py _calibrate wrote it inline (the reference)."""
+    """The subset choice as apps/training_tasks.py _calibrate wrote it inline (the reference)."""
     tasks, subsets = {}, []
     for key, seed in seeds.items():
         rng = np.random.default_rng(seed)

@@ -18,7 +18,7 @@ from cagoflow.campaign import load_campaign
 from cagoflow.executors.site import default_site
 from cagoflow.io import read_structures, write_structures
 from cagoflow.records import executions
-from cagoflow.workflows.campaign import run_campaign
+from cagoflow.workflows.driver import run_campaign
 
 ITERATION_1 = {"calibrate", "md", "sample", "cago", "prefilter", "reference", "postfilter", "merge"}
 

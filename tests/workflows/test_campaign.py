@@ -15,7 +15,7 @@ from cagoflow.campaign import load_campaign
 from cagoflow.executors.site import default_site
 from cagoflow.dataset import Dataset
 from cagoflow.records import all_records, executions
-from cagoflow.workflows.campaign import CampaignFailed, run_campaign
+from cagoflow.workflows.driver import CampaignFailed, run_campaign
 from cagoflow.workflows.status import campaign_status
 
 def dataset_hashes(workdir: Path) -> list[str]:

@@ -13,7 +13,7 @@ from cagoflow.campaign import load_campaign
 from cagoflow.engines.process import find_program
 from cagoflow.executors.site import EngineCommand, EnginesConfig, default_site
 from cagoflow.records import all_records
-from cagoflow.workflows.campaign import run_campaign
+from cagoflow.workflows.driver import run_campaign
 from real_components import require_command, require_module
 
 TINY_DEEPMD = {

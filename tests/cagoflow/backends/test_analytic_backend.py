@@ -19,7 +19,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from cagoflow import backends
-from cagoflow.analytic import MorseCalculator, MorseCommittee, MorseModel, MorsePair
+from cagoflow.morse_committee import MorseCalculator, MorseCommittee, MorseModel, MorsePair
 from cagoflow.backends import Backend, TrainingSettings
 from cagoflow.backends import analytic_train
 from cagoflow.backends.analytic import (

@@ -1,4 +1,4 @@
-"""Tests of cagoflow.engines.ase_md and cagoflow.engines.committee_calculator.
+"""Tests of cagoflow.engines.ase_md and cagoflow.engines.committee_mean_calculator.
 
 Test system: eight water molecules at 0.5 g/cm³ with a Morse committee whose cutoff (1.3 Å)
 only reaches bonded O–H pairs. The default Morse parameters attract every H to every O (1 eV
@@ -18,11 +18,11 @@ import pytest
 from ase import Atoms
 from ase.build import molecule
 
-from cagoflow.analytic import MorseCommittee, MorseModel
+from cagoflow.morse_committee import MorseCommittee, MorseModel
 from cagoflow.committee import Committee, committee_statistics
 from cagoflow.engines.md_settings import MDStage
 from cagoflow.engines.ase_md import FRAME_INFO_KEYS, MDResult, run_md
-from cagoflow.engines.committee_calculator import CommitteeCalculator
+from cagoflow.engines.committee_mean_calculator import CommitteeMeanCalculator
 from cagoflow.geometry import min_interatomic_distance
 from cagoflow.structures import water_box
 
@@ -58,13 +58,13 @@ def stage(**kwargs) -> MDStage:
     return MDStage(**settings)
 
 
-# --- CommitteeCalculator ----------------------------------------------------------------------
+# --- CommitteeMeanCalculator ----------------------------------------------------------------------
 
 
 def test_committee_calculator_gives_the_committee_mean(committee):
     atoms = water_box(8)
     prediction = committee.predict([atoms])
-    atoms.calc = CommitteeCalculator(committee)
+    atoms.calc = CommitteeMeanCalculator(committee)
     assert atoms.get_potential_energy() == pytest.approx(prediction.energies[:, 0].mean(), abs=1e-12)
     np.testing.assert_allclose(atoms.get_forces(), prediction.forces.mean(0), atol=1e-12)
     stress = -prediction.virials[:, 0].mean(0) / atoms.get_volume()
@@ -76,7 +76,7 @@ def test_committee_calculator_gives_the_committee_mean(committee):
 def test_committee_calculator_forces_are_the_gradient_of_its_energy():
     committee = MorseCommittee(MorseModel.for_symbols(["O", "H"], n_members=3, spread=0.05))
     atoms = water_box(2)
-    atoms.calc = CommitteeCalculator(committee)
+    atoms.calc = CommitteeMeanCalculator(committee)
     forces = atoms.get_forces()
     h = 1e-5
     for index, axis in [(0, 0), (1, 2), (4, 1)]:
@@ -84,7 +84,7 @@ def test_committee_calculator_forces_are_the_gradient_of_its_energy():
         for sign in (1, -1):
             displaced = atoms.copy()
             displaced.positions[index, axis] += sign * h
-            displaced.calc = CommitteeCalculator(committee)
+            displaced.calc = CommitteeMeanCalculator(committee)
             energies.append(displaced.get_potential_energy())
         assert forces[index, axis] == pytest.approx(-(energies[0] - energies[1]) / (2 * h), abs=1e-6)
 
@@ -103,7 +103,7 @@ def test_committee_calculator_one_evaluation_per_structure(committee):
             raise NotImplementedError
 
     atoms = water_box(2)
-    atoms.calc = CommitteeCalculator(Counting())
+    atoms.calc = CommitteeMeanCalculator(Counting())
     atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
     assert calls == [1]
 
@@ -112,7 +112,7 @@ def test_committee_calculator_no_stress_without_a_periodic_cell(committee):
     from ase.calculators.calculator import PropertyNotImplementedError
 
     atoms = molecule("H2O")
-    atoms.calc = CommitteeCalculator(committee)
+    atoms.calc = CommitteeMeanCalculator(committee)
     assert np.isfinite(atoms.get_forces()).all()
     with pytest.raises(PropertyNotImplementedError):
         atoms.get_stress()
@@ -121,7 +121,7 @@ def test_committee_calculator_no_stress_without_a_periodic_cell(committee):
 def test_committee_calculator_non_finite_positions_give_nan(committee):
     atoms = water_box(2)
     atoms.positions[0, 0] = np.nan
-    atoms.calc = CommitteeCalculator(committee)
+    atoms.calc = CommitteeMeanCalculator(committee)
     assert np.isnan(atoms.get_potential_energy())
     assert np.isnan(atoms.get_forces()).all()
     assert atoms.calc.statistics is None

@@ -1,4 +1,4 @@
-"""Tests of cagoflow.analytic: the batched Morse committee against finite differences and ASE."""
+"""Tests of cagoflow.morse_committee: the batched Morse committee against finite differences and ASE."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from ase import Atoms
 from ase.build import molecule
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
 
-import cagoflow.analytic as analytic
-from cagoflow.analytic import SKIN, MorseCalculator, MorseCommittee, MorseModel, MorsePair, build_pairs
+import cagoflow.morse_committee as morse_committee
+from cagoflow.morse_committee import SKIN, MorseCalculator, MorseCommittee, MorseModel, MorsePair, build_pairs
 from cagoflow.committee import DifferentiableCommittee, force_sigma_hat, member_std, virial_from_stress
 from cagoflow.structures import water_box
 
@@ -150,8 +150,8 @@ def count_lists(monkeypatch):
         calls.append(len(atoms))
         return original(atoms, cutoff)
 
-    original = analytic.close_pairs
-    monkeypatch.setattr(analytic, "close_pairs", counting)
+    original = morse_committee.close_pairs
+    monkeypatch.setattr(morse_committee, "close_pairs", counting)
     return calls
 
 

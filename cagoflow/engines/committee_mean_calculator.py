@@ -1,12 +1,12 @@
 """A committee as an ASE calculator: the committee MEAN drives the dynamics.
 
-:class:`CommitteeCalculator` evaluates one structure per call through
+:class:`CommitteeMeanCalculator` evaluates one structure per call through
 :meth:`cagoflow.committee.Committee.predict` and returns the committee-mean energy (eV),
 forces (eV/Å) and, for structures periodic along all three axes, the stress (eV/Å³, ASE's sign
 and Voigt order) derived from the mean virial: ``stress = −W̄ / V``. The full per-member
 prediction and its :class:`~cagoflow.committee.CommitteeStatistics` of the last evaluated
-structure stay available (:attr:`CommitteeCalculator.prediction`,
-:attr:`CommitteeCalculator.statistics`) so MD can record the committee spread of every frame
+structure stay available (:attr:`CommitteeMeanCalculator.prediction`,
+:attr:`CommitteeMeanCalculator.statistics`) so MD can record the committee spread of every frame
 without a second evaluation. A committee of one member works too (one model driving MD):
 its spreads are NaN (see :func:`~cagoflow.committee.committee_statistics`).
 
@@ -22,10 +22,10 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from cagoflow.committee import Committee, CommitteePrediction, CommitteeStatistics, committee_statistics
 
-__all__ = ["CommitteeCalculator"]
+__all__ = ["CommitteeMeanCalculator"]
 
 
-class CommitteeCalculator(Calculator):
+class CommitteeMeanCalculator(Calculator):
     """Committee-mean energy, forces and stress of a :class:`~cagoflow.committee.Committee`.
 
     Every call evaluates all properties at once (one ``predict`` of one structure), so

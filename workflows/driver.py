@@ -18,6 +18,7 @@ from cagoflow.campaign import CampaignConfig
 from cagoflow.executors.site import SiteConfig
 from cagoflow.errors import CagoflowError
 from cagoflow.io import atomic_write_json
+from cagoflow.stages import structure_task
 from cagoflow.workflows.status import STOPPED_NAME
 
 #: Called with (stage, event) where event is "submitted", "done" or "failed".
@@ -75,34 +76,34 @@ def build(dag: Dag) -> None:
 def initial(dag: Dag):
     """Label the starting structures (and rattled copies) of every system; the first merge."""
     config, apps, workdir = dag.config, dag.apps, dag.workdir
-    from cagoflow.apps.stages import initial_count
+    from cagoflow.apps.dataset_tasks import initial_count
 
     postfilters = []
     for system in sorted(config.systems):
         structures = dag.submit("initial", apps.initial, workdir, config, system)
-        references = [reference(dag, -1, system, f"{system}-init-{k:03d}", structures, k, None)
+        references = [reference(dag, -1, system, structure_task(system, k, "init"), structures, k, None)
                       for k in range(initial_count(config, system))]  # fmt: skip
-        postfilters.append(dag.submit("postfilter", apps.postfilter, workdir, -1, config, system, *references))
-    return dag.submit("merge", apps.merge, workdir, -1, config, None, *postfilters)
+        postfilters.append(dag.submit("postfilter", apps.postfilter, workdir, -1, config, system, references=references))
+    return dag.submit("merge", apps.merge, workdir, -1, config, None, postfilters=postfilters)
 
 
 def benchmark(dag: Dag, system: str):
     """The held-out benchmark set of a system: a file, or MD frames labelled by the reference."""
     config, apps, workdir = dag.config, dag.apps, dag.workdir
-    from cagoflow.apps.stages import benchmark_count
+    from cagoflow.apps.evaluation_tasks import benchmark_count
 
     made = dag.submit("evaluate", apps.benchmark, workdir, config, system)
     if not benchmark_count(config):
         return made
-    references = [reference(dag, -1, system, f"{system}-benchmark-{k:03d}", made, k, None)
+    references = [reference(dag, -1, system, structure_task(system, k, "benchmark"), made, k, None)
                   for k in range(benchmark_count(config))]  # fmt: skip
-    return dag.submit("evaluate", apps.benchmark_labels, workdir, config, system, *references)
+    return dag.submit("evaluate", apps.benchmark_labels, workdir, config, system, references=references)
 
 
 def submit_iteration(dag: Dag, iteration: int, merged, previous: list, benchmarks: dict):
     """One iteration's tasks; returns its merge, its members and its evaluation summaries by system."""
     config, apps, workdir = dag.config, dag.apps, dag.workdir
-    from cagoflow.apps.stages import cago_groups
+    from cagoflow.apps.cago_tasks import cago_groups
 
     split = dag.submit("split", apps.split, workdir, iteration, config, merged)
     members = []
@@ -110,7 +111,7 @@ def submit_iteration(dag: Dag, iteration: int, merged, previous: list, benchmark
         prepared = dag.submit("train", apps.prepare_training, workdir, iteration, config, dag.site, m, split, previous[m])
         ran = apps.run_train(prepared)
         members.append(dag.submit("train", apps.collect_training, workdir, iteration, m, prepared, ran))
-    calibration = dag.submit("calibrate", apps.calibrate, workdir, iteration, config, split, *members)
+    calibration = dag.submit("calibrate", apps.calibrate, workdir, iteration, config, split, members=members)
     summaries = {system: evaluate(dag, iteration, system, bench, members) for system, bench in benchmarks.items()}
     source = config.cago_source(iteration)
     postfilters = []
@@ -118,20 +119,22 @@ def submit_iteration(dag: Dag, iteration: int, merged, previous: list, benchmark
         md = []
         if source.source == "md":
             md = [molecular_dynamics(dag, iteration, system, r, members) for r in range(config.md.replicas)]
-        sample = dag.submit("sample", apps.sample, workdir, iteration, config, system, split, calibration, *md, *members)
+        sample = dag.submit("sample", apps.sample, workdir, iteration, config, system, split, calibration, md=md, members=members)
         groups = [
-            (first, count, dag.submit("cago", apps.cago, workdir, iteration, config, system, first, count, sample, calibration, *members))
+            (first, count, dag.submit("cago", apps.cago, workdir, iteration, config, system, first, count, sample, calibration, members=members))
             for first, count in cago_groups(config, iteration)
         ]  # fmt: skip
-        gate = dag.submit("prefilter", apps.prefilter, workdir, iteration, config, system, *(g for _, _, g in groups), *members)
+        cago = [g for _, _, g in groups]
+        gate = dag.submit("prefilter", apps.prefilter, workdir, iteration, config, system, cago=cago, members=members)
         references = [
-            reference(dag, iteration, system, f"{system}-{first + k:03d}", group, k, gate)
+            reference(dag, iteration, system, structure_task(system, first + k), group, k, gate)
             for first, count, group in groups
             for k in range(count)
         ]
-        cago = [g for _, _, g in groups]
-        postfilters.append(dag.submit("postfilter", apps.postfilter, workdir, iteration, config, system, *references, *members, *cago))
-    merged = dag.submit("merge", apps.merge, workdir, iteration, config, merged, *postfilters)
+        postfilters.append(
+            dag.submit("postfilter", apps.postfilter, workdir, iteration, config, system, references=references, members=members, cago=cago)
+        )
+    merged = dag.submit("merge", apps.merge, workdir, iteration, config, merged, postfilters=postfilters)
     return merged, members, summaries
 
 
@@ -139,21 +142,21 @@ def molecular_dynamics(dag: Dag, iteration: int, system: str, replica: int, memb
     """An MD task: in-process (ASE), or prepare → LAMMPS as the site starts it → collect."""
     config, apps, workdir = dag.config, dag.apps, dag.workdir
     if config.md.engine == "ase":
-        return dag.submit("md", apps.md, workdir, iteration, config, system, replica, *members)
-    prepared = apps.prepare_md(workdir, iteration, config, dag.site, system, replica, *members)
+        return dag.submit("md", apps.md, workdir, iteration, config, system, replica, members=members)
+    prepared = apps.prepare_md(workdir, iteration, config, dag.site, system, replica, members=members)
     ran = apps.run_md(prepared)
-    return dag.submit("md", apps.collect_md, workdir, iteration, config, system, replica, prepared, ran, *members)
+    return dag.submit("md", apps.collect_md, workdir, iteration, config, system, replica, prepared, ran, members=members)
 
 
 def evaluate(dag: Dag, iteration: int, system: str, bench, members: list):
     """Held-out errors and production MD of every member, beside MD and CAGO; their summary."""
     config, apps, workdir = dag.config, dag.apps, dag.workdir
-    errors = dag.submit("evaluate", apps.evaluate_errors, workdir, iteration, config, system, bench, *members)
+    errors = dag.submit("evaluate", apps.evaluate_errors, workdir, iteration, config, system, bench, members=members)
     productions = [
-        dag.submit("evaluate", apps.evaluate_md, workdir, iteration, config, system, m, *members)
+        dag.submit("evaluate", apps.evaluate_md, workdir, iteration, config, system, m, members=members)
         for m in range(config.committee.size)
     ]
-    return dag.submit("evaluate", apps.evaluate_summary, workdir, iteration, config, system, errors, *productions)
+    return dag.submit("evaluate", apps.evaluate_summary, workdir, iteration, config, system, errors, productions=productions)
 
 
 def stop_reason_of(config: CampaignConfig, history: dict[str, list], summaries: dict) -> str | None:
