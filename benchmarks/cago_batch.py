@@ -25,7 +25,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from cagoflow.analytic import MorseCommittee, MorseModel
+from cagoflow.morse_committee import MorseCommittee, MorseModel
 from cagoflow.cago import CagoCalibration, CagoSettings, run_cago, run_cago_batch
 from cagoflow.calibration import PowerLaw
 from cagoflow.geometry import shortest_pair_distances

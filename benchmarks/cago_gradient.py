@@ -23,7 +23,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from cagoflow.analytic import MorseCommittee, MorseModel
+from cagoflow.morse_committee import MorseCommittee, MorseModel
 from cagoflow.cago_gradients import ExactGradient, FiniteDifferenceGradient
 from cagoflow.cago_objective import Geometry, Objective, Problem
 from cagoflow.calibration import PowerLaw

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy.optimize import minimize
 
-from cagoflow.analytic import MorseCalculator, MorseCommittee, MorseModel
+from cagoflow.morse_committee import MorseCalculator, MorseCommittee, MorseModel
 from cagoflow.cago import CagoCalibration, CagoSettings, cago_hit, run_cago
 from cagoflow.cago_gradients import ExactGradient
 from cagoflow.cago_objective import Geometry, Objective, Problem
