@@ -65,10 +65,11 @@ def thread_environment(threads: int, program: str = "") -> dict[str, str]:
 
 def site_engine(site: SiteConfig, program: str) -> EngineCommand | None:
     """The site's settings for a program, by the program's usual name (or a path to it)."""
-    engines = site.engines
-    return {"dp": engines.deepmd, "nequip-train": engines.nequip, "cp2k.psmp": engines.cp2k, "lmp": engines.lammps}.get(
-        Path(program).name
-    )
+    from cagoflow.executors.site import SITE_PROGRAMS
+
+    engines = {usual: name for name, (usual, _, _) in SITE_PROGRAMS.items()}
+    name = engines.get(Path(program).name)
+    return None if name is None else getattr(site.engines, name)
 
 
 def time_limit(site: SiteConfig, stage: str) -> int | None:

@@ -101,8 +101,8 @@ def _prepare_reference(
     workdir: str, iteration: int, config: CampaignConfig, site: SiteConfig, system: str, task: str,
     structures: TaskRecord, index: int, gate: TaskRecord | None,
 ) -> dict:  # fmt: skip
-    """Write an external engine's input (CP2K); return the shell command (``true``: nothing to run)."""
-    from cagoflow.engines import make_file_reference
+    """Write an external engine's input (CP2K, pw.x); return the shell command (``true``: nothing to run)."""
+    from cagoflow.engines import REFERENCE_PROGRAMS, make_file_reference
     from cagoflow.records import task_key
 
     plan = plan_reference(workdir, iteration, config, system, task, structures, index, gate)
@@ -116,7 +116,7 @@ def _prepare_reference(
         (plan.spec.directory / "engine.log").write_text(f"no input written: {exc}\n")
         (plan.spec.directory / "exit-status").write_text("1\n")
         return {"command": "true"}
-    program = [["cp2k.psmp", *engine.arguments(plan.spec.directory)]]
+    program = [[REFERENCE_PROGRAMS[config.reference.engine].program, *engine.arguments(plan.spec.directory)]]
     return {"command": shell_command(plan.spec.directory, program, site, "reference", "engine.log")}
 
 

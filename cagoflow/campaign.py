@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
@@ -26,6 +27,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, fie
 from cagoflow.backends import BackendName
 from cagoflow.cago import CagoSettings
 from cagoflow.convergence import StopSettings
+from cagoflow.engines import REFERENCE_ENGINES, REFERENCE_PROGRAMS
 from cagoflow.engines.md_settings import MDStage, StabilityChecks
 from cagoflow.errors import InputError
 from cagoflow.evaluation import EvaluationSettings
@@ -240,15 +242,21 @@ class CagoConfig(CagoSettings):
 TBLITE_METHODS = ("GFN1-xTB", "GFN2-xTB", "IPEA1-xTB")
 
 
+#: The system a program engine's settings are checked for (only its charge and multiplicity are read).
+_NEUTRAL = SimpleNamespace(charge=0, multiplicity=1)
+
+
 class ReferenceConfig(InputModel):
     """The reference method that labels new structures (energies eV, forces eV/Å, stress)."""
 
-    engine: Literal["tblite", "cp2k", "ase"] = Field("tblite", description="reference engine")
+    engine: Literal[REFERENCE_ENGINES] = Field("tblite", description="reference engine")  # type: ignore[valid-type]
     method: str | None = Field(
-        None, description=f"tblite: one of {', '.join(TBLITE_METHODS)} (default GFN1-xTB); cp2k: a label for records"
+        None, description=f"tblite: one of {', '.join(TBLITE_METHODS)} (default GFN1-xTB); a program's: a label for records"
     )
     calculator: str | None = Field(None, description="engine 'ase': import path 'module:Class' of an ASE calculator")
-    settings: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the engine or calculator")
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments for the engine or calculator (espresso: EspressoSettings)"
+    )
     template: Path | None = Field(None, description="cp2k: input template, relative to the campaign file")
     stress: bool = Field(True, description="also compute the stress of periodic structures")
 
@@ -272,9 +280,24 @@ class ReferenceConfig(InputModel):
                 raise FieldError(f"calculator applies to engine 'ase' only, found engine '{self.engine}'", "calculator")
             if not IMPORT_PATH.match(self.calculator):
                 raise FieldError(f"expected an import path 'module:Class', found '{self.calculator}'", "calculator")
-        if self.template is not None and self.engine != "cp2k":
-            raise FieldError(f"template applies to engine 'cp2k' only, found engine '{self.engine}'", "template")
+        templated = [name for name, program in REFERENCE_PROGRAMS.items() if program.templates]
+        if self.template is not None and self.engine not in templated:
+            raise FieldError(f"template applies to engine {', '.join(templated)} only, found engine '{self.engine}'", "template")
+        if self.engine in REFERENCE_PROGRAMS:
+            self._check_program_settings()
         return self
+
+    def _check_program_settings(self) -> None:
+        """A program engine's settings, checked now rather than at its first calculation."""
+        from pydantic import ValidationError
+
+        try:
+            REFERENCE_PROGRAMS[self.engine].build(self, _NEUTRAL)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            raise FieldError(f"{error['msg']} (engine '{self.engine}')", "settings", *error["loc"]) from None
+        except (TypeError, ValueError) as exc:
+            raise FieldError(f"{exc} (engine '{self.engine}')", "settings") from None
 
     @property
     def method_name(self) -> str | None:
@@ -355,10 +378,11 @@ class CampaignConfig(InputModel):
         if self.stop is not None and self.evaluation is None:
             raise FieldError("stopping early judges the evaluation of every iteration: add an 'evaluation' block", "stop")
         generate = None if self.evaluation is None else self.evaluation.benchmark.generate
-        if generate is not None and generate.calculator is None and self.reference.engine == "cp2k":
+        if generate is not None and generate.calculator is None and self.reference.engine in REFERENCE_PROGRAMS:
+            program = REFERENCE_PROGRAMS[self.reference.engine].program
             raise FieldError(
-                "the benchmark MD runs in-process and CP2K does not: name an ASE calculator for it "
-                "(e.g. 'tblite.ase:TBLite'); its frames are then labelled with CP2K",
+                f"the benchmark MD runs in-process and {program} does not: name an ASE calculator for it "
+                f"(e.g. 'tblite.ase:TBLite'); its frames are then labelled with {program}",
                 "evaluation", "benchmark", "generate", "calculator",
             )  # fmt: skip
 

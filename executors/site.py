@@ -25,7 +25,7 @@ from cagoflow.inputs import FieldError, InputModel, Name, read_yaml_mapping, val
 from cagoflow.stages import MPI_STAGES, STAGE_TABLE, STAGES, site_stage
 
 __all__ = [
-    "Cp2kCommand", "EngineCommand", "EnginesConfig", "ExecutorConfig", "SiteConfig", "SlurmProviderConfig", "StageMap",
+    "EngineCommand", "EnginesConfig", "ProgramCommand", "ExecutorConfig", "SiteConfig", "SlurmProviderConfig", "StageMap",
     "default_site", "load_site", "machine_cores",
 ]  # fmt: skip
 
@@ -238,10 +238,9 @@ class EngineCommand(InputModel):
         return self.ranks
 
 
-class Cp2kCommand(EngineCommand):
-    """How this site starts CP2K."""
+class ProgramCommand(EngineCommand):
+    """How this site starts an MPI program of the reference stage (CP2K, pw.x)."""
 
-    command: str = Field("cp2k.psmp", min_length=1, description="CP2K command line")
     omp_proc_bind: Literal["close", "spread", "master", "primary", "true", "false"] | None = Field(
         "close", description="OMP_PROC_BIND (null: leave unset)"
     )
@@ -249,7 +248,7 @@ class Cp2kCommand(EngineCommand):
     nodes: int = Field(1, ge=1, description="nodes per calculation (on an executor of kind 'mpi')")
 
     @model_validator(mode="after")
-    def _ranks_fill_nodes(self) -> Cp2kCommand:
+    def _ranks_fill_nodes(self) -> ProgramCommand:
         if self.ranks % self.nodes:
             raise FieldError(f"ranks {self.ranks} do not divide evenly over nodes {self.nodes}", "ranks")
         return self
@@ -260,28 +259,45 @@ class Cp2kCommand(EngineCommand):
         return self.ranks // self.nodes
 
 
-_DEFAULT_COMMANDS = {"cp2k": "cp2k.psmp", "lammps": "lmp", "deepmd": "dp", "nequip": "nequip-train"}
+def _site_programs() -> dict[str, tuple[str, type[EngineCommand], str]]:
+    """Every program a site starts: engine name → (program, settings model, description), from
+    the registries of reference programs and of MLIP backends (one source for each fact)."""
+    from cagoflow.backends import BACKEND_PROGRAMS
+    from cagoflow.engines import REFERENCE_PROGRAMS
+
+    programs = {name: (p.program, ProgramCommand, p.description) for name, p in REFERENCE_PROGRAMS.items()}
+    programs["lammps"] = ("lmp", EngineCommand, "LAMMPS (MD)")
+    programs.update({name: (program, EngineCommand, description) for name, (program, description) in BACKEND_PROGRAMS.items()})
+    return programs
 
 
-class EnginesConfig(InputModel):
-    """Commands of the external engines on this site (defaults: the programs on PATH)."""
+#: Engine name → (program's usual name, settings model, description): the site's ``engines`` block.
+SITE_PROGRAMS: dict[str, tuple[str, type[EngineCommand], str]] = _site_programs()
 
-    cp2k: Cp2kCommand = Field(Cp2kCommand(), description="CP2K (reference)")
-    lammps: EngineCommand = Field(EngineCommand(command="lmp"), description="LAMMPS (MD)")
-    deepmd: EngineCommand = Field(EngineCommand(command="dp"), description="DeePMD-kit trainer")
-    nequip: EngineCommand = Field(EngineCommand(command="nequip-train"), description="NequIP/Allegro trainer")
 
+class _EnginesBase(InputModel):
     @model_validator(mode="before")
     @classmethod
     def _default_commands(cls, data: Any) -> Any:
         if not isinstance(data, Mapping):
             return data
         filled = dict(data)
-        for engine, command in _DEFAULT_COMMANDS.items():
+        for engine, (program, _, _) in SITE_PROGRAMS.items():
             entry = filled.get(engine)
             if isinstance(entry, Mapping) and "command" not in entry:
-                filled[engine] = {**entry, "command": command}
+                filled[engine] = {**entry, "command": program}
         return filled
+
+
+EnginesConfig = create_model(
+    "EnginesConfig",
+    __base__=_EnginesBase,
+    __doc__="Commands of the external engines on this site (defaults: the programs on PATH).",
+    **{
+        engine: (model, Field(model(command=program), description=description))
+        for engine, (program, model, description) in SITE_PROGRAMS.items()
+    },
+)
 
 
 class SiteConfig(InputModel):

@@ -174,14 +174,17 @@ def stop_reason_of(config: CampaignConfig, history: dict[str, list], summaries: 
 
 
 def reference(dag: Dag, iteration: int, system: str, task: str, structures, index: int, gate):
-    """A reference task: one in-process app (tblite, ASE), or prepare → bash → collect (CP2K)."""
+    """A reference task: one in-process app (tblite, ASE), or prepare → bash → collect (a program:
+    CP2K, Quantum ESPRESSO)."""
+    from cagoflow.engines import REFERENCE_PROGRAMS
+
     config, apps, workdir = dag.config, dag.apps, dag.workdir
-    if config.reference.engine != "cp2k" or (iteration < 0 and config.systems[system].labelled):
+    if config.reference.engine not in REFERENCE_PROGRAMS or (iteration < 0 and config.systems[system].labelled):
         return dag.submit("reference", apps.reference, workdir, iteration, config, system, task, structures, index, gate)
     from cagoflow.apps.commands import resource_specification
 
     prepared = apps.prepare_reference(workdir, iteration, config, dag.site, system, task, structures, index, gate)
-    resources = resource_specification(dag.site, "reference", "cp2k.psmp")
+    resources = resource_specification(dag.site, "reference", REFERENCE_PROGRAMS[config.reference.engine].program)
     ran = apps.run_reference(prepared, **({"parsl_resource_specification": resources} if resources else {}))
     return dag.submit(
         "reference", apps.collect_reference, workdir, iteration, config, system, task, structures, index, gate, prepared, ran

@@ -147,6 +147,15 @@ BACKENDS: dict[str, str] = {
 }
 
 
+#: The trainer programs the backends start, by the site's engine name: (program's usual name,
+#: description). The site-config's ``engines.deepmd`` / ``engines.nequip`` say how this machine
+#: starts them (nequip and allegro share ``nequip-train``).
+BACKEND_PROGRAMS: dict[str, tuple[str, str]] = {
+    "deepmd": ("dp", "DeePMD-kit trainer"),
+    "nequip": ("nequip-train", "NequIP/Allegro trainer"),
+}
+
+
 def check_backend_name(name: str, known: Iterable[str] = BACKENDS) -> str:
     """``name`` when it is one of ``known`` (default: :data:`BACKENDS`); else a ValueError that
     lists them, with the closest as a hint."""

@@ -1,5 +1,6 @@
-"""CP2K through Parsl's MPIExecutor on the real one-node SLURM cluster: the reference stage's
-bash app gets its nodes and ranks from the site-config, and CP2K runs as one 2-rank MPI job."""
+"""Reference programs through Parsl's MPIExecutor on the real one-node SLURM cluster: the
+reference stage's bash app gets its nodes and ranks from the site-config, and CP2K or pw.x runs
+as one 2-rank MPI job."""
 
 from __future__ import annotations
 
@@ -14,14 +15,16 @@ from cagoflow.apps import make_apps
 from cagoflow.apps.commands import exit_status, resource_specification, shell_command
 from cagoflow.executors.site import SiteConfig
 from cagoflow.engines.cp2k import OUTPUT_FILE, Cp2kReference, Cp2kSettings
+from cagoflow.engines.espresso import EspressoReference, EspressoSettings
 from cagoflow.engines.reference import ReferenceStatus
 from cagoflow.executors.parsl_config import build_config
 
 AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"} if os.geteuid() == 0 else {}
 
 
-def site() -> SiteConfig:
-    """Python stages in threads here; CP2K in blocks of the `cpu` partition, 2 ranks per calculation."""
+def site(engine: str = "cp2k") -> SiteConfig:
+    """Python stages in threads here; the reference program in blocks of the `cpu` partition, 2
+    ranks per calculation."""
     return SiteConfig.model_validate(
         {
             "name": "mpi-test",
@@ -38,7 +41,7 @@ def site() -> SiteConfig:
                 },
             },
             "stages": {"default": "local", "reference": "cp2k"},
-            "engines": {"cp2k": {"ranks": 2, "threads": 1, "env": AS_ROOT}},
+            "engines": {engine: {"ranks": 2, "threads": 1, "env": AS_ROOT}},
         }
     )
 
@@ -78,3 +81,33 @@ def test_cp2k_runs_as_one_mpi_job_of_the_site_ranks(slurm_cluster, parsl_on, tmp
     result = engine.read_result(atoms, directory, exit_status(directory))
     assert result.status == ReferenceStatus.CONVERGED
     assert abs(result.atoms.get_forces()).max() > 0.1  # a rattled molecule: real forces came back
+
+
+def test_pw_x_runs_as_one_mpi_job_of_the_site_ranks(slurm_cluster, parsl_on, tmp_path):
+    """Quantum ESPRESSO the same way: a periodic water box labelled with forces and stress."""
+    from cagoflow.structures import water_box
+
+    require_command("pw.x")
+    atoms = water_box(4, seed=1)
+    engine = EspressoReference(EspressoSettings(pseudopotentials=PSEUDOPOTENTIALS, ecutwfc=25, ecutrho=200))
+    directory = tmp_path / "task"
+    engine.write_input(atoms, directory)
+    config = site("espresso")
+    command = shell_command(directory, [["pw.x", *engine.arguments(directory)]], config, "reference", "engine.log")
+    parsl_on(config)
+    apps = make_apps(config)
+    resources = resource_specification(config, "reference", "pw.x")
+    apps.run_reference({"command": command}, parsl_resource_specification=resources).result(timeout=600)
+
+    log = (directory / "engine.log").read_text()
+    assert exit_status(directory) == 0, log[-2000:]
+    processes = [line for line in log.splitlines() if "Parallel version (MPI), running on" in line]
+    assert processes and processes[0].split()[-2] == "2", log[:3000]  # one calculation on 2 ranks
+    assert log.count("Program PWSCF") == 1
+    result = engine.read_result(atoms, directory, exit_status(directory))
+    assert result.status == ReferenceStatus.CONVERGED, result.message
+    assert abs(result.atoms.get_forces()).max() > 0.1 and result.atoms.get_stress().shape == (6,)
+
+
+#: LDA pseudopotentials of Debian's quantum-espresso-data (soft: 25 Ry suffice for a test).
+PSEUDOPOTENTIALS = {"H": "H.pz-vbc.UPF", "O": "O.pz-rrkjus.UPF"}

@@ -120,3 +120,12 @@ def test_site_with_only_executors_runs_everything_on_the_first() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def test_every_reference_program_has_a_site_entry_with_its_program_as_default():
+    from cagoflow.engines import REFERENCE_PROGRAMS
+
+    site = SiteConfig.model_validate({"executors": {"local": {"kind": "threads"}}, "engines": {"espresso": {"ranks": 4}}})
+    assert site.engines.espresso.command == "pw.x" and site.engines.espresso.ranks == 4
+    for name, program in REFERENCE_PROGRAMS.items():
+        assert getattr(default_site().engines, name).command == program.program
