@@ -17,6 +17,7 @@ from cagoflow.apps.tasks import (
 )
 from cagoflow.campaign import CampaignConfig
 from cagoflow.records import TaskRecord, finished
+from cagoflow.summaries import CagoSummary
 from cagoflow.stages import cago_slot, structure_task
 
 
@@ -80,13 +81,13 @@ def _cago(
         else:  # baselines: the sampled frames go to the reference as they are (a δ only when absolute)
             finals = [atoms.copy() for atoms in chosen]
             delta = config.cago.delta if isinstance(config.cago.delta, float) else None
-            summaries = [{"reason": "not optimised", "delta": delta, "action": "sampled"} for _ in chosen]
+            summaries = [{"optimised": False, "delta": delta, "action": "sampled"} for _ in chosen]
         seconds = (time.perf_counter() - begin) / len(tasks)
         for (k, spec, key), atoms, start, summary in zip(tasks, finals, chosen, summaries):
             atoms.info.update({name: value for name, value in start.info.items() if name not in atoms.info})
-            summary = {**summary, "subset": list(subset), "start": start.info.get("start", "drawn")}
-            written = {} if summary["action"] == "dropped" else {"structure": write(spec.directory / "structure.extxyz", [atoms])}
-            records[k] = record_outcome(spec, key, Outcome(outputs=written, summary=summary), seconds)
+            summary = CagoSummary(**summary, subset=list(subset), start=start.info.get("start", "drawn"))
+            written = {} if summary.action == "dropped" else {"structure": write(spec.directory / "structure.extxyz", [atoms])}
+            records[k] = record_outcome(spec, key, Outcome(outputs=written, summary=summary.dump()), seconds)
     return [records[k] for k in range(first, first + count)]
 
 

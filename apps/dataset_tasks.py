@@ -15,6 +15,7 @@ import numpy as np
 from cagoflow.apps.tasks import Outcome, StageFailed, TaskSpec, output, read, run_task, seed_for, stage_task, write
 from cagoflow.campaign import CampaignConfig
 from cagoflow.records import TaskRecord
+from cagoflow.summaries import MergeSummary
 
 
 DATASET = "dataset"
@@ -148,17 +149,17 @@ def _merge(
         routed += [h for h in dict.fromkeys(structure_hash(kept[k]) for k in sorted(to_test)) if h not in set(routed)]
         ratios = [x for r in postfilters for x in r.summary["hit_ratios"]]
         errors = [x for r in postfilters for x in r.summary["true_errors"]]
-        summary = {
-            "added": len(added),
-            "dataset": len(training_set) + len(added),
-            "to_test": len(to_test),
-            "hit_ratio_mean": float(np.mean(ratios)) if ratios else None,
-            "hit_ratio_median": float(np.median(ratios)) if ratios else None,
-            "hits": len(ratios),
-            "unreached": sum(len(r.summary.get("unreached_hit_ratios", [])) for r in postfilters),
-            "true_error_mean": float(np.mean(errors)) if errors else None,
-        }
+        summary = MergeSummary(
+            added=len(added),
+            dataset=len(training_set) + len(added),
+            to_test=len(to_test),
+            hit_ratio_mean=float(np.mean(ratios)) if ratios else None,
+            hit_ratio_median=float(np.median(ratios)) if ratios else None,
+            hits=len(ratios),
+            unreached=sum(len(r.summary.get("unreached_hit_ratios", [])) for r in postfilters),
+            true_error_mean=float(np.mean(errors)) if errors else None,
+        )
         outputs = {"snapshot": snapshot, "routed": atomic_write_json(directory / "test-routed.json", routed)}
-        return Outcome(outputs=outputs, summary=summary)
+        return Outcome(outputs=outputs, summary=summary.dump())
 
     return run_task(spec, kept_files + before + routed_before, {"engine": engine, "cago_to_test": config.dataset.cago_to_test}, body)

@@ -16,18 +16,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean, pstdev
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, get_args
 
 from cagoflow.errors import InputError
 from cagoflow.io import read_json
 from cagoflow.records import RECORD_NAME, TaskRecord, read_record
+from cagoflow.summaries import CagoSummary, Direction, MergeSummary
 from cagoflow.stages import STAGE_BY_NAME, STAGE_ORDER, task_system
 
 #: Written by the campaign when a convergence criterion stopped it early: {"iteration", "reason"}.
 STOPPED_NAME = "stopped.json"
 
 #: The ways a CAGO walk can go (see :attr:`cagoflow.cago.CagoResult.direction`).
-DIRECTIONS = ("up", "down", "unmoved")
+DIRECTIONS = get_args(Direction)
 
 #: Units of the numbers in :func:`campaign_figures` (held-out figures: the evaluate summary's keys).
 UNITS = {
@@ -68,6 +69,12 @@ class IterationStatus:
         records = self.stages.get(stage, StageStatus()).records
         return records[0].summary.get(key) if records else None
 
+    @property
+    def merge(self) -> MergeSummary | None:
+        """The merge record's summary (None before the merge finished)."""
+        records = [r for r in self.stages.get("merge", StageStatus()).records if r.status == "done"]
+        return MergeSummary.model_validate(records[0].summary) if records else None
+
     def _records(self, stage: str, system: str | None = None) -> list[TaskRecord]:
         """Records of a stage, of one system's tasks or of all."""
         records = self.stages.get(stage, StageStatus()).records
@@ -76,7 +83,7 @@ class IterationStatus:
     @property
     def dataset_size(self) -> int | None:
         """Structures in the training set after this iteration's merge."""
-        return self._summary("merge", "dataset")
+        return None if self.merge is None else self.merge.dataset
 
     @property
     def training_set(self) -> int | None:
@@ -92,7 +99,7 @@ class IterationStatus:
 
     @property
     def added(self) -> int | None:
-        return self._summary("merge", "added")
+        return None if self.merge is None else self.merge.added
 
     @property
     def test_force_rmse(self) -> float | None:
@@ -109,12 +116,12 @@ class IterationStatus:
     def hit_ratio(self) -> float | None:
         """Mean true error / δ of this iteration's CAGO structures that reached δ (from their
         reference labels; the merge record also holds the median and the unreached count)."""
-        return self._summary("merge", "hit_ratio_mean")
+        return None if self.merge is None else self.merge.hit_ratio_mean
 
     @property
     def true_error_mean(self) -> float | None:
         """Mean true force error of this iteration's labelled CAGO structures, eV/Å."""
-        return self._summary("merge", "true_error_mean")
+        return None if self.merge is None else self.merge.true_error_mean
 
     def evaluation(self, system: str) -> dict[str, Any] | None:
         """Held-out errors, stability and properties of the committee for one system (see UNITS)."""
@@ -125,19 +132,20 @@ class IterationStatus:
         """CAGO structures pushed (they had a δ), reached δ, flagged (any flag), counts per flag,
         walk directions (up, down, unmoved; unpushed starts count as unmoved), what happened to
         the unpushed ones (sampled, dropped) and why (no_room, no_limit), starts redrawn."""
-        records = [r for r in self._records("cago", system) if r.summary.get("reason") != "not optimised"]
-        if not records:
+        walks = [CagoSummary.model_validate(r.summary) for r in self._records("cago", system) if not r.summary.get("skipped")]
+        walks = [walk for walk in walks if walk.optimised]
+        if not walks:
             return None
-        pushed = [r for r in records if r.summary.get("action", "pushed") == "pushed"]
-        unpushed = [r for r in records if r not in pushed]
+        pushed = [walk for walk in walks if walk.action == "pushed"]
+        unpushed = [walk for walk in walks if walk.action != "pushed"]
         return {
             "optimised": len(pushed),
-            "reached": sum(r.summary.get("reason") == "reached" for r in pushed),
-            "flagged": sum(bool(r.summary.get("flags")) for r in pushed),
-            "flags": dict(Counter(flag for r in pushed for flag in r.summary.get("flags", []))),
-            "directions": {d: sum(r.summary.get("direction", "unmoved") == d for r in records) for d in DIRECTIONS},
-            "unpushed": dict(Counter(f"{r.summary.get('reason')}: {r.summary.get('action')}" for r in unpushed)),
-            "redrawn": sum(r.summary.get("start") == "redrawn" for r in records),
+            "reached": sum(walk.reason == "reached" for walk in pushed),
+            "flagged": sum(bool(walk.flags) for walk in pushed),
+            "flags": dict(Counter(flag for walk in pushed for flag in walk.flags)),
+            "directions": {d: sum(walk.direction == d for walk in walks) for d in DIRECTIONS},
+            "unpushed": dict(Counter(f"{walk.reason}: {walk.action}" for walk in unpushed)),
+            "redrawn": sum(walk.start == "redrawn" for walk in walks),
         }
 
     @property
@@ -289,8 +297,8 @@ def _iteration_figures(it: IterationStatus, systems: list[str], failures: list[T
         "dataset_after_merge": it.dataset_size,
         "calibration": it.calibration,
         "hit_ratio_mean": it.hit_ratio,
-        "hit_ratio_median": it._summary("merge", "hit_ratio_median"),
-        "hits_unreached": it._summary("merge", "unreached"),
+        "hit_ratio_median": (None if it.merge is None else it.merge.hit_ratio_median),
+        "hits_unreached": (None if it.merge is None else it.merge.unreached),
         "true_error_mean": it.true_error_mean,
         "failed": [{"stage": r.stage, "task": r.task, "message": failure_message(r)} for r in failures],
         "systems": per_system if it.iteration >= 0 else {},

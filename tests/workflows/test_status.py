@@ -56,16 +56,17 @@ def iteration(workdir: Path, i: int, dataset: int, *, evaluate: bool, failed_mem
             record(workdir, i, "md", f"{system}-{r:02d}", stable=r == 0, reason="ok" if r == 0 else "exploded")
         record(workdir, i, "sample", system, count=2)
         record(workdir, i, "cago", f"{system}-000", reason="reached", steps=2, sigma_cal_rms=0.1, delta=0.1, direction="up",
-               action="pushed", start="redrawn", warnings=[], flags=["fast"], max_displacement=0.2, closest_pair_ratio=0.9)  # fmt: skip
+               action="pushed", start="redrawn", warnings=[], flags=["fast"], max_displacement=0.2, closest_pair_ratio=0.9, subset=[0, 1])  # fmt: skip
         record(workdir, i, "cago", f"{system}-001", reason="max_steps", steps=50, sigma_cal_rms=0.07, delta=0.1,
-               direction="down", action="pushed", warnings=[])  # fmt: skip
+               direction="down", action="pushed", warnings=[], subset=[0, 1])  # fmt: skip
         record(workdir, i, "cago", f"{system}-002", reason="no_room", steps=0, sigma_cal_rms=0.3, delta=None,
-               direction="unmoved", action="sampled", warnings=[])  # fmt: skip
+               direction="unmoved", action="sampled", warnings=[], subset=[0, 2])  # fmt: skip
         record(workdir, i, "prefilter", system, kept=[f"{system}-000", f"{system}-001"], rejected={})
         for k in range(2):
             record(workdir, i, "reference", f"{system}-{k:03d}", message="SCF converged")
         record(workdir, i, "postfilter", system, attempted=2, rejected={}, hit_ratios=[1.0], true_errors=[0.1])
-    record(workdir, i, "merge", "dataset", added=4, dataset=dataset + 4, hit_ratio_mean=1.05 + i, true_error_mean=0.105)
+    record(workdir, i, "merge", "dataset", added=4, dataset=dataset + 4, to_test=1, hit_ratio_mean=1.05 + i,
+           hit_ratio_median=1.0 + i, hits=2, unreached=0, true_error_mean=0.105)  # fmt: skip
 
 
 @pytest.fixture
@@ -77,7 +78,8 @@ def campaign(tmp_path: Path) -> Path:
     for system in SYSTEMS:
         record(workdir, -1, "initial", system, count=5)
         record(workdir, -1, "postfilter", system, attempted=5, rejected={}, hit_ratios=[], true_errors=[])
-    record(workdir, -1, "merge", "dataset", added=10, dataset=10, hit_ratio_mean=None, true_error_mean=None)
+    record(workdir, -1, "merge", "dataset", added=10, dataset=10, to_test=0, hit_ratio_mean=None, hit_ratio_median=None,
+           hits=0, unreached=0, true_error_mean=None)  # fmt: skip
     iteration(workdir, 0, 10, evaluate=True, failed_member=True)
     iteration(workdir, 1, 14, evaluate=True)
     (workdir / "iter-001" / "reference" / "water-002").mkdir()  # no record yet: running

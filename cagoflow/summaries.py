@@ -1,0 +1,64 @@
+"""What a stage task's record says (its ``summary``), as models: the task writes one, ``status``,
+``report`` and the benchmarks read it back. A field renamed or dropped fails where it is made,
+not as a silently missing figure in a table.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Where a CAGO walk went: σ_cal up to δ, down to it, or not moved.
+Direction = Literal["up", "down", "unmoved"]
+
+
+class _Summary(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def dump(self) -> dict:
+        """The JSON-ready dict a record stores."""
+        return self.model_dump(mode="json")
+
+
+class CagoSummary(_Summary):
+    """One CAGO structure (σ and δ eV/Å, distances Å).
+
+    ``optimised`` is False for the baselines (the sampled frame goes to the reference as it is);
+    ``action`` says what the campaign did with it: pushed (it had a δ), sampled (labelled as it
+    is), dropped (by ``cago.no_room: drop``); ``start`` how its start was chosen.
+    """
+
+    optimised: bool = True
+    action: Literal["pushed", "sampled", "dropped"]
+    start: Literal["drawn", "redrawn", "no_room"] = "drawn"
+    subset: list[int]
+    delta: float | None = None
+    reason: str | None = Field(None, description="why the walk stopped (reached, max_steps, ...) or was not pushed (no_room, no_limit)")
+    direction: Direction = "unmoved"
+    steps: int = 0
+    start_sigma_cal: float | None = None
+    sigma_cal_rms: float | None = None
+    requested_delta: float | None = None
+    max_displacement: float | None = None
+    trust_radius: float | None = None
+    packing_departure: float | None = None
+    packing_pair: str | None = None
+    closest_pair_ratio: float | None = None
+    closest_pair: str | None = None
+    flags: list[str] = Field(default_factory=list)
+    points_above_delta: int | None = None
+    warnings: list[str] = Field(default_factory=list)
+
+
+class MergeSummary(_Summary):
+    """One iteration's merge: the training set it leaves and the hits of its CAGO structures."""
+
+    added: int
+    dataset: int
+    to_test: int
+    hit_ratio_mean: float | None
+    hit_ratio_median: float | None
+    hits: int
+    unreached: int
+    true_error_mean: float | None
