@@ -34,10 +34,18 @@ def run_with_threads(threads: int, function: Callable[..., Any], *args: Any, **k
     return function(*args, **kwargs)
 
 
-def with_threads(function: Callable[..., Any], threads: int) -> Callable[..., Any]:
+def with_threads(function: Callable[..., Any], threads: int, name: str) -> Callable[..., Any]:
     """``function`` run by :func:`run_with_threads`; a partial of module-level functions, so HTEX
-    can pickle it, with the name and signature of ``function`` for Parsl."""
-    return functools.update_wrapper(functools.partial(run_with_threads, threads, function), function)
+    can pickle it, with the signature of ``function`` and the app's ``name`` for Parsl (its
+    monitoring lists tasks by it)."""
+    return named(functools.partial(run_with_threads, threads, function), function, name)
+
+
+def named(wrapper: Callable[..., Any], function: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``wrapper`` with the signature and docs of ``function``, called ``name``."""
+    functools.update_wrapper(wrapper, function)
+    wrapper.__name__ = wrapper.__qualname__ = name
+    return wrapper
 
 
 def make_apps(site: SiteConfig) -> SimpleNamespace:
@@ -62,8 +70,11 @@ def make_apps(site: SiteConfig) -> SimpleNamespace:
         importlib.import_module(f"cagoflow.apps.{module}")
 
     apps = {
-        name: python_app(with_threads(function, site.python_threads(stage)), executors=[site.python_executor_for(stage)])
+        name: python_app(with_threads(function, site.python_threads(stage), name), executors=[site.python_executor_for(stage)])
         for name, (stage, function) in TASKS.items()
     }
-    apps.update({f"run_{stage}": bash_app(_run_command, executors=[site.executor_for(stage)]) for stage in PROGRAM_STAGES})
+    apps.update({
+        f"run_{stage}": bash_app(named(functools.partial(_run_command), _run_command, f"run_{stage}"), executors=[site.executor_for(stage)])
+        for stage in PROGRAM_STAGES
+    })  # fmt: skip
     return SimpleNamespace(**apps)

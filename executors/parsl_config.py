@@ -54,6 +54,7 @@ from parsl.jobs.errors import TooManyJobFailuresError
 from parsl.jobs.states import JobState, JobStatus
 from parsl.launchers import SimpleLauncher, SingleNodeLauncher, SrunLauncher
 from parsl.launchers.base import Launcher
+from parsl.monitoring import MonitoringHub
 from parsl.providers import LocalProvider, SlurmProvider
 
 from cagoflow.executors.site import PARSL_DEFAULT_THREADS, ExecutorConfig, SiteConfig, SlurmProviderConfig
@@ -78,6 +79,8 @@ def build_config(site: SiteConfig, run_dir: Path) -> Config:
     """The Parsl configuration of ``site``, with Parsl's run files under ``run_dir``.
 
     ``site.retries`` becomes Parsl's retry budget per task; memoization holds within the run only.
+    With ``site.monitoring`` Parsl's monitoring hub records every task in the work directory
+    (the parent of ``run_dir``), :data:`MONITORING_DB`.
     Futures are resolved inside lists and dicts too (Parsl's deep dependency resolver): a task
     takes its upstream records by role (``members=[...]``), not as a flat argument list.
     Nothing is submitted or started here (a ``SlurmProvider`` does run ``sacct`` once to decide
@@ -88,8 +91,20 @@ def build_config(site: SiteConfig, run_dir: Path) -> Config:
     executors = [_executor(label, executor) for label, executor in site.executors.items()]
     return Config(
         executors=executors, memoizer=memoizer, retries=site.retries, run_dir=str(run_dir),
-        dependency_resolver=DEEP_DEPENDENCY_RESOLVER,
+        dependency_resolver=DEEP_DEPENDENCY_RESOLVER, monitoring=monitoring_hub(site, run_dir.parent),
     )  # fmt: skip
+
+
+#: Parsl's monitoring database, in the work directory (``parsl-visualize sqlite:///<path>``).
+MONITORING_DB = "monitoring.db"
+
+
+def monitoring_hub(site: SiteConfig, workdir: Path) -> MonitoringHub | None:
+    """Parsl's monitoring hub writing to ``workdir/monitoring.db`` when the site asks for it."""
+    if not site.monitoring:
+        return None
+    return MonitoringHub(logging_endpoint=f"sqlite:///{workdir / MONITORING_DB}", workflow_name=workdir.name,
+                         resource_monitoring_interval=10)  # fmt: skip
 
 
 

@@ -308,6 +308,9 @@ class SiteConfig(InputModel):
     stages: StageMap = Field(StageMap(), description="executor per stage (omitted: all on the first executor)")
     engines: EnginesConfig = Field(EnginesConfig(), description="engine commands")
     retries: int = Field(0, ge=0, description="times Parsl retries a failed task")
+    monitoring: bool = Field(
+        False, description="Parsl's monitoring: every task, its states and resource use in <workdir>/monitoring.db (parsl-visualize)"
+    )
 
     @field_validator("executors")
     @classmethod

@@ -168,7 +168,7 @@ def restored_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_python_app_on_a_thread_pool_runs_with_the_derived_threads(tmp_path: Path) -> None:
     site = SiteConfig.model_validate({"executors": {"local": {"kind": "threads", "max_workers": 4}}})
     threads = site.python_threads("cago")
-    app = python_app(with_threads(_probe(), threads), executors=["local"])
+    app = python_app(with_threads(_probe(), threads, "probe"), executors=["local"])
     with _loaded(site, tmp_path / "runinfo"):
         results = [future.result(timeout=60) for future in [app() for _ in range(4)]]
     assert {result[:2] for result in results} == {(threads, str(threads))}
@@ -178,7 +178,7 @@ def test_python_app_on_a_thread_pool_runs_with_the_derived_threads(tmp_path: Pat
 def test_python_app_on_a_local_htex_runs_with_the_derived_threads(tmp_path: Path) -> None:
     site = SiteConfig.model_validate({"executors": {"local": {"kind": "htex_local", "max_workers": 2}}})
     threads = site.python_threads("md")
-    app = python_app(with_threads(_probe(), threads), executors=["local"])
+    app = python_app(with_threads(_probe(), threads, "probe"), executors=["local"])
     with _loaded(site, tmp_path / "runinfo"):
         result = app().result(timeout=120)
     assert result[:2] == (threads, str(threads))
