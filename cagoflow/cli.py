@@ -11,6 +11,7 @@ import functools
 import logging
 import sys
 import threading
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
@@ -96,12 +97,35 @@ def _check_species(spec, structures, file: Path) -> None:
             )
 
 
+class OnceFilter(logging.Filter):
+    """Lets each log message through the first time only and counts its repeats (the console
+    stays readable when every member or structure says the same; the log file keeps all)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: Counter[tuple[str, str]] = Counter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.levelname, record.getMessage())
+        self.seen[key] += 1
+        return self.seen[key] == 1
+
+    def repeats(self) -> list[str]:
+        """One line per message that came more than once: the message and how often."""
+        return [f"{message} (×{count} in all)" for (_, message), count in self.seen.items() if count > 1]
+
+
+#: The console's repeat filter (``cagoflow run`` prints its counts at the end).
+ONCE = OnceFilter()
+
+
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show log messages.")) -> None:
     """Calibrated adversarial geometry optimisation for MLIP active learning."""
     handler = logging.StreamHandler()
     handler.setLevel(logging.INFO if verbose else logging.WARNING)  # Parsl logs DEBUG into the same tree
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(ONCE)
     logging.getLogger().addHandler(handler)
 
 
@@ -410,9 +434,30 @@ def run(
         f"{config.committee.size}-member {config.committee.backend} committee, site {escape(site_config.name)}, "
         f"work directory {escape(str(workdir))}"
     )
-    with _stage_progress() as (progress, hook):
+    with _stage_progress() as (progress, hook), _log_file(workdir / LOG_NAME):
         run_campaign(config, site_config, workdir, hook, force_unlock=force_unlock, warn=_warn)
+    for line in ONCE.repeats():
+        _warn(f"{line}; every one in {workdir / LOG_NAME}")
     _print_status(workdir)
+
+
+#: The campaign's own log in its work directory: every warning of every run, with its time.
+LOG_NAME = "cagoflow.log"
+
+
+@contextlib.contextmanager
+def _log_file(path: Path):
+    """Warnings and errors of this run appended to ``path`` (not filtered for repeats); the file
+    is made at the first warning, so a run that is refused leaves the directory untouched."""
+    handler = logging.FileHandler(path, delay=True)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 def _warn(message: str) -> None:

@@ -539,3 +539,25 @@ def test_cago_negative_delta(calibrated: Calibrated, jobs: Jobs) -> None:
 def test_cago_species_the_committee_does_not_know(calibrated: Calibrated, jobs: Jobs) -> None:
     path, result = jobs.result("cago:species")
     assert_user_error(result, str(path), "committee knows only")
+
+
+def test_a_repeated_warning_reaches_the_console_once_and_is_counted():
+    import io
+    import logging
+
+    from cagoflow.cli import OnceFilter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    once = OnceFilter()
+    handler.addFilter(once)
+    logger = logging.getLogger("cagoflow.test-once")
+    logger.addHandler(handler)
+    try:
+        for _ in range(4):
+            logger.warning("model hyperparameters are ignored")
+        logger.warning("something else")
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue().splitlines() == ["model hyperparameters are ignored", "something else"]
+    assert once.repeats() == ["model hyperparameters are ignored (×4 in all)"]
