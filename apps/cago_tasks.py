@@ -17,7 +17,7 @@ from cagoflow.apps.tasks import (
 )
 from cagoflow.campaign import CampaignConfig
 from cagoflow.records import TaskRecord, finished
-from cagoflow.summaries import CagoSummary
+from cagoflow.summaries import CagoSummary, PrefilterSummary, SampleSummary
 from cagoflow.stages import cago_slot, structure_task
 
 
@@ -44,7 +44,8 @@ def _cago(
 
     root = Path(workdir)
     specs = [TaskSpec(root, "cago", iteration, structure_task(system, k)) for k in range(first, first + count)]
-    available = sample.summary.get("count", 0) if sample.status == "done" else 0
+    sampled = SampleSummary.model_validate(sample.summary) if sample.status == "done" else None
+    available = sampled.count if sampled is not None else 0
     records: dict[int, TaskRecord] = {}
     pending: dict[int, list[tuple[int, TaskSpec, str]]] = {}
     if available > first:
@@ -58,7 +59,7 @@ def _cago(
             continue
         subset_index = subsets["tasks"][cago_slot(system, k)]
         settings = {"index": k, "subset": subsets["subsets"][subset_index], "optimize": source.optimize,
-                    "trust_radius": sample.summary.get("trust_radius"),
+                    "trust_radius": sampled.trust_radius,
                     "cago": config.cago.model_dump(mode="json", exclude={"structures_per_task"})}  # fmt: skip
         key = task_key([starts, output(calibration, f"subset-{subset_index}", root), *models], settings)
         done = finished(spec.directory, key, root)
@@ -75,7 +76,7 @@ def _cago(
         begin = time.perf_counter()
         if committee is not None:
             law = CommitteeCalibration.load(output(calibration, f"subset-{subset_index}", root)).for_cago()
-            results = run_cago_batch(chosen, committee.subset(subset), law, config.cago, trust_radius=sample.summary.get("trust_radius"))
+            results = run_cago_batch(chosen, committee.subset(subset), law, config.cago, trust_radius=sampled.trust_radius)
             finals = [result.atoms for result in results]
             summaries = [{**result.summary(), "action": action_of(result.delta, config.cago.no_room)} for result in results]
         else:  # baselines: the sampled frames go to the reference as they are (a δ only when absolute)
@@ -119,12 +120,12 @@ def _prefilter(
     def body(directory: Path) -> Outcome:
         structures = [read(path)[0] for path in files]
         if not structures:
-            return Outcome(summary={"kept": [], "rejected": {}})
+            return Outcome(summary=PrefilterSummary(kept=[], rejected={}).dump())
         prediction = trained_committee(config, members, root).predict(structures)
         mean_forces = [prediction.structure_forces(k).mean(0) for k in range(len(structures))]
         result = pre_filter(structures, mean_forces, config.filters.pre)
         kept = [cagos[k].task for k in result.kept]
         rejected = {cagos[r.index].task: r.reason for r in result.rejected}
-        return Outcome(summary={"kept": kept, "rejected": rejected})
+        return Outcome(summary=PrefilterSummary(kept=kept, rejected=rejected).dump())
 
     return run_task(spec, files + successful_models(members, root), settings, body)

@@ -15,7 +15,7 @@ import numpy as np
 from cagoflow.apps.tasks import Outcome, StageFailed, TaskSpec, output, read, run_task, seed_for, stage_task, write
 from cagoflow.campaign import CampaignConfig
 from cagoflow.records import TaskRecord
-from cagoflow.summaries import MergeSummary
+from cagoflow.summaries import MergeSummary, PostfilterSummary
 
 
 DATASET = "dataset"
@@ -119,11 +119,12 @@ def _merge(
     root = Path(workdir)
     spec = TaskSpec(root, "merge", iteration, "dataset")
     kept_files = [output(r, "kept", root) for r in postfilters if "kept" in r.outputs]
+    filtered = [PostfilterSummary.model_validate(r.summary) for r in postfilters]
     before = [] if previous is None else [output(previous, "snapshot", root)]
     routed_before = [] if previous is None or "routed" not in previous.outputs else [output(previous, "routed", root)]
-    attempted = sum(r.summary["attempted"] for r in postfilters)
+    attempted = sum(s.attempted for s in filtered)
     if attempted and not kept_files:
-        reasons = "; ".join(f"{task}: {reason}" for r in postfilters for task, reason in list(r.summary["rejected"].items())[:3])
+        reasons = "; ".join(f"{task}: {reason}" for s in filtered for task, reason in list(s.rejected.items())[:3])
         raise StageFailed(
             f"iteration {iteration}: none of the {attempted} reference calculations gave a usable structure "
             f"({reasons}); the campaign stops instead of looping"
@@ -147,8 +148,8 @@ def _merge(
         snapshot = atomic_write_json(directory / "dataset.json", training_set + added)
         routed = json.loads(routed_before[0].read_text()) if routed_before else []
         routed += [h for h in dict.fromkeys(structure_hash(kept[k]) for k in sorted(to_test)) if h not in set(routed)]
-        ratios = [x for r in postfilters for x in r.summary["hit_ratios"]]
-        errors = [x for r in postfilters for x in r.summary["true_errors"]]
+        ratios = [x for s in filtered for x in s.hit_ratios]
+        errors = [x for s in filtered for x in s.true_errors]
         summary = MergeSummary(
             added=len(added),
             dataset=len(training_set) + len(added),
@@ -156,7 +157,7 @@ def _merge(
             hit_ratio_mean=float(np.mean(ratios)) if ratios else None,
             hit_ratio_median=float(np.median(ratios)) if ratios else None,
             hits=len(ratios),
-            unreached=sum(len(r.summary.get("unreached_hit_ratios", [])) for r in postfilters),
+            unreached=sum(len(s.unreached_hit_ratios) for s in filtered),
             true_error_mean=float(np.mean(errors)) if errors else None,
         )
         outputs = {"snapshot": snapshot, "routed": atomic_write_json(directory / "test-routed.json", routed)}

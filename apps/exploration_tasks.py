@@ -21,6 +21,7 @@ from cagoflow.apps.tasks import (
 from cagoflow.campaign import CampaignConfig
 from cagoflow.executors.site import SiteConfig
 from cagoflow.records import TaskRecord, finished
+from cagoflow.summaries import SampleSummary
 from cagoflow.stages import cago_slot, md_task
 
 
@@ -205,15 +206,16 @@ def _sample(
                           "source": source.source, "start": choice.how}  # fmt: skip
             starts.append(atoms)
         displacements = [d for d in runs if d]
-        summary = {
-            "count": len(starts),
-            "redrawn": sum(c.how == "redrawn" for c in choices),
-            "without_room": sum(c.how == "no_room" for c in choices),
-            "thermal_displacement": float(np.mean(displacements)) if displacements else None,
-        }
-        if config.cago.trust_region is not None and source.optimize:
-            summary["trust_radius"] = config.cago.trust_region.radius_for(summary["thermal_displacement"], len(candidates))
-        return Outcome(outputs={"starts": write(directory / "starts.extxyz", starts)}, summary=summary)
+        thermal = float(np.mean(displacements)) if displacements else None
+        trusted = config.cago.trust_region is not None and source.optimize
+        summary = SampleSummary(
+            count=len(starts),
+            redrawn=sum(c.how == "redrawn" for c in choices),
+            without_room=sum(c.how == "no_room" for c in choices),
+            thermal_displacement=thermal,
+            trust_radius=config.cago.trust_region.radius_for(thermal, len(candidates)) if trusted else None,
+        )
+        return Outcome(outputs={"starts": write(directory / "starts.extxyz", starts)}, summary=summary.dump())
 
     subsets = [output(calibration, "subsets", root)] if redraw else []
     return run_task(spec, [*inputs, *laws, *subsets, *models], settings, body)

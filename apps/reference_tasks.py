@@ -19,6 +19,7 @@ from cagoflow.apps.tasks import (
 from cagoflow.campaign import CampaignConfig
 from cagoflow.executors.site import SiteConfig
 from cagoflow.records import TaskRecord, finished
+from cagoflow.summaries import PostfilterSummary, PrefilterSummary
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def plan_reference(
         structures, index = structures[index], 0
     spec = TaskSpec(root, "reference", iteration, task)
     role = "structure" if "structure" in structures.outputs else "structures"
-    kept = gate is None or structures.task in gate.summary.get("kept", [])
+    kept = gate is None or structures.task in PrefilterSummary.model_validate(gate.summary).kept
     if role not in structures.outputs or not kept:
         return ReferencePlan(spec, None, index, {"skipped": True})
     settings = {"index": index, "reference": config.reference.model_dump(mode="json"),
@@ -179,15 +180,15 @@ def _postfilter(
         kept = result.select(structures)
         reached = [atoms.info for atoms, target in measured if target.get("reason") == "reached"]
         unreached = [atoms.info for atoms, target in measured if target.get("reason") != "reached"]
-        summary = {
-            "attempted": sum(not r.summary.get("skipped") for r in references),
-            "kept": len(kept),
-            "rejected": {labelled[r.index].task: r.reason for r in result.rejected},
-            "hit_ratios": [info["hit_ratio"] for info in reached if "hit_ratio" in info],
-            "unreached_hit_ratios": [info["hit_ratio"] for info in unreached if "hit_ratio" in info],
-            "true_errors": [info["true_error"] for info in reached + unreached if "true_error" in info],
-        }
-        return Outcome(outputs={"kept": write(directory / "kept.extxyz", kept)} if kept else {}, summary=summary)
+        summary = PostfilterSummary(
+            attempted=sum(not r.summary.get("skipped") for r in references),
+            kept=len(kept),
+            rejected={labelled[r.index].task: r.reason for r in result.rejected},
+            hit_ratios=[info["hit_ratio"] for info in reached if "hit_ratio" in info],
+            unreached_hit_ratios=[info["hit_ratio"] for info in unreached if "hit_ratio" in info],
+            true_errors=[info["true_error"] for info in reached + unreached if "true_error" in info],
+        )
+        return Outcome(outputs={"kept": write(directory / "kept.extxyz", kept)} if kept else {}, summary=summary.dump())
 
     inputs = files + successful_models(members, root)
     return run_task(spec, inputs, {**settings, "cago": targets}, body)

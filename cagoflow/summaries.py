@@ -62,3 +62,32 @@ class MergeSummary(_Summary):
     hits: int
     unreached: int
     true_error_mean: float | None
+
+
+class SampleSummary(_Summary):
+    """The starts CAGO got (displacements Å): how many, how many redrawn or without room."""
+
+    count: int
+    redrawn: int = 0
+    without_room: int = 0
+    thermal_displacement: float | None = None
+    trust_radius: float | None = Field(None, description="the CAGO walks' trust radius (None: no trust region)")
+
+
+class PrefilterSummary(_Summary):
+    """The CAGO structures (task names) sent on to the reference, and the others with their reason."""
+
+    kept: list[str]
+    rejected: dict[str, str]
+
+
+class PostfilterSummary(_Summary):
+    """One system's labelled structures: kept, rejected with their reason, and the hits (true
+    error / δ) of the CAGO structures that reached δ and of those that did not (errors eV/Å)."""
+
+    attempted: int
+    kept: int
+    rejected: dict[str, str]
+    hit_ratios: list[float]
+    unreached_hit_ratios: list[float]
+    true_errors: list[float]
