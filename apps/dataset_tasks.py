@@ -15,7 +15,7 @@ import numpy as np
 from cagoflow.apps.tasks import Outcome, StageFailed, TaskSpec, output, read, run_task, seed_for, stage_task, write
 from cagoflow.campaign import CampaignConfig
 from cagoflow.records import TaskRecord
-from cagoflow.summaries import MergeSummary, PostfilterSummary
+from cagoflow.summaries import MergeSummary, PostfilterSummary, SplitSummary
 
 
 DATASET = "dataset"
@@ -92,11 +92,12 @@ def _split(workdir: str, iteration: int, config: CampaignConfig, merged: TaskRec
             )
         splits.save(directory / "splits.json")
         test = len(splits.test)
-        summary = {"dataset": len(hashes), "test": test, "test_from_cago": len(fixed & set(splits.test_hashes))}
+        warning = None
         if test < config.dataset.min_test:
-            summary["warning"] = (f"{test} test structures (dataset.min_test = {config.dataset.min_test}): too few to judge "
-                                  "the calibration out of sample until the dataset grows")  # fmt: skip
-        return Outcome(outputs=outputs, summary=summary)
+            warning = (f"{test} test structures (dataset.min_test = {config.dataset.min_test}): too few to judge "
+                       "the calibration out of sample until the dataset grows")  # fmt: skip
+        summary = SplitSummary(dataset=len(hashes), test=test, test_from_cago=len(fixed & set(splits.test_hashes)), warning=warning)
+        return Outcome(outputs=outputs, summary=summary.dump())
 
     return run_task(spec, [snapshot, *routed], settings, body)
 

@@ -21,7 +21,7 @@ from cagoflow.apps.tasks import (
 from cagoflow.campaign import CampaignConfig
 from cagoflow.executors.site import SiteConfig
 from cagoflow.records import TaskRecord, finished
-from cagoflow.summaries import SampleSummary
+from cagoflow.summaries import MDSummary, SampleSummary
 from cagoflow.stages import cago_slot, md_task
 
 
@@ -60,8 +60,8 @@ def md_outcome(result, system: str, directory: Path, seconds: float = 0.0) -> Ou
     for atoms in result.frames:
         atoms.info.update(system=system)
     frames = write(directory / "frames.extxyz", result.frames) if result.frames else None
-    summary = {"stable": result.stable, "reason": result.reason, "frames": len(result.frames), "steps": result.steps_done}
-    return Outcome(outputs={} if frames is None else {"frames": frames}, summary=summary, program_seconds=seconds)
+    summary = MDSummary(stable=result.stable, reason=result.reason, frames=len(result.frames), steps=result.steps_done)
+    return Outcome(outputs={} if frames is None else {"frames": frames}, summary=summary.dump(), program_seconds=seconds)
 
 
 @stage_task("md")

@@ -18,6 +18,7 @@ from cagoflow.apps.tasks import (
 from cagoflow.campaign import CampaignConfig
 from cagoflow.executors.site import SiteConfig
 from cagoflow.records import TaskRecord, finished
+from cagoflow.summaries import CalibrationSummary
 from cagoflow.stages import cago_slot, member_task
 
 
@@ -152,20 +153,20 @@ def _calibrate(workdir: str, iteration: int, config: CampaignConfig, split: Task
         outputs["subsets"] = atomic_write_json(directory / "subsets.json", subsets)
         mean_forces = prediction.forces.mean(0)
         reference_forces = np.concatenate([atoms.get_forces() for atoms in references])
-        summary = {
-            "members": len(models),
-            "failed_members": failed,
-            "a": full.forces.law.a,
-            "b": full.forces.law.b,
-            "validity_limit": full.force_validity_limit,
-            "subset_validity_limits": subset_limits,
-            "rms_z_out_of_sample": None if full.forces.diagnostics.out_of_sample is None
-            else full.forces.diagnostics.out_of_sample.std_r,
-            "test_force_rmse": float(np.sqrt(np.mean((mean_forces - reference_forces) ** 2))),
-            "test_structures": len(references),
-            "calibration_points": full.n_atoms,
-            "contact_distances": full.contact_distances,
-        }
-        return Outcome(outputs=outputs, summary=summary)
+        out_of_sample = full.forces.diagnostics.out_of_sample
+        summary = CalibrationSummary(
+            members=len(models),
+            failed_members=failed,
+            a=full.forces.law.a,
+            b=full.forces.law.b,
+            validity_limit=full.force_validity_limit,
+            subset_validity_limits=subset_limits,
+            rms_z_out_of_sample=None if out_of_sample is None else out_of_sample.std_r,
+            test_force_rmse=float(np.sqrt(np.mean((mean_forces - reference_forces) ** 2))),
+            test_structures=len(references),
+            calibration_points=full.n_atoms,
+            contact_distances=full.contact_distances,
+        )
+        return Outcome(outputs=outputs, summary=summary.dump())
 
     return run_task(spec, [test_file, *training_files, *models], settings, body)

@@ -5,7 +5,7 @@ not as a silently missing figure in a table.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +19,10 @@ class _Summary(BaseModel):
     def dump(self) -> dict:
         """The JSON-ready dict a record stores."""
         return self.model_dump(mode="json")
+
+
+#: Any of the summary models (for readers generic over them).
+SummaryModel = TypeVar("SummaryModel", bound=_Summary)
 
 
 class CagoSummary(_Summary):
@@ -91,3 +95,39 @@ class PostfilterSummary(_Summary):
     hit_ratios: list[float]
     unreached_hit_ratios: list[float]
     true_errors: list[float]
+
+
+class SplitSummary(_Summary):
+    """An iteration's splits: the dataset it split, its test split and how many of those are
+    routed CAGO structures; a warning when the test split is too small to judge the calibration."""
+
+    dataset: int
+    test: int
+    test_from_cago: int
+    warning: str | None = None
+
+
+class MDSummary(_Summary):
+    """One MD replica: stable or why not, frames kept, steps run."""
+
+    stable: bool
+    reason: str
+    frames: int
+    steps: int
+
+
+class CalibrationSummary(_Summary):
+    """The committee's calibration σ_cal = a·σ̂^b (forces; σ eV/Å, distances Å), judged on the
+    test split: validity limits (None: none found), out-of-sample RMS z, the committee-mean force RMSE."""
+
+    members: int
+    failed_members: list[int]
+    a: float
+    b: float
+    validity_limit: float | None
+    subset_validity_limits: list[float | None]
+    rms_z_out_of_sample: float | None
+    test_force_rmse: float
+    test_structures: int
+    calibration_points: int
+    contact_distances: dict[str, float] | None = None

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence, get_args
 from cagoflow.errors import InputError
 from cagoflow.io import read_json
 from cagoflow.records import RECORD_NAME, TaskRecord, read_record
-from cagoflow.summaries import CagoSummary, Direction, MergeSummary
+from cagoflow.summaries import CagoSummary, CalibrationSummary, Direction, MDSummary, MergeSummary, SplitSummary, SummaryModel
 from cagoflow.stages import STAGE_BY_NAME, STAGE_ORDER, task_system
 
 #: Written by the campaign when a convergence criterion stopped it early: {"iteration", "reason"}.
@@ -65,15 +65,20 @@ class IterationStatus:
     iteration: int
     stages: dict[str, StageStatus] = field(default_factory=dict)
 
-    def _summary(self, stage: str, key: str):
-        records = self.stages.get(stage, StageStatus()).records
-        return records[0].summary.get(key) if records else None
+    def _model(self, stage: str, model: type[SummaryModel]) -> SummaryModel | None:
+        """The summary of a one-task stage (split, calibrate, merge) as its model (None before it finished)."""
+        records = [r for r in self.stages.get(stage, StageStatus()).records if r.status == "done"]
+        return model.model_validate(records[0].summary) if records else None
 
     @property
     def merge(self) -> MergeSummary | None:
         """The merge record's summary (None before the merge finished)."""
-        records = [r for r in self.stages.get("merge", StageStatus()).records if r.status == "done"]
-        return MergeSummary.model_validate(records[0].summary) if records else None
+        return self._model("merge", MergeSummary)
+
+    @property
+    def split(self) -> SplitSummary | None:
+        """The split record's summary (None before the split finished)."""
+        return self._model("split", SplitSummary)
 
     def _records(self, stage: str, system: str | None = None) -> list[TaskRecord]:
         """Records of a stage, of one system's tasks or of all."""
@@ -89,13 +94,12 @@ class IterationStatus:
     def training_set(self) -> int | None:
         """Structures the members of this iteration's committee drew their training resamples
         from: the split's dataset less its test split, on which no member trains."""
-        dataset = self._summary("split", "dataset")
-        return None if dataset is None else dataset - self.test_set
+        return None if self.split is None else self.split.dataset - self.test_set
 
     @property
     def test_set(self) -> int:
         """Structures in this iteration's test split (the calibration's; never trained on)."""
-        return self._summary("split", "test") or 0
+        return 0 if self.split is None else self.split.test
 
     @property
     def added(self) -> int | None:
@@ -104,13 +108,14 @@ class IterationStatus:
     @property
     def test_force_rmse(self) -> float | None:
         """Force RMSE of the committee mean on the 10 % test split, eV/Å."""
-        return self._summary("calibrate", "test_force_rmse")
+        calibration = self._model("calibrate", CalibrationSummary)
+        return None if calibration is None else calibration.test_force_rmse
 
     @property
     def calibration(self) -> dict[str, Any] | None:
         """The calibrate record's summary: a, b, validity limit (eV/Å), test-split RMSE, members."""
-        records = [r for r in self._records("calibrate") if r.status == "done"]
-        return dict(records[0].summary) if records else None
+        calibration = self._model("calibrate", CalibrationSummary)
+        return None if calibration is None else calibration.dump()
 
     @property
     def hit_ratio(self) -> float | None:
@@ -162,7 +167,8 @@ class IterationStatus:
     def md_replicas(self, system: str | None = None) -> dict[str, int] | None:
         """Committee-MD replicas (of one system or all) that stayed stable, of those run."""
         records = self._records("md", system)
-        return {"stable": sum(bool(r.summary.get("stable")) for r in records), "replicas": len(records)} if records else None
+        stable = sum(MDSummary.model_validate(r.summary).stable for r in records if r.status == "done")
+        return {"stable": stable, "replicas": len(records)} if records else None
 
     @property
     def md_stable(self) -> str | None:
@@ -356,10 +362,13 @@ class Column:
 
 
 def _mean_std(mean: float | None, std: float | None, form: str, scale: float = 1.0) -> str:
-    """"0.997±0.005", "0.997" (no std), "—" (no mean)."""
+    """"0.997±0.005", "0.997" (no std), "—" (no mean); the std with as many decimals as the mean
+    ("1.05±0.06", not "1.05±0.0591")."""
     if mean is None:
         return EMPTY
-    return form.format(scale * mean) + ("" if std is None else "±" + form.format(scale * std))
+    text = form.format(scale * mean)
+    decimals = len(text.split(".")[1]) if "." in text and "e" not in text else 0
+    return text + ("" if std is None else f"±{scale * std:.{decimals}f}")
 
 
 def _dataset(iteration: Mapping[str, Any], _: Mapping[str, Any] | None) -> str:

@@ -39,21 +39,22 @@ def evaluation(force: float, members: list[float], stable: list[bool], density: 
 
 def iteration(workdir: Path, i: int, dataset: int, *, evaluate: bool, failed_member: bool = False) -> None:
     """Every stage of iteration ``i`` for both systems (12 stages with evaluate)."""
-    record(workdir, i, "split", "dataset", dataset=dataset, test=2)
+    record(workdir, i, "split", "dataset", dataset=dataset, test=2, test_from_cago=1 if i else 0)
     for m in range(3):
         if failed_member and m == 1:
             record(workdir, i, "train", "member-01", "failed", message="the trainer exited with code 1: out of memory")
         else:
             record(workdir, i, "train", f"member-{m:02d}", message="trained")
     record(workdir, i, "calibrate", "committee", test_force_rmse=0.25 - 0.05 * i, a=1.2 + 0.1 * i, b=0.9,
-           validity_limit=0.5, test_structures=2, members=3 - failed_member, failed_members=[], calibration_points=96)  # fmt: skip
+           validity_limit=0.5, subset_validity_limits=[0.5], rms_z_out_of_sample=1.1, test_structures=2,
+           members=3 - failed_member, failed_members=[1] if failed_member else [], calibration_points=96)  # fmt: skip
     for system in SYSTEMS:
         if evaluate:
             record(workdir, i, "evaluate", f"errors-{system}")
             record(workdir, i, "evaluate", f"summary-{system}",
                    **evaluation(0.120 - 0.02 * i, [0.130, 0.140, 0.150], [True, True, i == 0], 0.997 if i == 0 else None))  # fmt: skip
         for r in range(2):
-            record(workdir, i, "md", f"{system}-{r:02d}", stable=r == 0, reason="ok" if r == 0 else "exploded")
+            record(workdir, i, "md", f"{system}-{r:02d}", stable=r == 0, reason="ok" if r == 0 else "exploded", frames=4, steps=40)
         record(workdir, i, "sample", system, count=2)
         record(workdir, i, "cago", f"{system}-000", reason="reached", steps=2, sigma_cal_rms=0.1, delta=0.1, direction="up",
                action="pushed", start="redrawn", warnings=[], flags=["fast"], max_displacement=0.2, closest_pair_ratio=0.9, subset=[0, 1])  # fmt: skip
@@ -161,3 +162,11 @@ def test_report_plots_figures_against_the_training_set_size(campaign, tmp_path):
     written = write_report(campaign, tmp_path / "report")
     assert sorted(p.name for p in written) == sorted(f"{name}.png" for name in plots)
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
+
+
+def test_a_mean_and_its_spread_carry_the_same_decimals():
+    from cagoflow.workflows.status import _mean_std
+
+    assert [_mean_std(1.05, 0.0591, "{:.3g}"), _mean_std(12.3, 1.4, "{:.3g}"), _mean_std(0.12, 0.008, "{:.0f}", 1000)] == [
+        "1.05±0.06", "12.3±1.4", "120±8",
+    ]  # fmt: skip
