@@ -168,18 +168,18 @@ def _postfilter(
 
     def body(directory: Path) -> Outcome:
         structures = [read(path)[0] for path in files]
-        measured = [(atoms, targets[r.task]) for atoms, r in zip(structures, labelled)
+        measured = [(atoms, targets[r.task], r.task) for atoms, r in zip(structures, labelled)
                     if r.summary.get("status") == "converged" and r.task in walks]  # fmt: skip
         if measured and members:
             committee = trained_committee(config, members, root)
-            subsets = [tuple(summary["subset"]) for _, summary in measured]
-            deltas = [summary.get("delta") for _, summary in measured]
-            for (atoms, _), figures in zip(measured, labelled_hits(committee, [a for a, _ in measured], subsets, deltas)):
+            subsets = [tuple(summary["subset"]) for _, summary, _ in measured]
+            deltas = [summary.get("delta") for _, summary, _ in measured]
+            for (atoms, _, _), figures in zip(measured, labelled_hits(committee, [a for a, _, _ in measured], subsets, deltas)):
                 atoms.info.update(figures)
         result = post_filter(structures, config.filters.post)
         kept = result.select(structures)
-        reached = [atoms.info for atoms, target in measured if target.get("reason") == "reached"]
-        unreached = [atoms.info for atoms, target in measured if target.get("reason") != "reached"]
+        reached = [atoms.info for atoms, target, _ in measured if target.get("reason") == "reached"]
+        unreached = [atoms.info for atoms, target, _ in measured if target.get("reason") != "reached"]
         summary = PostfilterSummary(
             attempted=sum(not r.summary.get("skipped") for r in references),
             kept=len(kept),
@@ -187,6 +187,7 @@ def _postfilter(
             hit_ratios=[info["hit_ratio"] for info in reached if "hit_ratio" in info],
             unreached_hit_ratios=[info["hit_ratio"] for info in unreached if "hit_ratio" in info],
             true_errors=[info["true_error"] for info in reached + unreached if "true_error" in info],
+            true_error_by_task={task: atoms.info["true_error"] for atoms, _, task in measured if "true_error" in atoms.info},
         )
         return Outcome(outputs={"kept": write(directory / "kept.extxyz", kept)} if kept else {}, summary=summary.dump())
 

@@ -35,8 +35,10 @@ def _prepare_training(
 
     The command runs under ``flock`` on the task directory, so a trainer left running by a
     killed driver finishes (or dies) before a new one starts in the same place; a trainer that
-    finds a checkpoint there continues from it. A member that failed in an earlier run (a crash,
-    a lost node, a NaN loss) is trained again: its failure may have been the site's, not the data's.
+    finds a checkpoint there continues from it, and the record says from which step
+    (``resumed_from_step``): the member is then not the one an uninterrupted run would have made.
+    A member that failed in an earlier run (a crash, a lost node, a NaN loss) is trained again:
+    its failure may have been the site's, not the data's.
     """
     from cagoflow.backends import TrainingSettings, get_backend
     from cagoflow.records import task_key
@@ -62,8 +64,11 @@ def _prepare_training(
     if trained(spec.directory, key, root) is not None:
         return {"key": key, "command": "true", "backend": backend}
     prepare_directory(spec.directory)
-    commands = get_backend(backend).write_training_input(train_file, validation_file, spec.directory, settings)
-    return {"key": key, "command": shell_command(spec.directory, commands, site, "train", "train.log"), "backend": backend}
+    trainer = get_backend(backend)
+    resumed = trainer.resume_step(spec.directory)
+    commands = trainer.write_training_input(train_file, validation_file, spec.directory, settings)
+    command = shell_command(spec.directory, commands, site, "train", "train.log")
+    return {"key": key, "command": command, "backend": backend, "resumed_from_step": resumed}
 
 
 def trained(directory: Path, key: str, workdir: Path) -> TaskRecord | None:
@@ -92,6 +97,8 @@ def _collect_training(workdir: str, iteration: int, member: int, prepared: dict,
         result = get_backend(prepared["backend"]).read_training_result(spec.directory)
         status = "done" if result.status == "success" else "failed"
         model, summary = result.model, {"message": result.message, **dict(result.metrics)}
+    if prepared.get("resumed_from_step") is not None:  # an interrupted run's checkpoint: consistent, not a replay
+        summary["resumed_from_step"] = prepared["resumed_from_step"]
     record = TaskRecord(
         stage="train",
         task=spec.task,

@@ -129,7 +129,7 @@ def error_figure(
     axes.set_ylabel(f"error |r| ({unit})")
     axes.set_title(f"{quantity}: error vs uncertainty (RMS of z {_rms_z_text(diagnostics)})", fontsize=9)
     axes.legend(fontsize=7, loc="lower right")
-    _reliability_diagram(reliability, diagnostics, unit)
+    reliability_diagram(reliability, diagnostics, unit)
     figure.tight_layout()
     return figure
 
@@ -141,7 +141,7 @@ def _rms_z_text(diagnostics: CalibrationDiagnostics) -> str:
     return f"{diagnostics.std_r_before:.2f} → {diagnostics.std_r_after:.2f} in sample{judged}"
 
 
-def _reliability_diagram(axes: Any, diagnostics: CalibrationDiagnostics, unit: str) -> None:
+def reliability_diagram(axes: Any, diagnostics: CalibrationDiagnostics, unit: str) -> None:
     """RMSE/σ_cal against RMS σ_cal per bin: out of sample with the monotone band (16th percentile
     of the decreasing to 84th percentile of the increasing isotonic fits), in sample as open marks."""
     axes.axhspan(*VALID_RATIO, color="tab:green", alpha=0.12, label=f"valid ratio {VALID_RATIO[0]}-{VALID_RATIO[1]}")

@@ -1,4 +1,4 @@
-"""The ``cagoflow`` command line: calibrate, cago, validate (run, status, report to come).
+"""The ``cagoflow`` command line: calibrate, cago, run, status, report, export, validate.
 
 Every user error (bad file, bad field, impossible setting) ends as one paragraph on stderr and
 exit code 2, never as a traceback.
@@ -524,7 +524,9 @@ def _print_status(workdir: Path) -> None:
     """Two tables (tasks per stage; figures per iteration and system), failed tasks, early stop."""
     from rich import box
 
-    from cagoflow.workflows.status import campaign_figures, progress_table, science_table
+    from cagoflow.workflows.status import (
+        campaign_figures, finished, iteration_words, progress_table, resumed_trainings, science_table,
+    )
 
     figures = campaign_figures(workdir)
     out = Console(width=min(console.width, STATUS_WIDTH) if console.is_terminal else STATUS_WIDTH, highlight=False)
@@ -539,18 +541,24 @@ def _print_status(workdir: Path) -> None:
         out.print(table)
         for note in notes:
             out.print(escape(note), style="dim")
+    resumed = resumed_trainings(figures)
+    if resumed:
+        out.print("[bold]resumed trainings[/] (from an interrupted run's checkpoint: consistent, not a replay):")
+        for line in resumed:
+            out.print(f"  {escape(line)}")
     failures = [(it["iteration"], task) for it in figures["iterations"] for task in it["failed"]]
     if failures:
         out.print(f"[bold]failed tasks[/] ({len(failures)}; a failed training is retried by the next `cagoflow run`):")
         for iteration, task in failures[:FAILURES_SHOWN]:
-            where = "initial" if iteration < 0 else f"iteration {iteration}"
             message = escape(task["message"][:200]) or "no message"
-            out.print(f"  {where} {task['stage']} {escape(task['task'])}: {message}")
+            out.print(f"  {iteration_words(iteration)} {task['stage']} {escape(task['task'])}: {message}")
         if len(failures) > FAILURES_SHOWN:
             out.print(f"  ... and {len(failures) - FAILURES_SHOWN} more (their record.json files say why)")
     if figures["stopped"]:
         stop = figures["stopped"]
         out.print(f"[bold]stopped early at iteration {stop.get('iteration')}:[/] {escape(str(stop.get('reason', '')))}")
+    if finished(figures):
+        out.print(f"[bold]the potential:[/] cagoflow export {escape(str(workdir))} -o potential")
 
 
 @app.command()
@@ -559,15 +567,45 @@ def report(
     workdir: Path = typer.Argument(..., help="Campaign work directory."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the plots (default: WORKDIR/report)."),
 ) -> None:
-    """Plots against training-set size (held-out force error, stable members, density, diffusion,
-    coordination) and per iteration (CAGO hit, calibration a and b, MD stability), as PNG."""
+    """A page to open in a browser (index.html: the status tables and every plot, self-contained)
+    and the plots as PNG: against training-set size (held-out force error, stable members, density,
+    diffusion, coordination), per iteration (CAGO hit and walks, calibration a and b, MD
+    stability), per CAGO structure (true error against δ) and per calibration (reliability)."""
     from cagoflow.workflows.report import write_report
     from cagoflow.workflows.status import require_campaign
 
     require_campaign(workdir)
     folder = _output_folder(output or workdir / "report")
-    for path in write_report(workdir, folder):
+    written = write_report(workdir, folder)
+    for path in written[:-1]:
         console.print(escape(str(path)))
+    console.print(f"[bold]open in a browser:[/] {escape(str(written[-1]))}")
+
+
+@app.command()
+@reports_errors
+def export(
+    workdir: Path = typer.Argument(..., help="Campaign work directory."),
+    output: Path = typer.Option(Path("potential"), "--output", "-o", help="Folder to write the potential into."),
+    iteration: Optional[int] = typer.Option(
+        None, help="Iteration whose committee to export [default: the one a stop block chose, else the last calibrated]."
+    ),
+    steps: Optional[int] = typer.Option(None, min=1, help="Steps of the production MD input, 0.5 fs each [default: 10 ps]."),
+) -> None:
+    """Take the potential home: the members' models, a committee file, the calibration, a LAMMPS
+    input for production MD, an ASE snippet and a card of where it comes from and how good it is."""
+    from cagoflow.workflows.export import PRODUCTION_STEPS, export_potential
+
+    folder = _output_folder(output)
+    result = export_potential(workdir, folder, iteration, steps or PRODUCTION_STEPS)
+    console.print(f"the committee of iteration {result.iteration} ({result.card['members']} {result.card['backend']} "
+                  f"members) is in {escape(str(folder))}:")  # fmt: skip
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            console.print(f"  {escape(str(path.relative_to(folder)))}")
+    if result.card["lammps"]:
+        console.print(f"production MD: cd {escape(str(folder))} && lmp -in in.lammps  ({escape(result.card['lammps'])})")
+    console.print("in Python: cagoflow.models.load_committee('committee.yaml'); see use_in_ase.py and card.md")
 
 
 @app.command()

@@ -95,6 +95,7 @@ class PostfilterSummary(_Summary):
     hit_ratios: list[float]
     unreached_hit_ratios: list[float]
     true_errors: list[float]
+    true_error_by_task: dict[str, float] = Field(default_factory=dict, description="each CAGO structure's true error, eV/Å")
 
 
 class SplitSummary(_Summary):
@@ -121,7 +122,7 @@ class CalibrationSummary(_Summary):
     test split: validity limits (None: none found), out-of-sample RMS z, the committee-mean force RMSE."""
 
     members: int
-    failed_members: list[int]
+    failed_members: list[str]
     a: float
     b: float
     validity_limit: float | None

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs cagoflow into ./.venv on a fresh machine: the system programs the engines and tests
 # use (CP2K, Quantum ESPRESSO with its pseudopotentials, SLURM, munge and PMIx for srun-started
-# MPI, from apt, when run as root), the
+# MPI, Chromium for the report page's browser test, from apt, when run as root), the
 # virtual environment, torch pinned to 2.11.0 (the build deepmd-kit 3.2.0's compiled parts
 # expect), and cagoflow (editable) with
 # every engine and the test tools. Idempotent: a second run with the same files does nothing.
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
     missing=""
-    for package in cp2k quantum-espresso quantum-espresso-data slurm-wlm munge libpmix-dev util-linux; do
+    for package in cp2k quantum-espresso quantum-espresso-data slurm-wlm munge libpmix-dev util-linux chromium; do
         dpkg -s "$package" > /dev/null 2>&1 || missing="$missing $package"
     done
     if [ -n "$missing" ]; then

@@ -3,7 +3,10 @@
 Against the training-set size — structures in the dataset when the committee was trained —
 like Cezar et al. Fig. 4 b–f: held-out force RMSE, stable members, density, self-diffusion and
 coordination, per system, with error bars across members. Per iteration: the CAGO hit, the
-share of CAGO walks that went up, down or did not move, the calibration a and b, and committee-MD stability. A plot without a single point is not written.
+share of CAGO walks that went up, down or did not move, the calibration a and b, and
+committee-MD stability. Per CAGO structure: its true error against δ, by walk direction and
+flags. Per calibrated committee: its reliability diagram. A plot without a single point is not
+written; ``index.html`` shows them all beside the status tables (:mod:`.report_page`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from cagoflow.io import write_figure
-from cagoflow.workflows.status import DIRECTIONS, campaign_figures, member_spread
+from cagoflow.workflows.status import DIRECTIONS, campaign_figures, campaign_settings, member_spread
 
 #: x-axis label of the plots against the training-set size.
 TRAINING_SET = "structures in the training set when the committee was trained"
@@ -46,9 +49,36 @@ class Plot:
     fraction: bool = False  # y from 0 to 1
 
 
+@dataclass(frozen=True)
+class Image:
+    """A written plot: its file, its title, the section of the report page it belongs to."""
+
+    path: Path
+    title: str
+    section: str
+
+
+#: The sections of the report page, in order.
+SECTIONS = ("learning curves", "per iteration", "CAGO structures", "calibration per iteration")
+
+
 def write_report(workdir: Path, output: Path) -> list[Path]:
-    """Write the campaign's plots (PNG) into ``output``; return their paths."""
-    return [_draw(plot, output / f"{plot.name}.png") for plot in report_plots(campaign_figures(workdir))]
+    """Write the campaign's plots (PNG) and the page that shows them with the status tables
+    (``index.html``) into ``output``; return their paths, the page last."""
+    from cagoflow.workflows.report_page import write_report_page
+
+    figures = campaign_figures(workdir)
+    images = [
+        Image(_draw(plot, output / f"{plot.name}.png"), plot.title, "learning curves" if plot.xlabel == TRAINING_SET else "per iteration")
+        for plot in report_plots(figures)
+    ]  # fmt: skip
+    if any(structures for it in figures["iterations"] for structures in _cago_structures(it)):
+        images.append(Image(_draw_cago_structures(figures, output / "cago-structures.png"), CAGO_STRUCTURES, "CAGO structures"))
+    for iteration, calibration in calibrations(workdir):
+        path = _draw_reliability(calibration, output / f"calibration-iter-{iteration:03d}.png")
+        images.append(Image(path, f"iteration {iteration}: force calibration, reliability", "calibration per iteration"))
+    page = write_report_page(figures, images, output / "index.html", campaign_settings(workdir)["name"])
+    return [image.path for image in images] + [page]
 
 
 def report_plots(figures: Mapping[str, Any]) -> list[Plot]:
@@ -187,3 +217,66 @@ def _per_iteration(figures: Mapping[str, Any], label: str, value: Callable[[Mapp
     rows = [(it["iteration"], value(it)) for it in figures["iterations"] if it["iteration"] >= 0]
     rows = [(x, y) for x, y in rows if y is not None]
     return [Series(label, [x for x, _ in rows], [y for _, y in rows])]
+
+
+# --- per structure and per calibration ------------------------------------------------------------
+
+#: Title of the per-structure CAGO plot.
+CAGO_STRUCTURES = "CAGO structures: true force error against δ"
+
+#: Colours of the walk directions.
+DIRECTION_COLOURS = {"up": "tab:blue", "down": "tab:red", "unmoved": "tab:gray"}
+
+
+def _cago_structures(iteration: Mapping[str, Any]) -> list[list[Mapping[str, Any]]]:
+    return [system.get("cago_structures") or [] for system in iteration["systems"].values()]
+
+
+def _draw_cago_structures(figures: Mapping[str, Any], path: Path) -> Path:
+    """Every labelled, pushed CAGO structure: true error against δ (meV/Å), coloured by where
+    its walk went; open marks did not reach δ, crosses were flagged; the line true error = δ
+    and the band 0.8–1.25 × δ."""
+    points = [s for it in figures["iterations"] for system in _cago_structures(it) for s in system]
+    figure = Figure(figsize=(6, 5))
+    axes = figure.add_subplot()
+    axes.set_title(CAGO_STRUCTURES)
+    top = 1000 * max(max(p["delta"], p["true_error"]) for p in points) * 1.1
+    axes.plot([0, top], [0, top], color="black", linewidth=1, label="true error = δ")
+    axes.fill_between([0, top], [0, 0.8 * top], [0, 1.25 * top], color="tab:green", alpha=0.12, label="0.8–1.25 × δ")
+    for direction, colour in DIRECTION_COLOURS.items():
+        for reached, flagged in ((True, False), (False, False), (True, True), (False, True)):
+            chosen = [p for p in points if p["direction"] == direction and (p["reason"] == "reached") == reached
+                      and bool(p["flags"]) == flagged]  # fmt: skip
+            if not chosen:
+                continue
+            label = f"{direction}{'' if reached else ', not reached'}{', flagged' if flagged else ''} ({len(chosen)})"
+            x, y = [1000 * p["delta"] for p in chosen], [1000 * p["true_error"] for p in chosen]
+            if flagged:
+                axes.scatter(x, y, marker="x", color=colour, label=label)
+            else:
+                axes.scatter(x, y, marker="o", facecolors=colour if reached else "none", edgecolors=colour, label=label)
+    axes.set_xlim(0, top)
+    axes.set_ylim(0, top)
+    axes.set_xlabel("δ, the calibrated force error asked (meV/Å)")
+    axes.set_ylabel("true force error against the reference (meV/Å)")
+    axes.legend(fontsize=7)
+    return write_figure(figure, path)
+
+
+def calibrations(workdir: Path) -> list[tuple[int, Any]]:
+    """(iteration, :class:`~cagoflow.calibration.CommitteeCalibration`) of every calibrated committee."""
+    from cagoflow.calibration import CommitteeCalibration
+    from cagoflow.records import all_records
+
+    records = sorted((r for r in all_records(workdir) if r.stage == "calibrate" and r.status == "done" and "calibration" in r.outputs),
+                     key=lambda r: r.iteration)  # fmt: skip
+    return [(r.iteration, CommitteeCalibration.load(Path(workdir) / r.outputs["calibration"])) for r in records]
+
+
+def _draw_reliability(calibration: Any, path: Path) -> Path:
+    """The force calibration's reliability diagram (out of sample with its band, in sample)."""
+    from cagoflow.calibration_plots import reliability_diagram
+
+    figure = Figure(figsize=(6, 3.5))
+    reliability_diagram(figure.add_subplot(), calibration.forces.diagnostics, "eV/Å")
+    return write_figure(figure, path)

@@ -21,7 +21,9 @@ from typing import Any, Callable, Mapping, Sequence, get_args
 from cagoflow.errors import InputError
 from cagoflow.io import read_json
 from cagoflow.records import RECORD_NAME, TaskRecord, read_record
-from cagoflow.summaries import CagoSummary, CalibrationSummary, Direction, MDSummary, MergeSummary, SplitSummary, SummaryModel
+from cagoflow.summaries import (
+    CagoSummary, CalibrationSummary, Direction, MDSummary, MergeSummary, PostfilterSummary, SplitSummary, SummaryModel,
+)
 from cagoflow.stages import STAGE_BY_NAME, STAGE_ORDER, task_system
 
 #: Written by the campaign when a convergence criterion stopped it early: {"iteration", "reason"}.
@@ -153,11 +155,33 @@ class IterationStatus:
             "redrawn": sum(walk.start == "redrawn" for walk in walks),
         }
 
+    def cago_structures(self, system: str) -> list[dict[str, Any]]:
+        """Each labelled, pushed CAGO structure of one system: its task, δ and true force error
+        (eV/Å, from the post-filter), where its walk went, why it stopped, its flags."""
+        errors: dict[str, float] = {}
+        for record in self.stages.get("postfilter", StageStatus()).records:
+            if record.task == system and record.status == "done":
+                errors.update(PostfilterSummary.model_validate(record.summary).true_error_by_task)
+        structures = []
+        for record in self._records("cago", system):
+            if record.task in errors and not record.summary.get("skipped"):
+                walk = CagoSummary.model_validate(record.summary)
+                if walk.action == "pushed" and walk.delta:
+                    structures.append({"task": record.task, "delta": walk.delta, "true_error": errors[record.task],
+                                       "direction": walk.direction, "reason": walk.reason, "flags": list(walk.flags)})  # fmt: skip
+        return structures
+
     @property
     def cago_reached(self) -> str | None:
         """"k/n": CAGO structures of this iteration whose σ_cal reached δ, of those optimised."""
         outcome = self.cago_outcome()
         return None if outcome is None else f"{outcome['reached']}/{outcome['optimised']}"
+
+    @property
+    def resumed_training(self) -> dict[str, int]:
+        """Members whose training continued from an interrupted run's checkpoint: task → step."""
+        return {r.task: int(r.summary["resumed_from_step"]) for r in self._records("train")
+                if r.summary.get("resumed_from_step") is not None}  # fmt: skip
 
     @property
     def members_trained(self) -> str | None:
@@ -267,6 +291,18 @@ def campaign_figures(workdir: Path) -> dict[str, Any]:
     }
 
 
+def finished(figures: Mapping[str, Any]) -> bool:
+    """Whether the campaign of :func:`campaign_figures` is over: stopped early, or its last asked
+    iteration has a calibrated committee and no task running, and no run holds it."""
+    if figures["run"]["held"]:
+        return False
+    if figures["stopped"]:
+        return True
+    last = figures["iterations"][-1] if figures["iterations"] else None
+    return bool(last and last["iteration"] == figures["iterations_asked"] - 1 and last["calibration"]
+                and not any(stage["running"] for stage in last["stages"].values()))  # fmt: skip
+
+
 def run_state(workdir: Path) -> dict[str, Any]:
     """Whether a ``cagoflow run`` holds the work directory (:mod:`cagoflow.workflows.lock`):
     ``held``, the holder's ``state`` (alive, dead, stale), ``host``, ``pid``, ``started`` (Unix s),
@@ -290,7 +326,8 @@ def run_state(workdir: Path) -> dict[str, Any]:
 def _iteration_figures(it: IterationStatus, systems: list[str], failures: list[TaskRecord]) -> dict[str, Any]:
     """One iteration's entry of :func:`campaign_figures`."""
     per_system = {
-        system: {"evaluation": it.evaluation(system), "cago": it.cago_outcome(system), "md": it.md_replicas(system)}
+        system: {"evaluation": it.evaluation(system), "cago": it.cago_outcome(system), "md": it.md_replicas(system),
+                 "cago_structures": it.cago_structures(system)}
         for system in systems
     }
     return {
@@ -307,6 +344,7 @@ def _iteration_figures(it: IterationStatus, systems: list[str], failures: list[T
         "hits_unreached": (None if it.merge is None else it.merge.unreached),
         "true_error_mean": it.true_error_mean,
         "failed": [{"stage": r.stage, "task": r.task, "message": failure_message(r)} for r in failures],
+        "resumed_training": it.resumed_training,
         "systems": per_system if it.iteration >= 0 else {},
     }
 
@@ -330,6 +368,17 @@ def counts(tasks: Mapping[str, int] | None) -> str:
     if running:
         text += f" +{running} running"
     return text.strip()
+
+
+def iteration_words(iteration: int) -> str:
+    """"initial" or "iteration N", for sentences."""
+    return "initial" if iteration < 0 else f"iteration {iteration}"
+
+
+def resumed_trainings(figures: Mapping[str, Any]) -> list[str]:
+    """"iteration 1 member-02 from step 150": the trainings that continued from a checkpoint."""
+    return [f"{iteration_words(it['iteration'])} {task} from step {step}"
+            for it in figures["iterations"] for task, step in it.get("resumed_training", {}).items()]  # fmt: skip
 
 
 def iteration_label(iteration: int) -> str:

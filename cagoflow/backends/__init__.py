@@ -82,6 +82,16 @@ class Backend(Protocol):
         A file that is not a model of this backend raises InputError naming it."""
         ...
 
+    def resume_step(self, workdir: Path) -> int | None:
+        """The training step an interrupted earlier run in ``workdir`` left a checkpoint at, from
+        which the next training there continues (None: it starts from scratch)."""
+        ...
+
+    def model_files(self, model: Path) -> list[Path]:
+        """The files one member consists of, the model file first (a compiled model may need its
+        checkpoint beside it): what to copy to take the member elsewhere."""
+        ...
+
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """``base`` with ``override`` merged in: mappings recursively, everything else replaced."""

@@ -378,6 +378,14 @@ class AnalyticBackend:
             return failed(f"{path}: missing or non-finite errors {bad}")
         return TrainingResult("success", path, metrics={name: float(value) for name, value in numbers.items()})
 
+    def resume_step(self, workdir: Path) -> int | None:
+        """The Morse fit keeps no checkpoint: it always starts from scratch."""
+        return None
+
+    def model_files(self, model: Path) -> list[Path]:
+        """A ``model.json`` is one file."""
+        return [Path(model)]
+
     def load(self, models: Sequence[Path], device: str | None = None) -> ReferencedMorseCommittee:
         """A committee of the given ``model.json`` files (evaluated on the CPU; ``device`` is ignored)."""
         files = [Path(m) for m in models]

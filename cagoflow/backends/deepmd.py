@@ -34,6 +34,7 @@ import copy
 import json
 import logging
 import math
+import re
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -333,6 +334,24 @@ class DeepmdBackend:
         train_command = [*dp, "--pt", "train", "input.json", "--log-path", TRAIN_LOG, *start]
         freeze_command = [*dp, "--pt", "freeze", "-c", CHECKPOINT, "-o", FROZEN_MODEL, "--log-path", FREEZE_LOG]
         return [train_command, freeze_command]
+
+    def resume_step(self, workdir: Path) -> int | None:
+        """The step of the newest checkpoint an interrupted run left (``model.ckpt.pt`` links to
+        ``model.ckpt-<step>.pt``; a copy in its place: the learning curve's last step)."""
+        checkpoint = Path(workdir) / CHECKPOINT
+        if not checkpoint.exists():
+            return None
+        match = re.fullmatch(rf"{re.escape(CHECKPOINT_PREFIX)}-(\d+)\.pt", checkpoint.resolve().name)
+        if match:
+            return int(match.group(1))
+        try:
+            return read_lcurve(Path(workdir) / LCURVE)[0]
+        except (OSError, ValueError):
+            return 0
+
+    def model_files(self, model: Path) -> list[Path]:
+        """A frozen model is one file."""
+        return [Path(model)]
 
     def read_training_result(self, workdir: Path) -> TrainingResult:
         """The frozen model and the last RMSEs of ``lcurve.out``; NaN losses or no model: failed."""

@@ -411,6 +411,20 @@ class NequipBackend:
             )
         return commands
 
+    def resume_step(self, workdir: Path) -> int | None:
+        """The optimiser step of ``last.ckpt``, the state an interrupted run left."""
+        last = Path(workdir) / LAST_CHECKPOINT_NAME
+        if not last.exists():
+            return None
+        steps = _steps_done(last)
+        return 0 if steps is None else int(steps)
+
+    def model_files(self, model: Path) -> list[Path]:
+        """The model file and, for a compiled one, its eager twin ``X.ckpt`` (forces' gradients)."""
+        model = Path(model)
+        checkpoint = _checkpoint_of(model)
+        return [model] + ([checkpoint] if checkpoint not in (None, model) and checkpoint.exists() else [])
+
     def read_training_result(self, workdir: Path) -> TrainingResult:
         """The member's model file and final RMSEs; "failed" on a missing model or NaN metrics."""
         return read_training_result(Path(workdir), compiled=self.compile_device is not None)

@@ -1,58 +1,15 @@
 """A whole campaign with a real MLIP: DeePMD-kit members trained by `dp`, committee MD in LAMMPS
 (DeePMD's own pair style) started by the site's command, CAGO with the members' exact gradients,
-GFN1-xTB references, and the evaluation stage — two iterations, tiny settings."""
+GFN1-xTB references, and the evaluation stage — two iterations, tiny settings (the campaign is
+the ``deepmd_campaign`` fixture of ``conftest.py``)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
-from cagoflow.campaign import load_campaign
-from cagoflow.engines.process import find_program
-from cagoflow.executors.site import EngineCommand, EnginesConfig, default_site
 from cagoflow.records import all_records
-from cagoflow.workflows.driver import run_campaign
-from real_components import require_command, require_module
-
-TINY_DEEPMD = {
-    "backend": "deepmd",
-    "size": 3,
-    "min_trained": 3,
-    "hyperparameters": {"model": {"descriptor": {"rcut": 4.0, "rcut_smth": 0.5}}, "learning_rate": {"start_lr": 0.01, "stop_lr": 0.001}},
-    "training_steps": 60,
-    "fine_tune": True,
-}
-
-
-@pytest.fixture(scope="module")
-def deepmd_campaign(tmp_path_factory, write_campaign) -> Path:
-    require_module("deepmd")
-    require_module("tblite")
-    require_command("dp")
-    require_module("lammps")
-    folder = tmp_path_factory.mktemp("deepmd-campaign")
-    # the site's own LAMMPS: a wrapper that logs every start, then runs the venv's lmp
-    wrapper = folder / "site-lmp"
-    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {folder / "lmp-calls.log"}\nexec {find_program("lmp")} "$@"\n')
-    wrapper.chmod(0o755)
-    site = default_site().model_copy(update={"engines": EnginesConfig(lammps=EngineCommand(command=str(wrapper)))})
-    campaign = write_campaign(
-        folder,
-        iterations=2,
-        committee=TINY_DEEPMD,
-        md={"engine": "lammps", "schedule": {"ensemble": "nvt", "temperature": 300, "steps": 40, "timestep": 0.5,
-                                             "dump_interval": 10}},
-        sampling={"per_iteration": 2, "cago_from": {"source": "md", "subset": "all"}},
-        cago={"delta": {"relative": 1.5}, "max_steps": 10, "structures_per_task": 2},
-        evaluation={
-            "benchmark": {"generate": {"frames": 3, "md": {"steps": 30, "timestep": 1.0, "dump_interval": 10}}},
-            "production": {"replicas": 1, "md": {"steps": 60, "timestep": 0.5, "dump_interval": 10}, "check_interval": 20},
-        },
-    )
-    run_campaign(load_campaign(campaign), site, folder / "work")
-    return folder / "work"
 
 
 def test_md_ran_in_lammps_as_the_site_starts_it(deepmd_campaign):

@@ -43,11 +43,13 @@ def iteration(workdir: Path, i: int, dataset: int, *, evaluate: bool, failed_mem
     for m in range(3):
         if failed_member and m == 1:
             record(workdir, i, "train", "member-01", "failed", message="the trainer exited with code 1: out of memory")
+        elif i == 1 and m == 2:  # continued from the checkpoint a killed run left
+            record(workdir, i, "train", "member-02", message="trained", resumed_from_step=150)
         else:
             record(workdir, i, "train", f"member-{m:02d}", message="trained")
     record(workdir, i, "calibrate", "committee", test_force_rmse=0.25 - 0.05 * i, a=1.2 + 0.1 * i, b=0.9,
            validity_limit=0.5, subset_validity_limits=[0.5], rms_z_out_of_sample=1.1, test_structures=2,
-           members=3 - failed_member, failed_members=[1] if failed_member else [], calibration_points=96)  # fmt: skip
+           members=3 - failed_member, failed_members=["member-01"] if failed_member else [], calibration_points=96)  # fmt: skip
     for system in SYSTEMS:
         if evaluate:
             record(workdir, i, "evaluate", f"errors-{system}")
@@ -65,7 +67,8 @@ def iteration(workdir: Path, i: int, dataset: int, *, evaluate: bool, failed_mem
         record(workdir, i, "prefilter", system, kept=[f"{system}-000", f"{system}-001"], rejected={})
         for k in range(2):
             record(workdir, i, "reference", f"{system}-{k:03d}", message="SCF converged")
-        record(workdir, i, "postfilter", system, attempted=2, rejected={}, hit_ratios=[1.0], true_errors=[0.1])
+        record(workdir, i, "postfilter", system, attempted=2, kept=2, rejected={}, hit_ratios=[1.0], unreached_hit_ratios=[0.7],
+               true_errors=[0.1, 0.07], true_error_by_task={f"{system}-000": 0.1, f"{system}-001": 0.07})  # fmt: skip
     record(workdir, i, "merge", "dataset", added=4, dataset=dataset + 4, to_test=1, hit_ratio_mean=1.05 + i,
            hit_ratio_median=1.0 + i, hits=2, unreached=0, true_error_mean=0.105)  # fmt: skip
 
@@ -78,7 +81,8 @@ def campaign(tmp_path: Path) -> Path:
     (workdir / "campaign.json").write_text(json.dumps({"name": "t", "iterations": 3, "systems": {s: {} for s in SYSTEMS}}))
     for system in SYSTEMS:
         record(workdir, -1, "initial", system, count=5)
-        record(workdir, -1, "postfilter", system, attempted=5, rejected={}, hit_ratios=[], true_errors=[])
+        record(workdir, -1, "postfilter", system, attempted=5, kept=5, rejected={}, hit_ratios=[], unreached_hit_ratios=[],
+               true_errors=[])  # fmt: skip
     record(workdir, -1, "merge", "dataset", added=10, dataset=10, to_test=0, hit_ratio_mean=None, hit_ratio_median=None,
            hits=0, unreached=0, true_error_mean=None)  # fmt: skip
     iteration(workdir, 0, 10, evaluate=True, failed_member=True)
@@ -107,6 +111,8 @@ def test_status_prints_two_tables_within_100_columns_with_the_science_and_its_un
     assert "F RMSE\ntest split\nmeV/Å" not in science_table(campaign_figures(campaign))[0]  # the held-out RMSE replaces it
     assert "iteration 0 train member-01: the trainer exited with code 1: out of memory" in shown
     assert "stopped early at iteration 1: held-out force RMSE below 90 meV/Å" in shown
+    assert "resumed trainings" in shown and "iteration 1 member-02 from step 150" in shown
+    assert "".join(f"the potential: cagoflow export {campaign} -o potential".split()) in "".join(shown.split())  # it is over
 
 
 def test_status_json_holds_the_figures_of_the_tables(campaign):
@@ -123,10 +129,15 @@ def test_status_json_holds_the_figures_of_the_tables(campaign):
                              "directions": {"up": 1, "down": 1, "unmoved": 1}, "unpushed": {"no_room: sampled": 1},
                              "redrawn": 1}  # fmt: skip
     assert water["md"] == {"stable": 1, "replicas": 2}
+    assert water["cago_structures"] == [
+        {"task": "water-000", "delta": 0.1, "true_error": 0.1, "direction": "up", "reason": "reached", "flags": ["fast"]},
+        {"task": "water-001", "delta": 0.1, "true_error": 0.07, "direction": "down", "reason": "max_steps", "flags": []},
+    ]  # the unpushed water-002 has no δ
     assert second["systems"]["water-dense"]["evaluation"]["density_mean"] is None
     assert first["hit_ratio_mean"] == 1.05 and first["calibration"]["test_force_rmse"] == 0.25
     assert first["failed"] == [{"stage": "train", "task": "member-01", "message": "the trainer exited with code 1: out of memory"}]
     assert second["stages"]["reference"] == {"done": 4, "failed": 0, "running": 1}
+    assert first["resumed_training"] == {} and second["resumed_training"] == {"member-02": 150}
     assert figures["stopped"] == {"iteration": 1, "reason": "held-out force RMSE below 90 meV/Å"}
     assert figures["units"]["force_rmse"] == "eV/Å"
 
@@ -160,8 +171,17 @@ def test_report_plots_figures_against_the_training_set_size(campaign, tmp_path):
     walks = {s.label: s.y for s in plots["cago-walks"].series}
     assert walks == {"up": pytest.approx([1 / 3] * 2), "down": pytest.approx([1 / 3] * 2), "unmoved": pytest.approx([1 / 3] * 2)}
     written = write_report(campaign, tmp_path / "report")
-    assert sorted(p.name for p in written) == sorted(f"{name}.png" for name in plots)
-    assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
+    images = [p for p in written if p.suffix == ".png"]
+    assert sorted(p.name for p in images) == sorted([f"{name}.png" for name in plots] + ["cago-structures.png"])
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in images)
+    # the page: the tables, the failed and resumed tasks, every plot embedded, nothing fetched
+    page = written[-1]
+    assert page.name == "index.html" and written[:-1] == images
+    text = page.read_text()
+    assert text.count("src='data:image/png;base64,") == len(images) and "://" not in text
+    assert "120 (140±8)" in text and "0.997±0.004" in text and "<th>F RMSE<br>meV/Å</th>" in text
+    assert "iteration 0 train member-01: the trainer exited with code 1: out of memory" in text
+    assert "iteration 1 member-02 from step 150" in text and "stopped early at iteration 1" in text
 
 
 def test_a_mean_and_its_spread_carry_the_same_decimals():

@@ -237,6 +237,7 @@ def test_restart_continues_from_the_checkpoint(water_frames, tmp_path):
     first = backend.write_training_input(*splits, tmp_path, settings(steps=10))
     subprocess.run(first[0], cwd=tmp_path, check=True, capture_output=True)  # the "killed" job: no freeze
     assert read_lcurve(tmp_path / LCURVE)[0] == 10
+    assert backend.resume_step(tmp_path) == 10 and backend.resume_step(tmp_path / "elsewhere") is None
     commands = backend.write_training_input(*splits, tmp_path, settings(steps=20))
     assert "--restart" in commands[0]
     result = train(backend, *splits, tmp_path, settings(steps=20))

@@ -216,6 +216,9 @@ def test_restart_fine_tuning_and_no_compile_commands(water_frames, tmp_path):
     assert commands[0][-1] == f"++ckpt_path={tmp_path.resolve() / LAST_CHECKPOINT_NAME}"
     model = yaml.safe_load((tmp_path / CONFIG_NAME).read_text())["training_module"]["model"]
     assert model == {"_target_": "nequip.model.ModelFromCheckpoint", "checkpoint_path": str((init.parent / "model.ckpt").resolve())}
+    # a compiled member travels with its eager twin; a checkpoint alone is one file
+    assert NequipBackend().model_files(init) == [init, init.parent / "model.ckpt"]
+    assert NequipBackend().model_files(init.parent / "model.ckpt") == [init.parent / "model.ckpt"]
     (init.parent / "model.ckpt").unlink()
     with pytest.raises(InputError, match="checkpoint"):
         NequipBackend().write_training_input(
@@ -305,6 +308,7 @@ def test_restart_continues_from_the_last_checkpoint(water_frames, tmp_path):
     first = nequip.write_training_input(water_frames.train_file, water_frames.validation_file, tmp_path, settings(steps=10))
     subprocess.run(first[0], cwd=tmp_path, check=True, capture_output=True)  # the "killed" job
     assert (tmp_path / LAST_CHECKPOINT_NAME).exists()
+    assert nequip.resume_step(tmp_path) == 10 and nequip.resume_step(tmp_path / "elsewhere") is None
     result = train(nequip, water_frames.train_file, water_frames.validation_file, tmp_path, settings(steps=20))
     assert result.status == "success", result.message
     assert result.metrics["steps"] == 20
