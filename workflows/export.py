@@ -30,10 +30,7 @@ from cagoflow import __version__
 from cagoflow.errors import InputError
 from cagoflow.io import atomic_write_json, atomic_write_text, write_structures
 from cagoflow.records import all_records
-from cagoflow.workflows.status import campaign_figures, campaign_settings, require_campaign, stopped
-
-#: MD properties of the evaluation on the card: key, label, unit.
-PROPERTIES = (("density", "density", "g/cm³"), ("diffusion", "diffusion", "Å²/ps"), ("coordination", "coordination", ""))
+from cagoflow.workflows.status import PROPERTIES, campaign_figures, campaign_settings, mean_std, require_campaign, stopped
 
 #: The starting structure of the exported MD input (the ASE snippet reads it too).
 START_FILE = "start.extxyz"
@@ -177,9 +174,9 @@ def card_markdown(card: dict[str, Any]) -> str:
             continue
         text = f"- {system}: held-out force RMSE {1000 * evaluation['force_rmse']:.0f} meV/Å, "
         text += f"stable in MD for {evaluation['stable_members']} of {evaluation['members']} members"
-        for key, label, unit in PROPERTIES:
+        for key, (label, unit, form) in PROPERTIES.items():
             if evaluation.get(f"{key}_mean") is not None:
-                text += f", {label} {evaluation[f'{key}_mean']:.4g} {unit}"
+                text += f", {label} {mean_std(evaluation[f'{key}_mean'], evaluation.get(f'{key}_std'), form)} {unit}".rstrip()
         lines.append(text)
     if card["stopped"]:
         lines.append(f"- the campaign stopped early: {card['stopped']['reason']}")

@@ -410,7 +410,12 @@ class Column:
     instead_of: str | None = None
 
 
-def _mean_std(mean: float | None, std: float | None, form: str, scale: float = 1.0) -> str:
+#: The MD properties of the evaluation: key → (label, unit, format of the mean).
+PROPERTIES = {"density": ("density", "g/cm³", "{:.3f}"), "diffusion": ("D", "Å²/ps", "{:.3g}"),
+              "coordination": ("coord.", "", "{:.2f}")}  # fmt: skip
+
+
+def mean_std(mean: float | None, std: float | None, form: str, scale: float = 1.0) -> str:
     """"0.997±0.005", "0.997" (no std), "—" (no mean); the std with as many decimals as the mean
     ("1.05±0.06", not "1.05±0.0591")."""
     if mean is None:
@@ -438,12 +443,12 @@ def _held_out_force(_: Mapping[str, Any], system: Mapping[str, Any] | None) -> s
     if evaluation.get("force_rmse") is None:
         return EMPTY
     members = member_spread(evaluation.get("member_force_rmse"))
-    spread = "" if members is None else f" ({_mean_std(*members, '{:.0f}', 1000)})"
-    return _mean_std(evaluation["force_rmse"], None, "{:.0f}", 1000) + spread
+    spread = "" if members is None else f" ({mean_std(*members, '{:.0f}', 1000)})"
+    return mean_std(evaluation["force_rmse"], None, "{:.0f}", 1000) + spread
 
 
 def _test_split_force(iteration: Mapping[str, Any], _: Mapping[str, Any] | None) -> str:
-    return _mean_std((iteration["calibration"] or {}).get("test_force_rmse"), None, "{:.0f}", 1000)
+    return mean_std((iteration["calibration"] or {}).get("test_force_rmse"), None, "{:.0f}", 1000)
 
 
 def _property(key: str, form: str) -> Callable[[Mapping[str, Any], Mapping[str, Any] | None], str]:
@@ -451,7 +456,7 @@ def _property(key: str, form: str) -> Callable[[Mapping[str, Any], Mapping[str, 
 
     def cell(_: Mapping[str, Any], system: Mapping[str, Any] | None) -> str:
         evaluation = _evaluation(system)
-        return _mean_std(evaluation.get(f"{key}_mean"), evaluation.get(f"{key}_std"), form)
+        return mean_std(evaluation.get(f"{key}_mean"), evaluation.get(f"{key}_std"), form)
 
     return cell
 
@@ -476,7 +481,7 @@ def _cago(_: Mapping[str, Any], system: Mapping[str, Any] | None) -> str:
 
 
 def _hit(iteration: Mapping[str, Any], _: Mapping[str, Any] | None) -> str:
-    return _mean_std(iteration["hit_ratio_mean"], None, "{:.2f}")
+    return mean_std(iteration["hit_ratio_mean"], None, "{:.2f}")
 
 
 #: The science table's columns, left to right (empty columns are left out).
@@ -491,10 +496,9 @@ SCIENCE_COLUMNS = (
     Column("stable", _stable_members, per_system=True, note="stable: members whose MD stayed stable, of all members"),
     Column("MD\nstable", _md_replicas, per_system=True, instead_of="stable",
            note="MD stable: committee-MD replicas that stayed stable"),
-    Column("density\ng/cm³", _property("density", "{:.3f}"), per_system=True,
-           note="density, D (self-diffusion), coord. (coordination number): mean±std over the stable members"),
-    Column("D\nÅ²/ps", _property("diffusion", "{:.3g}"), per_system=True),
-    Column("coord.", _property("coordination", "{:.2f}"), per_system=True),
+    *[Column("\n".join(filter(None, (label, unit))), _property(key, form), per_system=True,
+             note="density, D (self-diffusion), coord. (coordination number): mean±std over the stable members"
+             if key == "density" else "") for key, (label, unit, form) in PROPERTIES.items()],
     Column("CAGO δ\n(flagged)\n↑/↓/=", _cago, per_system=True,
            note="CAGO δ: structures whose σ_cal reached δ, of those pushed (flagged: e.g. fast, contact); below it ↑/↓/=: "
            "walks whose σ_cal went up, down, or that did not move (unpushed: no room below the validity limit, or no limit)"),

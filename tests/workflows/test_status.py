@@ -185,8 +185,8 @@ def test_report_plots_figures_against_the_training_set_size(campaign, tmp_path):
 
 
 def test_a_mean_and_its_spread_carry_the_same_decimals():
-    from cagoflow.workflows.status import _mean_std
+    from cagoflow.workflows.status import mean_std
 
-    assert [_mean_std(1.05, 0.0591, "{:.3g}"), _mean_std(12.3, 1.4, "{:.3g}"), _mean_std(0.12, 0.008, "{:.0f}", 1000)] == [
+    assert [mean_std(1.05, 0.0591, "{:.3g}"), mean_std(12.3, 1.4, "{:.3g}"), mean_std(0.12, 0.008, "{:.0f}", 1000)] == [
         "1.05±0.06", "12.3±1.4", "120±8",
     ]  # fmt: skip
