@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from cagoflow import __version__
 from cagoflow.errors import InputError
-from cagoflow.io import atomic_write_json, atomic_write_text, write_structures
+from cagoflow.io import atomic_write_bytes, atomic_write_json, atomic_write_text, write_structures
 from cagoflow.records import all_records
 from cagoflow.workflows.status import PROPERTIES, campaign_figures, campaign_settings, mean_std, require_campaign, stopped
 
@@ -84,7 +83,7 @@ def chosen_iteration(workdir: Path, iteration: int | None) -> int:
 def export_potential(workdir: Path, out: Path, iteration: int | None = None, steps: int = PRODUCTION_STEPS) -> Export:
     """Write the folder of the module docstring for ``iteration`` of the campaign in ``workdir``.
 
-    Every file is written atomically or copied whole; an existing folder is updated in place."""
+    Every file is written atomically (temp file + rename); an existing folder is updated in place."""
     import yaml
 
     from cagoflow.backends import get_backend
@@ -106,10 +105,10 @@ def export_potential(workdir: Path, out: Path, iteration: int | None = None, ste
         folder.mkdir(parents=True, exist_ok=True)
         files = get_backend(backend).model_files(workdir / record.outputs["model"])
         for source in files:
-            shutil.copy2(source, folder / source.name)
+            atomic_write_bytes(folder / source.name, source.read_bytes())
         models.append((folder / files[0].name).relative_to(out).as_posix())
     atomic_write_text(out / COMMITTEE_FILE, yaml.safe_dump({"backend": backend, "models": models}, sort_keys=False))
-    shutil.copy2(workdir / calibration.outputs["calibration"], out / "calibration.json")
+    atomic_write_bytes(out / "calibration.json", (workdir / calibration.outputs["calibration"]).read_bytes())
     spec = load_committee_spec(out / COMMITTEE_FILE)  # it reads back as a committee file
     start = Dataset.open(workdir / "dataset").structures([0])[0]
     start.calc = None
