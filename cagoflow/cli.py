@@ -525,7 +525,7 @@ def _print_status(workdir: Path) -> None:
     from rich import box
 
     from cagoflow.workflows.status import (
-        campaign_figures, finished, iteration_words, progress_table, resumed_trainings, science_table,
+        campaign_figures, failure_lines, finished, progress_table, resumed_trainings, science_table,
     )
 
     figures = campaign_figures(workdir)
@@ -546,12 +546,11 @@ def _print_status(workdir: Path) -> None:
         out.print("[bold]resumed trainings[/] (from an interrupted run's checkpoint: consistent, not a replay):")
         for line in resumed:
             out.print(f"  {escape(line)}")
-    failures = [(it["iteration"], task) for it in figures["iterations"] for task in it["failed"]]
+    failures = failure_lines(figures, message_chars=200)
     if failures:
         out.print(f"[bold]failed tasks[/] ({len(failures)}; a failed training is retried by the next `cagoflow run`):")
-        for iteration, task in failures[:FAILURES_SHOWN]:
-            message = escape(task["message"][:200]) or "no message"
-            out.print(f"  {iteration_words(iteration)} {task['stage']} {escape(task['task'])}: {message}")
+        for line in failures[:FAILURES_SHOWN]:
+            out.print(f"  {escape(line)}")
         if len(failures) > FAILURES_SHOWN:
             out.print(f"  ... and {len(failures) - FAILURES_SHOWN} more (their record.json files say why)")
     if figures["stopped"]:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from cagoflow import __version__
 from cagoflow.errors import InputError
 from cagoflow.io import atomic_write_bytes, atomic_write_json, atomic_write_text, write_structures
-from cagoflow.records import all_records
+from cagoflow.records import TaskRecord, all_records
 from cagoflow.workflows.status import PROPERTIES, campaign_figures, campaign_settings, mean_std, require_campaign, stopped
 
 #: The starting structure of the exported MD input (the ASE snippet reads it too).
@@ -66,10 +66,10 @@ class Export:
     card: dict[str, Any]
 
 
-def chosen_iteration(workdir: Path, iteration: int | None) -> int:
+def chosen_iteration(workdir: Path, records: list[TaskRecord], iteration: int | None) -> int:
     """``iteration``, or the one a ``stop`` block chose, or the last one whose committee trained
-    and was calibrated; InputError when there is none."""
-    calibrated = sorted({r.iteration for r in all_records(workdir) if r.stage == "calibrate" and r.status == "done"})
+    and was calibrated (of the campaign's ``records``); InputError when there is none."""
+    calibrated = sorted({r.iteration for r in records if r.stage == "calibrate" and r.status == "done"})
     if iteration is None:
         stop = stopped(workdir)
         iteration = stop["iteration"] if stop else (calibrated[-1] if calibrated else None)
@@ -92,10 +92,11 @@ def export_potential(workdir: Path, out: Path, iteration: int | None = None, ste
 
     workdir = Path(workdir).resolve()
     require_campaign(workdir)
-    iteration = chosen_iteration(workdir, iteration)
+    records = all_records(workdir)
+    iteration = chosen_iteration(workdir, records, iteration)
     settings = campaign_settings(workdir)
     backend = settings["committee"]["backend"]
-    records = [r for r in all_records(workdir) if r.iteration == iteration]
+    records = [r for r in records if r.iteration == iteration]
     members = sorted((r for r in records if r.stage == "train" and r.status == "done"), key=lambda r: r.task)
     calibration = next(r for r in records if r.stage == "calibrate" and r.status == "done")
     out = Path(out)
@@ -113,7 +114,7 @@ def export_potential(workdir: Path, out: Path, iteration: int | None = None, ste
     start = Dataset.open(workdir / "dataset").structures([0])[0]
     start.calc = None
     write_structures(out / START_FILE, [start])
-    lammps = write_lammps_input(out, start, settings, backend, models, steps)
+    lammps = write_lammps_input(out, start, settings, iteration, backend, steps)
     atomic_write_text(out / "use_in_ase.py", ASE_SNIPPET)
     card = make_card(workdir, iteration, settings, backend, len(spec.models), lammps)
     atomic_write_json(out / "card.json", card)
@@ -121,24 +122,22 @@ def export_potential(workdir: Path, out: Path, iteration: int | None = None, ste
     return Export(out, iteration, card)
 
 
-def write_lammps_input(out: Path, start: Atoms, settings: dict, backend: str, models: list[str], steps: int) -> str | None:
+def write_lammps_input(out: Path, start: Atoms, settings: dict, iteration: int, backend: str, steps: int) -> str | None:
     """``in.lammps`` and ``data.lammps`` for production MD from ``start`` with the backend's pair
-    style (what it runs, in words); None (and nothing written) for a backend without one."""
-    from cagoflow.engines.lammps import INPUT_FILE, NATIVE_PAIR_STYLES, LammpsMD
+    style, at the temperature of the iteration's MD (what it runs, in words); None (and nothing
+    written) for a backend without one. The models lie in ``out``: the input names them relative."""
+    from cagoflow.campaign import MDConfig
+    from cagoflow.engines.lammps import NATIVE_PAIR_STYLES, LammpsMD
     from cagoflow.engines.md_settings import MDStage
+    from cagoflow.inputs import schedule_at
 
     if backend not in NATIVE_PAIR_STYLES:
         return None
-    temperature = MDStage.model_validate(settings["md"]["schedule"] if isinstance(settings["md"]["schedule"], dict)
-                                         else settings["md"]["schedule"][0]).temperature  # fmt: skip
+    temperature = schedule_at(MDConfig.model_validate(settings["md"]).schedule, iteration).temperature
     stage = MDStage(ensemble="nvt", temperature=temperature, steps=steps, timestep=0.5, dump_interval=min(100, steps))
     md = LammpsMD(stage=stage, committee_file=out / COMMITTEE_FILE, seed=1, mode="native", driver="first",
                   type_map=tuple(sorted(set(start.get_chemical_symbols()))))  # fmt: skip
     md.write_input(out, start)
-    species = md.species(start)
-    volume = float(start.get_volume()) if start.pbc.all() else None
-    script = md.input_script(backend, [Path(m) for m in models], species, volume)  # relative model paths
-    atomic_write_text(out / INPUT_FILE, script)
     return f"NVT {temperature:g} K, {steps} steps of 0.5 fs, pair_style {NATIVE_PAIR_STYLES[backend]}"
 
 

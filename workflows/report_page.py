@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from cagoflow import __version__
 from cagoflow.io import atomic_write_text
-from cagoflow.workflows.status import TextTable, iteration_words, progress_table, resumed_trainings, science_table
+from cagoflow.workflows.status import TextTable, failure_lines, progress_table, resumed_trainings, science_table
 
 if TYPE_CHECKING:
     from cagoflow.workflows.report import Image
@@ -74,10 +74,9 @@ def _table(table: TextTable) -> str:
 
 def _task_lists(figures: Mapping[str, Any]) -> list[str]:
     """The failed tasks with their reason, and the trainings resumed from a checkpoint."""
-    failed = [f"{iteration_words(it['iteration'])} {t['stage']} {t['task']}: {t['message'] or 'no message'}"
-              for it in figures["iterations"] for t in it["failed"]]  # fmt: skip
     parts = []
-    for title, lines in (("failed tasks", failed), ("trainings resumed from an interrupted run's checkpoint", resumed_trainings(figures))):
+    lists = (("failed tasks", failure_lines(figures)), ("trainings resumed from an interrupted run's checkpoint", resumed_trainings(figures)))
+    for title, lines in lists:
         if lines:
             parts.append(f"<h2>{title}</h2><ul>" + "".join(f"<li>{_text(line)}</li>" for line in lines) + "</ul>")
     return parts

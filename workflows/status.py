@@ -375,6 +375,13 @@ def iteration_words(iteration: int) -> str:
     return "initial" if iteration < 0 else f"iteration {iteration}"
 
 
+def failure_lines(figures: Mapping[str, Any], message_chars: int | None = None) -> list[str]:
+    """"iteration 0 train member-01: <why>": every failed task in campaign order, its message
+    cut at ``message_chars`` (None: whole)."""
+    return [f"{iteration_words(it['iteration'])} {t['stage']} {t['task']}: {t['message'][:message_chars] or 'no message'}"
+            for it in figures["iterations"] for t in it["failed"]]  # fmt: skip
+
+
 def resumed_trainings(figures: Mapping[str, Any]) -> list[str]:
     """"iteration 1 member-02 from step 150": the trainings that continued from a checkpoint."""
     return [f"{iteration_words(it['iteration'])} {task} from step {step}"

@@ -280,7 +280,7 @@ class LammpsMD:
             raise ValueError("LAMMPS runs do not apply ASE constraints; remove them or use the ASE engine")
         species = self.species(atoms)
         volume = float(atoms.get_volume()) if periodic else None
-        models = tuple(Path(path) for path in getattr(spec, "models", ()))
+        models = tuple(_inside(Path(path), directory.resolve()) for path in getattr(spec, "models", ()))
         script = self.input_script(backend, models, species, volume)
         start = atoms.copy()
         start.calc = None
@@ -870,6 +870,12 @@ def _box_shift(atoms: Atoms) -> np.ndarray:
     if not len(atoms):
         return np.zeros(3)
     return _VACUUM - atoms.positions.min(axis=0)
+
+
+def _inside(path: Path, directory: Path) -> Path:
+    """``path`` relative to ``directory`` when it lies inside it (the folder then runs wherever
+    it is moved), else as it is."""
+    return path.relative_to(directory) if path.is_relative_to(directory) else path
 
 
 def _quote(path: Path) -> str:
