@@ -31,6 +31,14 @@ safeguards change? On two systems (``--system``, facts in :mod:`systems`), for o
      the teacher-labelled CAGO structures of the OTHER seeds' calibrated full committees (at 1.5,
      2 and 3 × their MD error) — calibration data that cover where CAGO goes, as a campaign
      routes CAGO structures into the next calibration, with nothing from this seed's starts.
+   - with ``--trust-from-others``: the full committee with its trust radius set to the largest
+     displacement up to which the OTHER seeds' labelled CAGO structures (the same rows) keep
+     error / σ_cal from outgrowing the calibration's band (:func:`displacement_limit`); a seed
+     whose others give no such displacement is refused.
+
+   A table printed after the checks shows, over every seed of the call, the full committee's
+   error / σ_cal where its walks stopped against the largest displacement of an atom from its
+   start: how far along a walk the calibration holds.
 
    Every set-up but the clamped one uses δ as asked: CAGO is given ``validity_limit = math.inf``
    (trust the law everywhere), so that each row shows what that δ gives.
@@ -58,6 +66,7 @@ whole chain, not a result.
     python benchmarks/science/calibration_target.py --system copper --seeds 0 1 2
     python benchmarks/science/calibration_target.py --system water --seed 1 --core   # the core set-ups only
     python benchmarks/science/calibration_target.py --system water --seeds 0 1 2 --core --follow-cago   # after all seeds ran
+    python benchmarks/science/calibration_target.py --system water --seed 0 --core --trust-from-others   # after all seeds ran
     python benchmarks/science/calibration_target.py --quick --members 4 --steps 60 --seeds 0 1   # a smoke test
 """
 
@@ -85,8 +94,8 @@ from rich.table import Table
 
 from cagoflow.apps.commands import thread_environment
 from cagoflow.backends import TrainingSettings, get_backend, train
-from cagoflow.cago import CagoCalibration, CagoSettings, run_cago_batch, true_force_error
-from cagoflow.calibration import CommitteeCalibration, PowerLaw
+from cagoflow.cago import CagoCalibration, CagoSettings, TrustRegion, run_cago_batch, true_force_error
+from cagoflow.calibration import BOOTSTRAP_RESAMPLES, VALID_RATIO, CommitteeCalibration, PowerLaw, monotone_band
 from cagoflow.evaluation import BenchmarkGeneration, benchmark_frames
 from cagoflow.io import atomic_write_json, atomic_write_text, read_json, read_structures, write_structures
 from cagoflow.models import load_committee_spec
@@ -115,6 +124,11 @@ FULL = CORE_SETUPS[0]
 #: ``--follow-cago``: the full committee under a law fitted on its calibration frames plus the
 #: other seeds' CAGO structures (:func:`following_calibration`).
 FOLLOWING = "full, calibrated with CAGO structures"
+#: ``--trust-from-others``: the full committee with the trust radius set to where the OTHER
+#: seeds' labelled CAGO structures show the calibration still holding (:func:`displacement_limit`).
+TRUSTED = "full, trust radius from other seeds"
+#: Labelled CAGO structures per bin of largest displacement, at least.
+PER_DISPLACEMENT_BIN = 8
 console = Console(width=200)
 # One thread and no DataLoader worker processes per trainer (DeePMD-kit's NUM_WORKERS): on a small
 # shared machine the workers' start-up and the threads' contention cost more than they give.
@@ -265,6 +279,93 @@ def following_calibration(workdir: Path, committee: Path, files: dict[str, Path]
     return folder / "calibration.json"
 
 
+def displaced(results_by_seed: dict[int, dict]) -> list[dict]:
+    """The labelled CAGO structures of the full committee at 1.5, 2 and 3 × the MD error, each
+    with its seed and start (``group``), largest displacement from the start (Å), true error
+    and σ_cal where it stopped (eV/Å)."""
+    return [
+        {"group": f"{seed}/{k}", "displacement": s["max_displacement"], "true_error": s["true_error"], "sigma_cal": s["sigma_cal_rms"]}
+        for seed, results in results_by_seed.items() for m in MULTIPLES
+        for k, s in enumerate(results.get(f"{FULL} | {m:g} × MD error", {}).get("structures", []))
+        if s["true_error"] is not None and s["sigma_cal_rms"] is not None and s["max_displacement"] is not None
+    ]  # fmt: skip
+
+
+def displacement_bins(structures: list[dict], per_bin: int = PER_DISPLACEMENT_BIN) -> list[dict]:
+    """``structures`` (:func:`displaced`) sorted by their largest displacement, in bins of at
+    least ``per_bin``: per bin the displacement range (Å), the count, RMS true error / RMS σ_cal
+    and the monotone band of that ratio (the calibration's rule: isotonic fits of the bins over
+    bootstrap resamples of the starts, 16th/84th percentiles; :func:`cagoflow.calibration.monotone_band`)."""
+    if len(structures) < per_bin:
+        return []
+    order = sorted(structures, key=lambda s: s["displacement"])
+    chunks = np.array_split(np.arange(len(order)), len(order) // per_bin)
+    groups = sorted({s["group"] for s in order})
+    owner = np.array([groups.index(s["group"]) for s in order])
+    error2 = np.array([s["true_error"] ** 2 for s in order])
+    sigma2 = np.array([s["sigma_cal"] ** 2 for s in order])
+    rng = np.random.default_rng(0)
+    draws = rng.multinomial(len(groups), np.full(len(groups), 1 / len(groups)), size=BOOTSTRAP_RESAMPLES)
+    weights_of = np.vstack([np.ones(len(groups)), draws])[:, owner]  # (rows, structures)
+    ratios = np.full((weights_of.shape[0], len(chunks)), np.nan)
+    weights = np.zeros_like(ratios)
+    for j, chunk in enumerate(chunks):
+        w = weights_of[:, chunk]
+        weights[:, j] = w.sum(1)
+        used = weights[:, j] > 0
+        ratios[used, j] = np.sqrt((w[used] * error2[chunk]).sum(1) / (w[used] * sigma2[chunk]).sum(1))
+    low, high = monotone_band(ratios, weights)
+    return [
+        {"from": order[c[0]]["displacement"], "to": order[c[-1]]["displacement"], "count": int(c.size),
+         "ratio": float(ratios[0, j]), "band": [float(low[j]), float(high[j])]}
+        for j, c in enumerate(chunks)
+    ]  # fmt: skip
+
+
+def displacement_limit(bins: list[dict]) -> float | None:
+    """The largest displacement (Å) up to which the labelled CAGO structures' error does not
+    outgrow σ_cal: the upper edge of the last bin, walking up from the smallest displacements,
+    whose band's upper edge (the increasing fits: growing over-confidence) stays at most the
+    calibration's 1.25; None when the first bin's does not (fails closed, as the validity
+    limit). One-sided: a trust region is there to stop walks where σ_cal underestimates the
+    error; the lower edge pools the small-displacement bins with the large ones whenever the
+    ratio grows, so it is not used here."""
+    limit = None
+    for current in bins:
+        if not current["band"][1] <= VALID_RATIO[1]:
+            break
+        limit = current["to"]
+    return limit
+
+
+def trust_from_others(folder: Path, seed: int) -> Path:
+    """``folder/trust-radius.json``: the displacement bins and limit of the other seeds'
+    labelled CAGO structures (the full committee at 1.5–3 × its MD error), this seed's trust
+    radius for the :data:`TRUSTED` set-up. Exits with a message when no other seed has them or
+    they give no limit."""
+    others = {
+        int(path.parent.name.removeprefix("seed-")): read_json(path)
+        for path in sorted(folder.parent.glob("seed-*/results.json")) if path.parent != folder
+    }  # fmt: skip
+    bins = displacement_bins(displaced(others))
+    limit = displacement_limit(bins)
+    if limit is None:
+        raise SystemExit(f"--trust-from-others: the other seeds of {folder.parent} give no displacement up to which the calibration holds ({len(bins)} bins)")
+    path = folder / "trust-radius.json"
+    if not path.exists() or read_json(path).get("radius") != limit:
+        atomic_write_json(path, {"radius": limit, "from_seeds": sorted(others), "bins": bins})
+    return path
+
+
+def trusted_setup(path: Path, full: CagoCalibration, safe: CagoSettings, as_asked: dict) -> dict[str, Setup]:
+    """The :data:`TRUSTED` set-up where its radius exists (``--trust-from-others``)."""
+    if not path.exists():
+        return {}
+    radius = read_json(path)["radius"]
+    settings = safe.model_copy(update={"trust_region": TrustRegion(radius=radius)})
+    return {TRUSTED: Setup(None, replace(full, **as_asked), settings, full.validity_limit, source=path)}
+
+
 def _cago_file(key: str) -> str:
     """The file of one set-up and δ's labelled CAGO structures, in ``cago/``."""
     return f"{key.replace(' | ', '--').replace(' ', '_')}.extxyz"
@@ -320,6 +421,7 @@ def setups(calibrations: Path) -> dict[str, Setup]:
             own.validity_limit,
         ),
         **following_setup(calibrations.parent / "calibration-cago" / "calibration.json", safe, as_asked),
+        **trusted_setup(calibrations.parent / "trust-radius.json", full, safe, as_asked),
     }  # fmt: skip
 
 
@@ -628,6 +730,20 @@ def acceptance_table(checks: list[dict], system: System) -> Table:
     return table
 
 
+def displacement_table(bins: list[dict], n_seeds: int) -> Table:
+    """Where the calibration holds along the walks: :func:`displacement_bins` of every seed."""
+    limit = displacement_limit(bins)
+    table = Table(
+        title=f"Error / σ_cal where the full committee's walks stopped (1.5–3 × MD error, {n_seeds} seed(s)), by the largest "
+        f"displacement of an atom from its start; limit (band's upper edge ≤ 1.25): {'none' if limit is None else f'{limit:.3f} Å'}"
+    )  # fmt: skip
+    for column in ("largest displacement (Å)", "structures", "RMS error / RMS σ_cal", "band"):
+        table.add_column(column, justify="right")
+    for b in bins:
+        table.add_row(f"{b['from']:.3f}–{b['to']:.3f}", str(b["count"]), f"{b['ratio']:.2f}", f"{b['band'][0]:.2f}–{b['band'][1]:.2f}")
+    return table
+
+
 def plot(rows: list[dict], path: Path, system: System, n_seeds: int) -> Path:
     """Top: mean hit (over the reached structures) against δ for every set-up — bars: the spread
     over seeds (one seed: over the structures) — with the MD frames' true error / δ and the
@@ -705,6 +821,9 @@ def run_seed(workdir: Path, system: System, seed: int, args) -> dict:
         if following_calibration(folder, committee, files, seed) is None:
             raise SystemExit(f"--follow-cago: no other seed of {workdir / system.name} has CAGO structures of '{FULL}' yet")
         only = None if only is None else (*only, FOLLOWING)
+    if args.trust_from_others:
+        trust_from_others(folder, seed)
+        only = None if only is None else (*only, TRUSTED)
     results = run_setups(folder, system, committee, files, calibrations, only)
     rows = summarise({seed: results})
     if args.per_seed:
@@ -727,6 +846,7 @@ def main() -> None:
     parser.add_argument("--md-steps", type=int, default=None, help="steps of each teacher MD run (default 400)")
     parser.add_argument("--per-seed", action="store_true", help="also print each seed's table")
     parser.add_argument("--follow-cago", action="store_true", help=f"also the set-up '{FOLLOWING}' (needs another seed's results)")
+    parser.add_argument("--trust-from-others", action="store_true", help=f"also the set-up '{TRUSTED}' (needs the other seeds' results)")
     parser.add_argument("--core", action="store_true", help=f"compute only the set-ups {', '.join(CORE_SETUPS)} (others cached before are shown)")
     args = parser.parse_args()
     if args.members <= max(SUBSET):
@@ -753,13 +873,18 @@ def main() -> None:
     for name in ("full", "subset"):
         limits = {seed: results.get(f"{'full, calibrated' if name == 'full' else 'subset, own law'} | 3 × MD error", {}).get("validity_limit") for seed, results in results_by_seed.items()}
         console.print(f"validity limit ({name}, out of sample), per seed: " + ", ".join(f"{seed}: {'none' if v is None else f'{1000 * v:.0f} meV/Å'}" for seed, v in limits.items()), highlight=False)
+    bins = displacement_bins(displaced(results_by_seed))
+    console.print(displacement_table(bins, len(seeds)))
+    radii = {seed: results[key]["trust_radius"] for seed, results in results_by_seed.items() for key in results if key.startswith(f"{TRUSTED} | 1.5")}
+    if radii:
+        console.print(f"trust radius of '{TRUSTED}', per seed: " + ", ".join(f"{seed}: {r:.3f} Å" for seed, r in radii.items()), highlight=False)
     folder = workdir / system.name
     summary = {
         **facts, "system": system.name, "title": system.title, "teacher": system.teacher_name, "seeds": seeds, "quick": args.quick,
         "sizes": {"members": args.members, "steps": args.steps, "frames": [c for _, c in system.frames.items()], "md_steps": system.md.steps},
         "hit": "true error / δ used, over the structures that reached δ; per set-up and δ: mean over seeds of each seed's mean and median hit, min–max over seeds",
         "rows": [{key: value for key, value in row.items() if key != "per_seed"} | {"per_seed": {s: {k: v for k, v in f.items() if k != "hits"} for s, f in row["per_seed"].items()}} for row in rows],
-        "checks": checks,
+        "checks": checks, "displacement_bins": bins, "displacement_limit": displacement_limit(bins), "trust_radius_from_others": radii,
     }  # fmt: skip
     console.print(f"summary: {atomic_write_json(folder / 'summary.json', summary)}")
     console.print(f"plot: {plot(rows, folder / 'calibration-target.png', system, len(seeds))}")
