@@ -376,7 +376,7 @@ def binned_errors(
     owner = structure_index(groups, sigma.size)
     n_bins = max(1, min(n_bins, sigma.size // max(min_count, 1)))
     chunks = np.array_split(np.argsort(sigma, kind="stable"), n_bins)
-    ratios, weights = _bootstrap_ratios(sigma, resid, owner, chunks, n_resamples)
+    ratios, weights = bootstrap_ratios(sigma, resid, owner, chunks, n_resamples)
     band_low, band_high = monotone_band(ratios, weights)
     bins = []
     for j, chunk in enumerate(chunks):
@@ -399,7 +399,7 @@ def binned_errors(
     return bins
 
 
-def _bootstrap_ratios(
+def bootstrap_ratios(
     sigma: np.ndarray, resid: np.ndarray, owner: np.ndarray, chunks: Sequence[np.ndarray], n_resamples: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """rmse/σ_cal_rms and weight (samples counted with their multiplicity) of every bin, as

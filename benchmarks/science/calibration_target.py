@@ -95,7 +95,7 @@ from rich.table import Table
 from cagoflow.apps.commands import thread_environment
 from cagoflow.backends import TrainingSettings, get_backend, train
 from cagoflow.cago import CagoCalibration, CagoSettings, TrustRegion, run_cago_batch, true_force_error
-from cagoflow.calibration import BOOTSTRAP_RESAMPLES, VALID_RATIO, CommitteeCalibration, PowerLaw, monotone_band
+from cagoflow.calibration import BOOTSTRAP_RESAMPLES, VALID_RATIO, CommitteeCalibration, PowerLaw, bootstrap_ratios, monotone_band, structure_index
 from cagoflow.evaluation import BenchmarkGeneration, benchmark_frames
 from cagoflow.io import atomic_write_json, atomic_write_text, read_json, read_structures, write_structures
 from cagoflow.models import load_committee_spec
@@ -294,26 +294,16 @@ def displaced(results_by_seed: dict[int, dict]) -> list[dict]:
 def displacement_bins(structures: list[dict], per_bin: int = PER_DISPLACEMENT_BIN) -> list[dict]:
     """``structures`` (:func:`displaced`) sorted by their largest displacement, in bins of at
     least ``per_bin``: per bin the displacement range (Å), the count, RMS true error / RMS σ_cal
-    and the monotone band of that ratio (the calibration's rule: isotonic fits of the bins over
-    bootstrap resamples of the starts, 16th/84th percentiles; :func:`cagoflow.calibration.monotone_band`)."""
+    and the monotone band of that ratio (the calibration's own bootstrap over the starts and
+    isotonic fits: :func:`cagoflow.calibration.bootstrap_ratios`, :func:`~cagoflow.calibration.monotone_band`)."""
     if len(structures) < per_bin:
         return []
     order = sorted(structures, key=lambda s: s["displacement"])
     chunks = np.array_split(np.arange(len(order)), len(order) // per_bin)
-    groups = sorted({s["group"] for s in order})
-    owner = np.array([groups.index(s["group"]) for s in order])
-    error2 = np.array([s["true_error"] ** 2 for s in order])
-    sigma2 = np.array([s["sigma_cal"] ** 2 for s in order])
-    rng = np.random.default_rng(0)
-    draws = rng.multinomial(len(groups), np.full(len(groups), 1 / len(groups)), size=BOOTSTRAP_RESAMPLES)
-    weights_of = np.vstack([np.ones(len(groups)), draws])[:, owner]  # (rows, structures)
-    ratios = np.full((weights_of.shape[0], len(chunks)), np.nan)
-    weights = np.zeros_like(ratios)
-    for j, chunk in enumerate(chunks):
-        w = weights_of[:, chunk]
-        weights[:, j] = w.sum(1)
-        used = weights[:, j] > 0
-        ratios[used, j] = np.sqrt((w[used] * error2[chunk]).sum(1) / (w[used] * sigma2[chunk]).sum(1))
+    owner = structure_index([s["group"] for s in order], len(order))
+    sigma = np.array([s["sigma_cal"] for s in order])
+    error = np.array([s["true_error"] for s in order])
+    ratios, weights = bootstrap_ratios(sigma, error, owner, chunks, BOOTSTRAP_RESAMPLES)
     low, high = monotone_band(ratios, weights)
     return [
         {"from": order[c[0]]["displacement"], "to": order[c[-1]]["displacement"], "count": int(c.size),
@@ -730,9 +720,9 @@ def acceptance_table(checks: list[dict], system: System) -> Table:
     return table
 
 
-def displacement_table(bins: list[dict], n_seeds: int) -> Table:
-    """Where the calibration holds along the walks: :func:`displacement_bins` of every seed."""
-    limit = displacement_limit(bins)
+def displacement_table(bins: list[dict], limit: float | None, n_seeds: int) -> Table:
+    """Where the calibration holds along the walks: :func:`displacement_bins` of every seed and
+    their :func:`displacement_limit` (Å)."""
     table = Table(
         title=f"Error / σ_cal where the full committee's walks stopped (1.5–3 × MD error, {n_seeds} seed(s)), by the largest "
         f"displacement of an atom from its start; limit (band's upper edge ≤ 1.25): {'none' if limit is None else f'{limit:.3f} Å'}"
@@ -874,8 +864,9 @@ def main() -> None:
         limits = {seed: results.get(f"{'full, calibrated' if name == 'full' else 'subset, own law'} | 3 × MD error", {}).get("validity_limit") for seed, results in results_by_seed.items()}
         console.print(f"validity limit ({name}, out of sample), per seed: " + ", ".join(f"{seed}: {'none' if v is None else f'{1000 * v:.0f} meV/Å'}" for seed, v in limits.items()), highlight=False)
     bins = displacement_bins(displaced(results_by_seed))
-    console.print(displacement_table(bins, len(seeds)))
-    radii = {seed: results[key]["trust_radius"] for seed, results in results_by_seed.items() for key in results if key.startswith(f"{TRUSTED} | 1.5")}
+    limit = displacement_limit(bins)
+    console.print(displacement_table(bins, limit, len(seeds)))
+    radii = {seed: results[trusted]["trust_radius"] for seed, results in results_by_seed.items() if (trusted := f"{TRUSTED} | 1.5 × MD error") in results}
     if radii:
         console.print(f"trust radius of '{TRUSTED}', per seed: " + ", ".join(f"{seed}: {r:.3f} Å" for seed, r in radii.items()), highlight=False)
     folder = workdir / system.name
@@ -884,7 +875,7 @@ def main() -> None:
         "sizes": {"members": args.members, "steps": args.steps, "frames": [c for _, c in system.frames.items()], "md_steps": system.md.steps},
         "hit": "true error / δ used, over the structures that reached δ; per set-up and δ: mean over seeds of each seed's mean and median hit, min–max over seeds",
         "rows": [{key: value for key, value in row.items() if key != "per_seed"} | {"per_seed": {s: {k: v for k, v in f.items() if k != "hits"} for s, f in row["per_seed"].items()}} for row in rows],
-        "checks": checks, "displacement_bins": bins, "displacement_limit": displacement_limit(bins), "trust_radius_from_others": radii,
+        "checks": checks, "displacement_bins": bins, "displacement_limit": limit, "trust_radius_from_others": radii,
     }  # fmt: skip
     console.print(f"summary: {atomic_write_json(folder / 'summary.json', summary)}")
     console.print(f"plot: {plot(rows, folder / 'calibration-target.png', system, len(seeds))}")
