@@ -152,11 +152,13 @@ def _sample(
     σ_cal under the calibration of the member subset its CAGO slot uses, above that
     calibration's validity limit; or no limit at all) is replaced by the next candidate that
     leaves room (each start's ``info["start"]`` says drawn, redrawn or no_room). The trust radius of the CAGO walks is derived here from
-    the MD frames (``trust_radius`` in the summary, Å).
+    the MD frames, narrowed by the labelled CAGO structures of the test split where they judge it
+    (:meth:`cagoflow.cago.TrustRegion.narrowed`; ``trust_radius`` Å and ``trust_source`` in the summary).
     """
     from cagoflow.geometry import thermal_displacement
     from cagoflow.hashing import structure_hash
     from cagoflow.sampling import max_uncertainty_frames, random_frames, starts_with_room, structure_force_uncertainty
+    from cagoflow.walk_validity import WalkCheck
 
     root = Path(workdir)
     spec = TaskSpec(root, "sample", iteration, system)
@@ -170,6 +172,8 @@ def _sample(
     laws = [output(calibration, name, root) for name in sorted(calibration.outputs) if name.startswith("subset")] if redraw else []
     models = successful_models(members, root) if needs_committee else []
     count = config.n_samples(iteration)
+    trusted = config.cago.trust_region is not None and source.optimize
+    walk_files = [output(calibration, "walks", root)] if trusted and "walks" in calibration.outputs else []
     settings = {"source": source.model_dump(mode="json"), "strategy": config.sampling.strategy,
                 "uncertainty": config.sampling.uncertainty, "n": count, "redraw": redraw,
                 "cago": config.cago.model_dump(mode="json", include={"delta", "trust_region"})}  # fmt: skip
@@ -207,18 +211,22 @@ def _sample(
             starts.append(atoms)
         displacements = [d for d in runs if d]
         thermal = float(np.mean(displacements)) if displacements else None
-        trusted = config.cago.trust_region is not None and source.optimize
+        radius, radius_source = None, None
+        if trusted:
+            walks = WalkCheck.from_dict(json.loads(walk_files[0].read_text())) if walk_files else None
+            radius, radius_source = config.cago.trust_region.narrowed(config.cago.trust_region.radius_for(thermal, len(candidates)), walks)
         summary = SampleSummary(
             count=len(starts),
             redrawn=sum(c.how == "redrawn" for c in choices),
             without_room=sum(c.how == "no_room" for c in choices),
             thermal_displacement=thermal,
-            trust_radius=config.cago.trust_region.radius_for(thermal, len(candidates)) if trusted else None,
+            trust_radius=radius,
+            trust_source=radius_source,
         )
         return Outcome(outputs={"starts": write(directory / "starts.extxyz", starts)}, summary=summary.dump())
 
     subsets = [output(calibration, "subsets", root)] if redraw else []
-    return run_task(spec, [*inputs, *laws, *subsets, *models], settings, body)
+    return run_task(spec, [*inputs, *laws, *subsets, *models, *walk_files], settings, body)
 
 
 def room_test(

@@ -119,13 +119,16 @@ def cago_task_names(config: CampaignConfig, iteration: int) -> list[tuple[str, i
 
 @stage_task("calibrate")
 def _calibrate(workdir: str, iteration: int, config: CampaignConfig, split: TaskRecord, members: Sequence[TaskRecord]) -> TaskRecord:
-    """Calibrate the committee on the test set, and every member subset CAGO will use.
+    """Calibrate the committee on the test set, and every member subset CAGO will use; judge
+    where along CAGO's walks the calibration holds, on the labelled CAGO structures routed into
+    the test set (``walks``: :func:`cagoflow.walk_validity.check_test_walks`).
 
     Fewer successfully trained members than ``committee.min_trained`` stops the iteration.
     """
     from cagoflow.calibration import calibrate_committee
     from cagoflow.io import atomic_write_json
     from cagoflow.sampling import cago_subsets
+    from cagoflow.walk_validity import check_test_walks
 
     root = Path(workdir)
     spec = TaskSpec(root, "calibrate", iteration, "committee")
@@ -158,6 +161,8 @@ def _calibrate(workdir: str, iteration: int, config: CampaignConfig, split: Task
             subset_limits.append(calibration.force_validity_limit)
         subsets = {"tasks": chosen.tasks, "subsets": chosen.subsets}
         outputs["subsets"] = atomic_write_json(directory / "subsets.json", subsets)
+        walks = check_test_walks(prediction, references)
+        outputs["walks"] = atomic_write_json(directory / "walks.json", walks.to_dict())
         mean_forces = prediction.forces.mean(0)
         reference_forces = np.concatenate([atoms.get_forces() for atoms in references])
         out_of_sample = full.forces.diagnostics.out_of_sample
@@ -173,6 +178,9 @@ def _calibrate(workdir: str, iteration: int, config: CampaignConfig, split: Task
             test_structures=len(references),
             calibration_points=full.n_atoms,
             contact_distances=full.contact_distances,
+            walks=walks.walks,
+            walk_radius=walks.radius,
+            walk_judged=walks.judged,
         )
         return Outcome(outputs=outputs, summary=summary.dump())
 

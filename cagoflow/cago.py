@@ -20,8 +20,11 @@ Safeguards against being fooled (small committees, large δ):
   ``contact``): no structure CAGO returns lies inside the guard;
 - a trust region: no atom moves farther than ``trust_region.radius`` Å from its start (default
   ``trust_region.factor`` × the thermal displacement of the MD frames CAGO starts from: the RMS
-  displacement between consecutive frames / √2), so
-  a walk stays near the structures the calibration was judged on;
+  displacement between consecutive frames / √2), so a walk stays near the structures the
+  calibration was judged on. With ``trust_region.from_walks`` (campaigns), labelled CAGO
+  structures in the test split narrow it to the largest displacement up to which they show the
+  calibration holding (:mod:`cagoflow.walk_validity`); where they show none, the radius is 0 and
+  no start is pushed (``no_trust``): it fails closed;
 - a packing guard: the mean nearest-neighbour distance of every species pair stays within the
   range the training and calibration structures span, widened to hold the start's own packing
   (an MD frame may lie outside the data's range; the walk may not take it further), ±
@@ -47,7 +50,7 @@ Every result says where it went: the start's σ_cal, δ asked and used, and the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
@@ -70,9 +73,15 @@ from cagoflow.geometry import (
     thermal_displacement,
 )
 from cagoflow.inputs import FieldError, InputModel
+from cagoflow.walk_validity import DISPLACEMENT_KEY, WalkCheck
 
 #: Halvings of a step that would cross the close-contact guard before the structure stops.
 GUARD_HALVINGS = 6
+#: Why no start is pushed under a trust radius of 0.
+NO_TRUST = (
+    "the labelled CAGO structures of the test split show the calibration holding at no displacement from a start "
+    "(trust radius 0): no start is pushed"
+)
 
 
 # --- settings ------------------------------------------------------------------------------------
@@ -127,6 +136,11 @@ class TrustRegion(InputModel):
     factor: PositiveFloat = Field(
         3.0, description="multiple of the MD frames' thermal displacement (RMS between consecutive frames / √2), when radius is null"
     )
+    from_walks: bool = Field(
+        True,
+        description="campaigns: once the test split holds at least 8 labelled CAGO structures (dataset.cago_to_test), narrow the "
+        "radius to the largest displacement up to which they show the calibration holding; where they show none, no start is pushed",
+    )
 
     def resolve(self, frames: Sequence[Atoms]) -> float:
         """The radius in Å: as given, or ``factor`` × the thermal displacement of ``frames``
@@ -144,6 +158,19 @@ class TrustRegion(InputModel):
                 field="cago.trust_region.radius",
             )
         return self.factor * displacement
+
+    def narrowed(self, radius: float, walks: WalkCheck | None) -> tuple[float, str]:
+        """The radius in Å and where it comes from, given ``radius`` (:meth:`radius_for`) and the
+        check of the labelled walks in the test split: narrowed to the walks' radius ("walks"),
+        0 when they show the calibration holding nowhere ("walks: none holds", no start is
+        pushed), else unchanged ("given" or "thermal"; also with ``from_walks`` off or too few
+        walks to judge)."""
+        unchanged = (radius, "given" if self.radius is not None else "thermal")
+        if not self.from_walks or walks is None or not walks.judged:
+            return unchanged
+        if walks.radius is None:
+            return 0.0, "walks: none holds"
+        return (walks.radius, "walks") if walks.radius < radius else unchanged
 
 
 class PackingGuard(InputModel):
@@ -278,10 +305,10 @@ class CagoResult:
         sigma_history: RMS over atoms of σ_cal,F_i along the trajectory, eV/Å.
         sigma_cal: (N,) calibrated per-atom force uncertainty of the final structure, eV/Å.
         delta: the δ used (eV/Å), after a relative δ was resolved and clamping; None when the
-            structure was not pushed (``no_room``, ``no_limit``).
+            structure was not pushed (``no_room``, ``no_limit``, ``no_trust``).
         requested_delta: the δ asked for (absolute), eV/Å.
         reason: "reached", "max_steps", "stalled", "not_finite", "contact", "trust_region",
-            "packing", "no_room" or "no_limit".
+            "packing", "no_room", "no_limit" or "no_trust" (a trust radius of 0: no move trusted).
         n_steps: optimiser iterations done.
         n_structure_evaluations: structures the committee evaluated for this one (FD: 3N + 7 per round).
         gradient: "finite_difference" or "exact".
@@ -577,7 +604,8 @@ def run_cago_batch(
     members of ``committee`` (a subset calibration when CAGO runs on a subset). ``gradient``
     overrides the evaluator (:mod:`cagoflow.cago_gradients`); by default it follows
     ``settings.gradient``. ``trust_radius`` (Å) overrides the trust region's radius (a campaign
-    derives it from its MD frames); by default it is resolved from ``structures``.
+    derives it from its MD frames and labelled walks; 0: no move is trusted and no start is
+    pushed, reason ``no_trust``); by default it is resolved from ``structures``.
     Starts that :func:`choose_delta` does not push come back unmoved with its reason.
     """
     if not structures:
@@ -595,6 +623,8 @@ def run_cago_batch(
     start = committee.predict(structures)
     start_sigma = [calibration.law(force_sigma_hat(start.structure_forces(k))) for k in range(len(structures))]
     choices = [choose_delta(_rms(sigma), settings, calibration.validity_limit) for sigma in start_sigma]
+    if radius == 0.0:  # the labelled walks trust no displacement (TrustRegion.narrowed): nothing is pushed
+        choices = [replace(choice, used=None, reason=choice.reason or "no_trust", warnings=(*choice.warnings, NO_TRUST)) for choice in choices]
     runs = []
     for atoms, choice, sigma in zip(structures, choices, start_sigma):
         geometry = Geometry(atoms.copy(), optimize_cell=settings.optimize_cell and bool(atoms.pbc.all()))
@@ -664,9 +694,10 @@ def _result(
     flags += [name for name in LIMIT_NAMES if name in run.touched or run.reason == name]
     sigma = np.asarray(run.sigma)
     packing = (0.0, None) if run.limits.data_packing is None else packing_departure(final, run.limits.data_packing)
+    max_displacement = float(geometry.internal_displacements(run.variables.x).max())
     final.info.update(
         cago_sigma_cal_rms=_rms(sigma), cago_sigma_cal_mean=float(sigma.mean()), cago_reason=run.reason,
-        cago_steps=run.steps, cago_flags=" ".join(flags) or "none",
+        cago_steps=run.steps, cago_flags=" ".join(flags) or "none", **{DISPLACEMENT_KEY: max_displacement},
         **({} if choice.used is None else {"cago_delta": choice.used}),
     )  # fmt: skip
     return CagoResult(
@@ -680,7 +711,7 @@ def _result(
         n_steps=run.steps,
         n_structure_evaluations=rounds * per_round,
         gradient=kind,
-        max_displacement=float(geometry.internal_displacements(run.variables.x).max()),
+        max_displacement=max_displacement,
         closest_contact=closest_contact(final, run.shortest),
         guard=dict(run.limits.contact),
         trust_radius=run.limits.trust_radius,

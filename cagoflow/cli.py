@@ -140,7 +140,12 @@ def calibrate(
         None, help="The committee's training structures: their shortest pair distances and packing go into the calibration for CAGO's guards."
     ),
 ) -> None:
-    """Fit σ_cal = a·σ̂^b for forces, energies and virials; write JSON, plots and the validity range (judged out of sample)."""
+    """Fit σ_cal = a·σ̂^b for forces, energies and virials; write JSON, plots and the validity range (judged out of sample).
+
+    Where the structures include labelled CAGO structures (``cago_displacement`` in their info,
+    as ``cagoflow cago`` writes them), also judge how far from its start a walk may go before the
+    calibration stops holding (walks.json; the trust radius for ``cagoflow cago --trust-radius``).
+    """
     from cagoflow.calibration import calibrate_committee, force_samples
     from cagoflow.calibration_plots import plot_calibration
     from cagoflow.io import read_structures
@@ -164,6 +169,29 @@ def calibrate(
         sigma_hat, errors, groups = force_samples(prediction if chosen is None else prediction.members(chosen), references)
         plots = plot_calibration(sigma_hat, errors, calibration.forces.law, output / f"{name}-forces", groups=groups)
         _print_calibration(calibration, path, plots)
+    _print_walks(prediction, references, output / "walks.json")
+
+
+def _print_walks(prediction, references, path: Path) -> None:
+    """Where along the labelled CAGO walks among ``references`` the committee's calibration holds
+    (:func:`cagoflow.walk_validity.check_test_walks`): a table and ``path``; nothing without walks."""
+    from cagoflow.io import atomic_write_json
+    from cagoflow.walk_validity import WALKS_PER_BIN, check_test_walks
+
+    check = check_test_walks(prediction, references)
+    if check.walks == 0:
+        return
+    atomic_write_json(path, check.to_dict())
+    if not check.judged:
+        console.print(f"[yellow]{check.walks} labelled CAGO structure(s): too few to judge how far a walk may go (at least {WALKS_PER_BIN})[/]")
+        return
+    radius = "none: no displacement is shown to be safe" if check.radius is None else f"{check.radius:.3f} Å"
+    table = Table(title=f"labelled CAGO walks ({check.walks}): RMSE/σ_cal out of sample by largest displacement from the start; trust radius {radius} → {escape(str(path))}")
+    for column in ("displacement (Å)", "walks", "RMSE/σ_cal", "monotone band", "holds"):
+        table.add_column(column)
+    for item in check.bins:
+        table.add_row(f"{item.low:.3f}–{item.high:.3f}", str(item.walks), f"{item.ratio:.2f}", f"{item.band_low:.2f}–{item.band_high:.2f}", "✓" if item.holds and check.radius is not None and item.high <= check.radius else "—")
+    console.print(table)
 
 
 def _print_calibration(calibration, path: Path, plots) -> None:

@@ -38,7 +38,7 @@ class CagoSummary(_Summary):
     start: Literal["drawn", "redrawn", "no_room"] = "drawn"
     subset: list[int]
     delta: float | None = None
-    reason: str | None = Field(None, description="why the walk stopped (reached, max_steps, ...) or was not pushed (no_room, no_limit)")
+    reason: str | None = Field(None, description="why the walk stopped (reached, max_steps, ...) or was not pushed (no_room, no_limit, no_trust)")
     direction: Direction = "unmoved"
     steps: int = 0
     start_sigma_cal: float | None = None
@@ -75,7 +75,10 @@ class SampleSummary(_Summary):
     redrawn: int = 0
     without_room: int = 0
     thermal_displacement: float | None = None
-    trust_radius: float | None = Field(None, description="the CAGO walks' trust radius (None: no trust region)")
+    trust_radius: float | None = Field(None, description="the CAGO walks' trust radius (None: no trust region; 0: no start pushed)")
+    trust_source: Literal["given", "thermal", "walks", "walks: none holds"] | None = Field(
+        None, description="where the radius comes from: given, × the thermal displacement, or the labelled walks of the test split"
+    )
 
 
 class PrefilterSummary(_Summary):
@@ -132,3 +135,6 @@ class CalibrationSummary(_Summary):
     test_structures: int
     calibration_points: int
     contact_distances: dict[str, float] | None = None
+    walks: int = Field(0, description="labelled CAGO structures in the test split")
+    walk_judged: bool = Field(False, description="enough of them (8) to judge where along a walk the calibration holds")
+    walk_radius: float | None = Field(None, description="the largest displacement from a start up to which they show it holding, Å")

@@ -44,33 +44,6 @@ def _paired_module():
     return _science_module("paired_active_learning")
 
 
-def _walks(limit: float, beyond: float, n: int = 64, seed: int = 0) -> list[dict]:
-    """Labelled walks (as calibration_target.displaced gives them) whose error / σ_cal is 1 (±5 %
-    noise) up to ``limit`` Å of largest displacement and ``beyond`` after it."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    shifts = np.linspace(0.01, 0.8, n)
-    return [
-        {"group": f"0/{k}", "displacement": float(d), "sigma_cal": 0.2,
-         "true_error": 0.2 * (1.0 if d <= limit else beyond) * float(rng.normal(1.0, 0.05))}
-        for k, d in enumerate(shifts)
-    ]  # fmt: skip
-
-
-def test_trust_radius_from_labelled_walks_recovers_where_the_law_stops_holding():
-    """Known limit 0.3 Å: the rule stops within one bin of it (bins of 8 of 64 walks spread over
-    0.01-0.8 Å, i.e. 0.1 Å wide); everywhere calibrated: the largest displacement; over-confident
-    from the first bin: no radius (fails closed); under-confident walks do not stop it."""
-    module = _science_module("calibration_target")
-    found = module.displacement_limit(module.displacement_bins(_walks(0.3, 2.0)))
-    assert found is not None and 0.2 <= found <= 0.3
-    assert module.displacement_limit(module.displacement_bins(_walks(1.0, 2.0))) == 0.8
-    assert module.displacement_limit(module.displacement_bins(_walks(0.0, 2.0))) is None
-    assert module.displacement_limit(module.displacement_bins(_walks(0.3, 0.5))) == 0.8
-    assert module.displacement_bins(_walks(1.0, 1.0, n=7)) == []
-
-
 def _seed(seed: int, base: float, arms: dict[str, tuple[float, float]]) -> dict:
     """A seed's scores (eV/Å): base in and out of distribution at ``base``, each arm at (ID, OOD)."""
     module = _paired_module()

@@ -22,7 +22,7 @@ from cagoflow.errors import InputError
 from cagoflow.io import read_json
 from cagoflow.records import RECORD_NAME, TaskRecord, read_record
 from cagoflow.summaries import (
-    CagoSummary, CalibrationSummary, Direction, MDSummary, MergeSummary, PostfilterSummary, SplitSummary, SummaryModel,
+    CagoSummary, CalibrationSummary, Direction, MDSummary, MergeSummary, PostfilterSummary, SampleSummary, SplitSummary, SummaryModel,
 )
 from cagoflow.stages import STAGE_BY_NAME, STAGE_ORDER, task_system
 
@@ -138,13 +138,17 @@ class IterationStatus:
     def cago_outcome(self, system: str | None = None) -> dict[str, Any] | None:
         """CAGO structures pushed (they had a δ), reached δ, flagged (any flag), counts per flag,
         walk directions (up, down, unmoved; unpushed starts count as unmoved), what happened to
-        the unpushed ones (sampled, dropped) and why (no_room, no_limit), starts redrawn."""
+        the unpushed ones (sampled, dropped) and why (no_room, no_limit, no_trust), starts redrawn,
+        the largest displacement of a pushed walk from its start (Å), and the trust radius (Å)
+        with where it came from (the sample stage's figures)."""
         walks = [CagoSummary.model_validate(r.summary) for r in self._records("cago", system) if not r.summary.get("skipped")]
         walks = [walk for walk in walks if walk.optimised]
         if not walks:
             return None
         pushed = [walk for walk in walks if walk.action == "pushed"]
         unpushed = [walk for walk in walks if walk.action != "pushed"]
+        samples = [r for r in self._records("sample") if r.status == "done" and system in (None, r.task)]
+        sample = SampleSummary.model_validate(samples[0].summary) if len(samples) == 1 else None
         return {
             "optimised": len(pushed),
             "reached": sum(walk.reason == "reached" for walk in pushed),
@@ -153,6 +157,9 @@ class IterationStatus:
             "directions": {d: sum(walk.direction == d for walk in walks) for d in DIRECTIONS},
             "unpushed": dict(Counter(f"{walk.reason}: {walk.action}" for walk in unpushed)),
             "redrawn": sum(walk.start == "redrawn" for walk in walks),
+            "max_displacement": max((walk.max_displacement or 0.0 for walk in pushed), default=None),
+            "trust_radius": None if sample is None else sample.trust_radius,
+            "trust_source": None if sample is None else sample.trust_source,
         }
 
     def cago_structures(self, system: str) -> list[dict[str, Any]]:
@@ -479,12 +486,19 @@ def _md_replicas(_: Mapping[str, Any], system: Mapping[str, Any] | None) -> str:
 
 
 def _cago(_: Mapping[str, Any], system: Mapping[str, Any] | None) -> str:
-    """"3/4 (1)" over "2/1/1": reached δ, of those pushed (flagged); walks up/down/unmoved."""
+    """"3/4 (1)" over "2/1/1" over "0.09/0.11 w": reached δ, of those pushed (flagged); walks
+    up/down/unmoved; the largest displacement of a walk / the trust radius (Å; w: from the
+    labelled walks, w!: they trust none)."""
     cago = (system or {}).get("cago")
     if cago is None:
         return EMPTY
     text = f"{cago['reached']}/{cago['optimised']}" + (f" ({cago['flagged']})" if cago["flagged"] else "")
-    return text + ("\n" + "/".join(str(cago["directions"][d]) for d in DIRECTIONS) if "directions" in cago else "")
+    text += "\n" + "/".join(str(cago["directions"][d]) for d in DIRECTIONS) if "directions" in cago else ""
+    if cago.get("trust_radius") is not None:
+        moved = EMPTY if cago.get("max_displacement") is None else f"{cago['max_displacement']:.2g}"
+        source = {"walks": " w", "walks: none holds": " w!"}.get(cago.get("trust_source") or "", "")
+        text += f"\n{moved}/{cago['trust_radius']:.2g}{source}"
+    return text
 
 
 def _hit(iteration: Mapping[str, Any], _: Mapping[str, Any] | None) -> str:
@@ -506,9 +520,11 @@ SCIENCE_COLUMNS = (
     *[Column("\n".join(filter(None, (label, unit))), _property(key, form), per_system=True,
              note="density, D (self-diffusion), coord. (coordination number): mean±std over the stable members"
              if key == "density" else "") for key, (label, unit, form) in PROPERTIES.items()],
-    Column("CAGO δ\n(flagged)\n↑/↓/=", _cago, per_system=True,
+    Column("CAGO δ\n(flagged)\n↑/↓/=\nmoved/\ntrust Å", _cago, per_system=True,
            note="CAGO δ: structures whose σ_cal reached δ, of those pushed (flagged: e.g. fast, contact); below it ↑/↓/=: "
-           "walks whose σ_cal went up, down, or that did not move (unpushed: no room below the validity limit, or no limit)"),
+           "walks whose σ_cal went up, down, or that did not move (unpushed: no room below the validity limit, no limit, "
+           "or no trust); below it moved/trust: the largest displacement of an atom from its start over the walks / the "
+           "trust radius, Å (w: narrowed by the labelled walks of the test split; w!: they trust no displacement, nothing pushed)"),
     Column("hit", _hit, note="hit: mean true error / δ of the labelled CAGO structures that reached δ"),
 )  # fmt: skip
 

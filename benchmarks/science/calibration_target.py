@@ -33,8 +33,9 @@ safeguards change? On two systems (``--system``, facts in :mod:`systems`), for o
      routes CAGO structures into the next calibration, with nothing from this seed's starts.
    - with ``--trust-from-others``: the full committee with its trust radius set to the largest
      displacement up to which the OTHER seeds' labelled CAGO structures (the same rows) keep
-     error / σ_cal from outgrowing the calibration's band (:func:`displacement_limit`); a seed
-     whose others give no such displacement is refused.
+     error / σ_cal from outgrowing the calibration's band (:mod:`cagoflow.walk_validity`), and
+     the 3-member subset with its own law under the same radius; a seed whose others give no
+     such displacement is refused.
 
    A table printed after the checks shows, over every seed of the call, the full committee's
    error / σ_cal where its walks stopped against the largest displacement of an atom from its
@@ -95,10 +96,11 @@ from rich.table import Table
 from cagoflow.apps.commands import thread_environment
 from cagoflow.backends import TrainingSettings, get_backend, train
 from cagoflow.cago import CagoCalibration, CagoSettings, TrustRegion, run_cago_batch, true_force_error
-from cagoflow.calibration import BOOTSTRAP_RESAMPLES, VALID_RATIO, CommitteeCalibration, PowerLaw, bootstrap_ratios, monotone_band, structure_index
+from cagoflow.calibration import CommitteeCalibration, PowerLaw
 from cagoflow.evaluation import BenchmarkGeneration, benchmark_frames
 from cagoflow.io import atomic_write_json, atomic_write_text, read_json, read_structures, write_structures
 from cagoflow.models import load_committee_spec
+from cagoflow.walk_validity import WalkCheck, check_walks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from systems import SYSTEMS, Frames, System  # noqa: E402
@@ -125,10 +127,11 @@ FULL = CORE_SETUPS[0]
 #: other seeds' CAGO structures (:func:`following_calibration`).
 FOLLOWING = "full, calibrated with CAGO structures"
 #: ``--trust-from-others``: the full committee with the trust radius set to where the OTHER
-#: seeds' labelled CAGO structures show the calibration still holding (:func:`displacement_limit`).
+#: seeds' labelled CAGO structures show the calibration still holding (:func:`walk_check`).
 TRUSTED = "full, trust radius from other seeds"
-#: Labelled CAGO structures per bin of largest displacement, at least.
-PER_DISPLACEMENT_BIN = 8
+#: ``--trust-from-others``: the 3-member subset with its own law under the same radius (judged on
+#: the full committee's walks, pushed by the subset: as a campaign whose CAGO uses a subset).
+TRUSTED_SUBSET = "subset, own law, trust radius from other seeds"
 console = Console(width=200)
 # One thread and no DataLoader worker processes per trainer (DeePMD-kit's NUM_WORKERS): on a small
 # shared machine the workers' start-up and the threads' contention cost more than they give.
@@ -291,41 +294,16 @@ def displaced(results_by_seed: dict[int, dict]) -> list[dict]:
     ]  # fmt: skip
 
 
-def displacement_bins(structures: list[dict], per_bin: int = PER_DISPLACEMENT_BIN) -> list[dict]:
-    """``structures`` (:func:`displaced`) sorted by their largest displacement, in bins of at
-    least ``per_bin``: per bin the displacement range (Å), the count, RMS true error / RMS σ_cal
-    and the monotone band of that ratio (the calibration's own bootstrap over the starts and
-    isotonic fits: :func:`cagoflow.calibration.bootstrap_ratios`, :func:`~cagoflow.calibration.monotone_band`)."""
-    if len(structures) < per_bin:
-        return []
-    order = sorted(structures, key=lambda s: s["displacement"])
-    chunks = np.array_split(np.arange(len(order)), len(order) // per_bin)
-    owner = structure_index([s["group"] for s in order], len(order))
-    sigma = np.array([s["sigma_cal"] for s in order])
-    error = np.array([s["true_error"] for s in order])
-    ratios, weights = bootstrap_ratios(sigma, error, owner, chunks, BOOTSTRAP_RESAMPLES)
-    low, high = monotone_band(ratios, weights)
-    return [
-        {"from": order[c[0]]["displacement"], "to": order[c[-1]]["displacement"], "count": int(c.size),
-         "ratio": float(ratios[0, j]), "band": [float(low[j]), float(high[j])]}
-        for j, c in enumerate(chunks)
-    ]  # fmt: skip
-
-
-def displacement_limit(bins: list[dict]) -> float | None:
-    """The largest displacement (Å) up to which the labelled CAGO structures' error does not
-    outgrow σ_cal: the upper edge of the last bin, walking up from the smallest displacements,
-    whose band's upper edge (the increasing fits: growing over-confidence) stays at most the
-    calibration's 1.25; None when the first bin's does not (fails closed, as the validity
-    limit). One-sided: a trust region is there to stop walks where σ_cal underestimates the
-    error; the lower edge pools the small-displacement bins with the large ones whenever the
-    ratio grows, so it is not used here."""
-    limit = None
-    for current in bins:
-        if not current["band"][1] <= VALID_RATIO[1]:
-            break
-        limit = current["to"]
-    return limit
+def walk_check(structures: list[dict]) -> WalkCheck:
+    """Where along the walks of ``structures`` (:func:`displaced`) the calibration holds: one
+    sample per walk (its RMS true error and σ_cal), bootstrapped over starts
+    (:func:`cagoflow.walk_validity.check_walks`)."""
+    if not structures:
+        return WalkCheck(0, (), None)
+    return check_walks(
+        [s["displacement"] for s in structures], [s["sigma_cal"] for s in structures], [s["true_error"] for s in structures],
+        group=[s["group"] for s in structures],
+    )  # fmt: skip
 
 
 def trust_from_others(folder: Path, seed: int) -> Path:
@@ -337,23 +315,25 @@ def trust_from_others(folder: Path, seed: int) -> Path:
         int(path.parent.name.removeprefix("seed-")): read_json(path)
         for path in sorted(folder.parent.glob("seed-*/results.json")) if path.parent != folder
     }  # fmt: skip
-    bins = displacement_bins(displaced(others))
-    limit = displacement_limit(bins)
-    if limit is None:
-        raise SystemExit(f"--trust-from-others: the other seeds of {folder.parent} give no displacement up to which the calibration holds ({len(bins)} bins)")
+    check = walk_check(displaced(others))
+    if check.radius is None:
+        raise SystemExit(f"--trust-from-others: the other seeds of {folder.parent} give no displacement up to which the calibration holds ({len(check.bins)} bins)")
     path = folder / "trust-radius.json"
-    if not path.exists() or read_json(path).get("radius") != limit:
-        atomic_write_json(path, {"radius": limit, "from_seeds": sorted(others), "bins": bins})
+    if not path.exists() or read_json(path).get("radius") != check.radius:
+        atomic_write_json(path, {"from_seeds": sorted(others), **check.to_dict()})
     return path
 
 
-def trusted_setup(path: Path, full: CagoCalibration, safe: CagoSettings, as_asked: dict) -> dict[str, Setup]:
-    """The :data:`TRUSTED` set-up where its radius exists (``--trust-from-others``)."""
+def trusted_setup(path: Path, full: CagoCalibration, own: CagoCalibration, safe: CagoSettings, as_asked: dict) -> dict[str, Setup]:
+    """The :data:`TRUSTED` and :data:`TRUSTED_SUBSET` set-ups where their radius exists (``--trust-from-others``)."""
     if not path.exists():
         return {}
     radius = read_json(path)["radius"]
     settings = safe.model_copy(update={"trust_region": TrustRegion(radius=radius)})
-    return {TRUSTED: Setup(None, replace(full, **as_asked), settings, full.validity_limit, source=path)}
+    return {
+        TRUSTED: Setup(None, replace(full, **as_asked), settings, full.validity_limit, source=path),
+        TRUSTED_SUBSET: Setup(SUBSET, replace(own, **as_asked), settings, own.validity_limit, source=path),
+    }
 
 
 def _cago_file(key: str) -> str:
@@ -411,7 +391,7 @@ def setups(calibrations: Path) -> dict[str, Setup]:
             own.validity_limit,
         ),
         **following_setup(calibrations.parent / "calibration-cago" / "calibration.json", safe, as_asked),
-        **trusted_setup(calibrations.parent / "trust-radius.json", full, safe, as_asked),
+        **trusted_setup(calibrations.parent / "trust-radius.json", full, own, safe, as_asked),
     }  # fmt: skip
 
 
@@ -579,15 +559,17 @@ def acceptance(rows: list[dict], system: str, members: int) -> list[dict]:
     by_key = {(row["setup"], row["target"]): row for row in rows}
     checks = []
     low, high = FULL_BAND
-    for name in (FULL, FOLLOWING) if any(row["setup"] == FOLLOWING for row in rows) else (FULL,):
+    for name in (FULL, *(extra for extra in (FOLLOWING, TRUSTED) if any(row["setup"] == extra for row in rows))):
         for m in MULTIPLES:
             row = by_key.get((name, f"{m:g} × MD error"))
             for figure in ("mean_hit", "median_hit"):
                 text = f"{members}-member {name.removeprefix('full, ')}, {m:g} × MD error: {figure.replace('_', ' ')} in {low:g}–{high:g}"
                 checks.append(_check(row, figure, text, lambda v: low <= v <= high))
     bound = SUBSET_MEAN_AT_MOST.get(system, 1.5)
-    row = by_key.get(("subset, own law", "3 × MD error"))
-    checks.append(_check(row, "mean_hit", f"{len(SUBSET)}-member subset (own law, safeguards on), 3 × MD error: mean hit ≤ {bound:g}", lambda v: v <= bound))
+    for name, words in (("subset, own law", "own law, safeguards on"), (TRUSTED_SUBSET, "own law, trust radius from other seeds")):
+        if name == "subset, own law" or any(row["setup"] == name for row in rows):
+            row = by_key.get((name, "3 × MD error"))
+            checks.append(_check(row, "mean_hit", f"{len(SUBSET)}-member subset ({words}), 3 × MD error: mean hit ≤ {bound:g}", lambda v: v <= bound))
     return checks
 
 
@@ -720,17 +702,17 @@ def acceptance_table(checks: list[dict], system: System) -> Table:
     return table
 
 
-def displacement_table(bins: list[dict], limit: float | None, n_seeds: int) -> Table:
-    """Where the calibration holds along the walks: :func:`displacement_bins` of every seed and
-    their :func:`displacement_limit` (Å)."""
+def displacement_table(check: WalkCheck, n_seeds: int) -> Table:
+    """Where the calibration holds along the walks of every seed (:func:`walk_check`; Å)."""
+    limit = check.radius
     table = Table(
         title=f"Error / σ_cal where the full committee's walks stopped (1.5–3 × MD error, {n_seeds} seed(s)), by the largest "
         f"displacement of an atom from its start; limit (band's upper edge ≤ 1.25): {'none' if limit is None else f'{limit:.3f} Å'}"
     )  # fmt: skip
     for column in ("largest displacement (Å)", "structures", "RMS error / RMS σ_cal", "band"):
         table.add_column(column, justify="right")
-    for b in bins:
-        table.add_row(f"{b['from']:.3f}–{b['to']:.3f}", str(b["count"]), f"{b['ratio']:.2f}", f"{b['band'][0]:.2f}–{b['band'][1]:.2f}")
+    for b in check.bins:
+        table.add_row(f"{b.low:.3f}–{b.high:.3f}", str(b.walks), f"{b.ratio:.2f}", f"{b.band_low:.2f}–{b.band_high:.2f}")
     return table
 
 
@@ -813,7 +795,7 @@ def run_seed(workdir: Path, system: System, seed: int, args) -> dict:
         only = None if only is None else (*only, FOLLOWING)
     if args.trust_from_others:
         trust_from_others(folder, seed)
-        only = None if only is None else (*only, TRUSTED)
+        only = None if only is None else (*only, TRUSTED, TRUSTED_SUBSET)
     results = run_setups(folder, system, committee, files, calibrations, only)
     rows = summarise({seed: results})
     if args.per_seed:
@@ -863,9 +845,8 @@ def main() -> None:
     for name in ("full", "subset"):
         limits = {seed: results.get(f"{'full, calibrated' if name == 'full' else 'subset, own law'} | 3 × MD error", {}).get("validity_limit") for seed, results in results_by_seed.items()}
         console.print(f"validity limit ({name}, out of sample), per seed: " + ", ".join(f"{seed}: {'none' if v is None else f'{1000 * v:.0f} meV/Å'}" for seed, v in limits.items()), highlight=False)
-    bins = displacement_bins(displaced(results_by_seed))
-    limit = displacement_limit(bins)
-    console.print(displacement_table(bins, limit, len(seeds)))
+    walks = walk_check(displaced(results_by_seed))
+    console.print(displacement_table(walks, len(seeds)))
     radii = {seed: results[trusted]["trust_radius"] for seed, results in results_by_seed.items() if (trusted := f"{TRUSTED} | 1.5 × MD error") in results}
     if radii:
         console.print(f"trust radius of '{TRUSTED}', per seed: " + ", ".join(f"{seed}: {r:.3f} Å" for seed, r in radii.items()), highlight=False)
@@ -875,7 +856,7 @@ def main() -> None:
         "sizes": {"members": args.members, "steps": args.steps, "frames": [c for _, c in system.frames.items()], "md_steps": system.md.steps},
         "hit": "true error / δ used, over the structures that reached δ; per set-up and δ: mean over seeds of each seed's mean and median hit, min–max over seeds",
         "rows": [{key: value for key, value in row.items() if key != "per_seed"} | {"per_seed": {s: {k: v for k, v in f.items() if k != "hits"} for s, f in row["per_seed"].items()}} for row in rows],
-        "checks": checks, "displacement_bins": bins, "displacement_limit": limit, "trust_radius_from_others": radii,
+        "checks": checks, "displacement_bins": walks.to_dict()["bins"], "displacement_limit": walks.radius, "trust_radius_from_others": radii,
     }  # fmt: skip
     console.print(f"summary: {atomic_write_json(folder / 'summary.json', summary)}")
     console.print(f"plot: {plot(rows, folder / 'calibration-target.png', system, len(seeds))}")

@@ -312,6 +312,36 @@ def test_trust_radius_derived_from_md_frames(committee):
         run_cago(frames[0], committee, CALIBRATION, CagoSettings(delta=delta))
 
 
+def test_labelled_walks_narrow_the_trust_radius_and_fail_closed(committee):
+    """The labelled walks of the test split narrow the radius (never widen it); where they trust
+    no displacement the radius is 0 and CAGO pushes nothing (``no_trust``); too few walks, or
+    ``from_walks`` off, leave it as it was. Every walk records its largest displacement in its info."""
+    from cagoflow.cago import TrustRegion
+    from cagoflow.walk_validity import DISPLACEMENT_KEY, DisplacementBin, WalkCheck
+
+    holds, fails = DisplacementBin(0.0, 0.1, 8, 1.0, 0.9, 1.1), DisplacementBin(0.0, 0.1, 8, 2.0, 1.5, 2.2)
+    region = TrustRegion()
+    assert region.narrowed(0.3, WalkCheck(8, (holds,), 0.1)) == (0.1, "walks")
+    assert region.narrowed(0.05, WalkCheck(8, (holds,), 0.1)) == (0.05, "thermal")
+    assert region.narrowed(0.3, WalkCheck(8, (fails,), None)) == (0.0, "walks: none holds")
+    assert region.narrowed(0.3, WalkCheck(5, (), None)) == (0.3, "thermal")
+    assert region.narrowed(0.3, None) == (0.3, "thermal")
+    assert TrustRegion(radius=0.2).narrowed(0.2, WalkCheck(8, (holds,), 0.1)) == (0.1, "walks")
+    assert TrustRegion(from_walks=False).narrowed(0.3, WalkCheck(8, (fails,), None)) == (0.3, "thermal")
+
+    frames = [water_box(8, seed=0) for _ in range(2)]
+    for k, atoms in enumerate(frames):
+        atoms.rattle(0.05, seed=k)
+    delta = 1.5 * initial_sigma(committee, frames[0])
+    settings = CagoSettings(delta=delta, max_steps=5, packing_guard=None, contact_guard=None)
+    walked = run_cago_batch(frames, committee, CALIBRATION, settings, trust_radius=0.2)
+    assert all(r.n_steps > 0 and r.atoms.info[DISPLACEMENT_KEY] == r.max_displacement > 0 for r in walked)
+    refused = run_cago_batch(frames, committee, CALIBRATION, settings, trust_radius=0.0)
+    for result, start in zip(refused, frames):
+        assert result.reason == "no_trust" and result.delta is None and result.direction == "unmoved" and result.n_steps == 0
+        assert result.atoms.positions == pytest.approx(start.positions) and "trust radius 0" in result.warnings[-1]
+
+
 def test_fast_flag(committee, box):
     delta = 1.08 * initial_sigma(committee, box)
     result = run_cago(box, committee, CALIBRATION, CagoSettings(**UNGUARDED, delta=delta, max_steps=20))

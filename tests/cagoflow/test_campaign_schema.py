@@ -78,7 +78,7 @@ def test_example_campaign_loads() -> None:
     assert config.cago.contact_guard.fraction == pytest.approx(0.85)
     assert config.reference.engine == "tblite" and config.reference.method_name == "GFN1-xTB"
     assert config.evaluation is not None and config.evaluation.benchmark.generate.frames == 10
-    assert config.dataset.min_test == 8 and config.dataset.cago_to_test == pytest.approx(0.25)
+    assert config.dataset.min_test == 8 and config.dataset.cago_to_test == pytest.approx(0.5) and config.cago.trust_region.from_walks
     assert config.cago.trust_region.radius is None and config.cago.packing_guard.margin == pytest.approx(0.03)
     assert config.cago.no_room == "redraw" and config.sampling.uncertainty == "max_atom"
     assert config.committee.min_trained <= config.committee.size

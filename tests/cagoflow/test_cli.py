@@ -363,6 +363,23 @@ def test_calibrate_writes_calibrations_and_plots(calibrated: Calibrated) -> None
             assert_png(plot)
     assert "calibration of members 0, 1, 2" in calibrated.stdout
     assert "calibration of members 0, 1 " in calibrated.stdout
+    assert not (out / "walks.json").exists()  # no labelled walks among the test structures
+
+
+def test_calibrate_judges_labelled_walks_among_the_structures(inputs: Inputs, tmp_path: Path) -> None:
+    """Test structures that carry a CAGO walk's largest displacement are binned by it: the table,
+    walks.json with the trust radius; without walks there is no walks.json."""
+    from cagoflow.walk_validity import DISPLACEMENT_KEY, WalkCheck
+
+    structures = read_structures(inputs.test_set)
+    for k, atoms in enumerate(structures[:8]):
+        atoms.info[DISPLACEMENT_KEY] = 0.01 * (k + 1)
+    walked = write_structures(tmp_path / "with-walks.extxyz", structures)
+    result = invoke("calibrate", "--committee", inputs.committee, "--structures", walked, "--output", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    check = WalkCheck.from_dict(json.loads((tmp_path / "out" / "walks.json").read_text()))
+    assert check.walks == 8 and check.judged and len(check.bins) == 1 and check.bins[0].high == pytest.approx(0.08)
+    assert "labelled CAGO walks (8)" in result.output and "trust radius" in result.output
 
 
 def _start_sigma(inputs: Inputs, calibration: CommitteeCalibration) -> np.ndarray:

@@ -83,6 +83,16 @@ def test_cago_structures_routed_to_the_test_split_are_never_trained_on(finished_
         assert not set(routed) & {structure_hash(atoms) for atoms in read_structures(member)}, member.name
     summary = next(r for r in all_records(finished_campaign) if r.stage == "split" and r.iteration == 1).summary
     assert summary["test_from_cago"] == len(routed)
+    # the routed walks carry their largest displacement; the next calibration counts them, too few to judge
+    from cagoflow.walk_validity import DISPLACEMENT_KEY
+
+    walks = [atoms for atoms in read_structures(split / "test.extxyz") if DISPLACEMENT_KEY in atoms.info]
+    assert {structure_hash(atoms) for atoms in walks} == set(routed) and all(atoms.info[DISPLACEMENT_KEY] >= 0 for atoms in walks)
+    calibration = next(r for r in all_records(finished_campaign) if r.stage == "calibrate" and r.iteration == 1)
+    assert calibration.summary["walks"] == len(routed) and not calibration.summary["walk_judged"]
+    assert json.loads((finished_campaign / calibration.outputs["walks"]).read_text())["bins"] == []
+    sample = next(r for r in all_records(finished_campaign) if r.stage == "sample" and r.iteration == 1).summary
+    assert sample["trust_source"] == "thermal" and sample["trust_radius"] > 0
 
 
 def test_cago_records_say_where_each_walk_went(finished_campaign):

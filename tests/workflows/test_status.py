@@ -57,7 +57,7 @@ def iteration(workdir: Path, i: int, dataset: int, *, evaluate: bool, failed_mem
                    **evaluation(0.120 - 0.02 * i, [0.130, 0.140, 0.150], [True, True, i == 0], 0.997 if i == 0 else None))  # fmt: skip
         for r in range(2):
             record(workdir, i, "md", f"{system}-{r:02d}", stable=r == 0, reason="ok" if r == 0 else "exploded", frames=4, steps=40)
-        record(workdir, i, "sample", system, count=2)
+        record(workdir, i, "sample", system, count=2, **({"trust_radius": 0.3, "trust_source": "walks"} if i else {}))
         record(workdir, i, "cago", f"{system}-000", reason="reached", steps=2, sigma_cal_rms=0.1, delta=0.1, direction="up",
                action="pushed", start="redrawn", warnings=[], flags=["fast"], max_displacement=0.2, closest_pair_ratio=0.9, subset=[0, 1])  # fmt: skip
         record(workdir, i, "cago", f"{system}-001", reason="max_steps", steps=50, sigma_cal_rms=0.07, delta=0.1,
@@ -108,6 +108,7 @@ def test_status_prints_two_tables_within_100_columns_with_the_science_and_its_un
     assert "120 (140±8)" in shown and "100 (140±8)" in shown  # committee mean (members mean ± std), meV/Å
     assert "0.997±0.004" in shown and "0.231±0.012" in shown and "4.12±0.05" in shown
     assert "2/3" in shown and "3/3" in shown and "1/2 (1)" in shown and "0 water-dense" in shown and "8/2 +4" in shown
+    assert "0.2/0.3 w" in shown  # iteration 1: the largest displacement of a walk / the radius the labelled walks set
     assert "F RMSE\ntest split\nmeV/Å" not in science_table(campaign_figures(campaign))[0]  # the held-out RMSE replaces it
     assert "iteration 0 train member-01: the trainer exited with code 1: out of memory" in shown
     assert "stopped early at iteration 1: held-out force RMSE below 90 meV/Å" in shown
@@ -127,7 +128,8 @@ def test_status_json_holds_the_figures_of_the_tables(campaign):
     assert water["evaluation"]["stable_members"] == 3 and water["evaluation"]["density_mean"] == 0.997
     assert water["cago"] == {"optimised": 2, "reached": 1, "flagged": 1, "flags": {"fast": 1},
                              "directions": {"up": 1, "down": 1, "unmoved": 1}, "unpushed": {"no_room: sampled": 1},
-                             "redrawn": 1}  # fmt: skip
+                             "redrawn": 1, "max_displacement": 0.2, "trust_radius": None, "trust_source": None}  # fmt: skip
+    assert second["systems"]["water"]["cago"]["trust_radius"] == 0.3 and second["systems"]["water"]["cago"]["trust_source"] == "walks"
     assert water["md"] == {"stable": 1, "replicas": 2}
     assert water["cago_structures"] == [
         {"task": "water-000", "delta": 0.1, "true_error": 0.1, "direction": "up", "reason": "reached", "flags": ["fast"]},
