@@ -17,10 +17,13 @@ seed shares its base committee, its pools and its fine-tuning draws):
    ``cago-absolute`` (the same frames pushed to δ = 0.5 eV/Å, two-sided, clamped to the
    validity limit), ``max-uncertainty`` (the 300 K pool frames with the largest σ̂ on any atom)
    and ``random-500K`` (random frames of the 500 K pool).
-5. Fine-tuning: every arm's member m starts from base member m and trains ``--finetune-steps``
-   steps at the learning rate ``--finetune-lr`` (default: from the base's final rate down by
-   10) on the same bootstrap draw of base set + added structures (equal sizes: equal draws); the
-   control ``no new data`` is fine-tuned the same way on the base set alone.
+5. Training of the arms: every arm's member m starts from base member m and trains
+   ``--finetune-steps`` steps at the learning rate ``--finetune-lr`` (default: from the base's
+   final rate down by 10) on the same bootstrap draw of base set + added structures (equal
+   sizes: equal draws); the control ``no new data`` is fine-tuned the same way on the base set
+   alone. With ``--from-scratch`` every arm's members train from scratch on the grown set exactly
+   as the base members did on the base set (``--steps`` steps, the same seeds and learning
+   rate), and the control is the base itself.
 6. Scores on teacher-labelled held-out sets that nothing trains on (made once, shared by all
    seeds): in distribution, 20 frames of a 300 K run of a new 16-H2O box; out of distribution,
    10 frames each of a 24-H2O box at 300 K, a 16-H2O box at 600 K, one compressed to
@@ -29,6 +32,10 @@ seed shares its base committee, its pools and its fine-tuning draws):
 7. Stability (``--stability``): members 0 … k-1 of every committee each run NVT at 600 K in
    LAMMPS (DeePMD-kit's pair style) from the in-distribution box; unstable below 0.4 Å or outside
    0.25–2 × the density.
+
+With ``--gate-only`` only the base, the control and the ``unpushed`` arm are made and the gate is
+printed: the check, before a design is registered, that its training can learn the added
+frames at all (none of the CAGO arms is made or looked at).
 
 Then the decision rule of docs/validation.md §5: the gate (adding the unpushed frames lowers the
 in-distribution error below the control's by more than the base's spread over seeds), and cago-relative against
@@ -143,8 +150,9 @@ def md_pool(folder: Path, committee, start, temperature: float, seed: int) -> li
 # --- arms -----------------------------------------------------------------------------------------
 
 
-def choose(folder: Path, seed: int, committee, calibration_file: Path, labels: int) -> dict[str, dict]:
-    """Every arm's added structures, teacher-labelled (cached per arm), and what CAGO did."""
+def choose(folder: Path, seed: int, committee, calibration_file: Path, labels: int, arms_made: tuple[str, ...] = ARMS) -> dict[str, dict]:
+    """The added structures of the arms in ``arms_made``, teacher-labelled (cached per arm), and
+    what CAGO did."""
     base = read_structures(folder / "base-set.extxyz")
     cool = md_pool(folder, committee, base[-1], 300.0, seeded(seed, 700))
     hot = md_pool(folder, committee, base[-1], 500.0, seeded(seed, 701))
@@ -160,7 +168,8 @@ def choose(folder: Path, seed: int, committee, calibration_file: Path, labels: i
     }
     teacher = SYSTEM.teacher()
     arms = {}
-    for arm, make in candidates.items():
+    for arm in arms_made:
+        make = candidates[arm]
         path, record = folder / arm / "added.extxyz", folder / arm / "added.json"
         if not record.exists():
             stamp(f"seed {seed}: the {arm} structures")
@@ -241,20 +250,26 @@ def run_seed(args, seed: int, sets: dict[str, list]) -> dict:
         committees["base, 2 × steps"] = train_committee(folder / "base-2x" / "committee.yaml", base_frames, SYSTEM, args.members, 2 * args.steps, seed, workers=args.workers)
     calibration = calibrate(folder / "base", base, files) / "calibration.json"
     committee = load_committee_spec(base).build()
-    added = choose(folder, seed, committee, calibration, args.labels)
-    init = [folder / "base" / model for model in load_committee_spec(base).models]
-    start_lr, stop_lr = args.finetune_lr
-    tuned = replace(SYSTEM, hyperparameters={**SYSTEM.hyperparameters, "learning_rate": {"start_lr": start_lr, "stop_lr": stop_lr}})
-    for name in FINETUNED:
-        frames = base_frames + (read_structures(folder / name / "added.extxyz") if name in ARMS else [])
-        committees[name] = train_committee(
-            finetuned_folder(folder, args) / name / "committee.yaml", frames, tuned, args.members, args.finetune_steps, seed,
-            init_models=init, workers=args.workers,
-        )  # fmt: skip
+    arms = ("unpushed",) if args.gate_only else ARMS
+    added = choose(folder, seed, committee, calibration, args.labels, arms)
+    if args.from_scratch:  # the arms train as the base did; the control is the base itself
+        system, steps, init = SYSTEM, args.steps, None
+        committees[CONTROL] = base
+    else:
+        start_lr, stop_lr = args.finetune_lr
+        system = replace(SYSTEM, hyperparameters={**SYSTEM.hyperparameters, "learning_rate": {"start_lr": start_lr, "stop_lr": stop_lr}})
+        steps, init = args.finetune_steps, [folder / "base" / model for model in load_committee_spec(base).models]
+    for name in (CONTROL, *arms):
+        if name not in committees:
+            frames = base_frames + (read_structures(folder / name / "added.extxyz") if name in ARMS else [])
+            committees[name] = train_committee(
+                arms_folder(folder, args) / name / "committee.yaml", frames, system, args.members, steps, seed, init_models=init, workers=args.workers
+            )  # fmt: skip
     result = {
         "seed": seed, "added": added, "training_set": {name: args.base + (added[name]["labelled"] if name in ARMS else 0) for name in committees},
-        "finetune": {"steps": args.finetune_steps, "learning_rate": list(args.finetune_lr)},
+        "training": {"from_scratch": args.from_scratch, "steps": steps, "learning_rate": None if args.from_scratch else list(args.finetune_lr)},
         "validity_limit": CommitteeCalibration.load(calibration).force_validity_limit,
+        "committees": {name: str(path) for name, path in committees.items() if name != "base, 2 × steps"},
         "scores": {name: scores(path, sets) for name, path in committees.items()}, "seconds": time.perf_counter() - begin,
     }  # fmt: skip
     atomic_write_json(folder / "results.json", result)
@@ -262,17 +277,20 @@ def run_seed(args, seed: int, sets: dict[str, list]) -> dict:
     return result
 
 
-def finetuned_folder(folder: Path, args) -> Path:
-    """Where a seed's fine-tuned committees live: one folder per fine-tuning's steps and rate."""
+def arms_folder(folder: Path, args) -> Path:
+    """Where a seed's arm committees live: one folder per way of training them (fine-tuning's
+    steps and rate, or from scratch and its steps)."""
+    if args.from_scratch:
+        return folder / f"scratch-{args.steps}-steps"
     return folder / f"finetuned-{args.finetune_steps}-steps-lr{args.finetune_lr[0]:g}"
 
 
 def run_stability(args, seed: int, result: dict, start) -> dict:
     folder = args.workdir / f"seed-{seed}"
-    places = {"base": folder / "base"} | {name: finetuned_folder(folder, args) / name for name in FINETUNED}
+    places = {name: Path(path).parent for name, path in result["committees"].items()}
     result["stability"] = {
         name: stability(place, place / "committee.yaml", start, *args.stability, seed, args.workers) for name, place in places.items()
-    }
+    }  # the control of --from-scratch is the base's folder: run once, read from the cache
     atomic_write_json(folder / "results.json", result)
     return result
 
@@ -307,30 +325,39 @@ def paired(results: list[dict], arm: str, rival: str, score: str) -> dict:
     }  # fmt: skip
 
 
+def gate(results: list[dict]) -> dict:
+    """The gate and the convergence check (meV/Å): the base's in-distribution spread over seeds
+    (max − min), the mean over seeds of control − unpushed in distribution, and how much doubling
+    the base's steps changes its in-distribution RMSE."""
+    base_id = [1000 * r["scores"]["base"][IN_DISTRIBUTION] for r in results]
+    spread = max(base_id) - min(base_id)
+    gains = [1000 * (r["scores"][CONTROL][IN_DISTRIBUTION] - r["scores"]["unpushed"][IN_DISTRIBUTION]) for r in results]
+    doubled = [r for r in results if "base, 2 × steps" in r["scores"]]
+    change = [1000 * abs(r["scores"]["base, 2 × steps"][IN_DISTRIBUTION] - r["scores"]["base"][IN_DISTRIBUTION]) for r in doubled]
+    return {
+        "base_in_distribution_spread": spread, "unpushed_gains": gains, "unpushed_gain": float(np.mean(gains)),
+        "informative": float(np.mean(gains)) > spread,
+        "convergence": {"seeds": [r["seed"] for r in doubled], "changes": change, "converged": bool(change) and max(change) < spread},
+    }  # fmt: skip
+
+
 def decision(results: list[dict]) -> dict:
     """The pre-registered rule (docs/validation.md §5), with the gate and the convergence check."""
     ood = "out of distribution (mean of 4)"
-    base_id = [1000 * r["scores"]["base"][IN_DISTRIBUTION] for r in results]
-    spread = max(base_id) - min(base_id)
-    gain = float(np.mean([1000 * (r["scores"][CONTROL][IN_DISTRIBUTION] - r["scores"]["unpushed"][IN_DISTRIBUTION]) for r in results]))
-    doubled = [r for r in results if "base, 2 × steps" in r["scores"]]
-    change = [1000 * abs(r["scores"]["base, 2 × steps"][IN_DISTRIBUTION] - r["scores"]["base"][IN_DISTRIBUTION]) for r in doubled]
+    checks = gate(results)
     comparisons = {
         f"{arm} − {rival}": {score: paired(results, arm, rival, score) for score in (ood, IN_DISTRIBUTION)}
         for arm in (PRIMARY, *SECONDARY) for rival in RIVALS
     }  # fmt: skip
     beats = all(comparisons[f"{PRIMARY} − {rival}"][ood]["wins"] >= len(results) - 1 for rival in RIVALS)
     no_loss = comparisons[f"{PRIMARY} − unpushed"][IN_DISTRIBUTION]["relative_interval"][1] < MAX_ID_LOSS
-    informative = gain > spread
     verdict = (
         "uninformative: adding the unpushed frames does not lower the in-distribution error below the control's by more than the base's seed spread"
-        if not informative
+        if not checks["informative"]
         else ("CAGO's push helps" if beats and no_loss else "CAGO's push is not shown to help")
     )
     return {
-        "base_in_distribution_spread": spread, "unpushed_gain": gain, "informative": informative,
-        "convergence": {"seeds": [r["seed"] for r in doubled], "changes": change, "converged": bool(change) and max(change) < spread},
-        "comparisons": comparisons, "beats_both_out_of_distribution": beats, "no_loss_in_distribution": no_loss,
+        **checks, "comparisons": comparisons, "beats_both_out_of_distribution": beats, "no_loss_in_distribution": no_loss,
         "seeds_needed": max(len(results) - 1, 1), "verdict": verdict,
     }  # fmt: skip
 
@@ -431,6 +458,20 @@ def plot(results: list[dict], verdict: dict, path: Path) -> Path:
     return write_figure(figure, path)
 
 
+def report_gate(checks: dict) -> None:
+    convergence = checks["convergence"]
+    console.print(
+        f"convergence: doubling the base's steps changes its in-distribution RMSE by {', '.join(f'{c:.1f}' for c in convergence['changes'])} meV/Å "
+        f"(seeds {convergence['seeds']}); the base's spread over seeds is {checks['base_in_distribution_spread']:.1f} meV/Å → "
+        f"{'converged' if convergence['converged'] else 'NOT converged'}", highlight=False,
+    )  # fmt: skip
+    console.print(
+        f"gate: the unpushed frames lower the in-distribution RMSE below the control's by {', '.join(f'{g:.1f}' for g in checks['unpushed_gains'])} "
+        f"(mean {checks['unpushed_gain']:.1f}) meV/Å (needed: more than {checks['base_in_distribution_spread']:.1f}) → "
+        f"{'informative' if checks['informative'] else 'UNINFORMATIVE'}", highlight=False,
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=None, help="default runs/science/paired-al (--quick: runs/science/paired-al-quick)")
@@ -446,6 +487,8 @@ def main() -> None:
     parser.add_argument("--stability", type=int, nargs=2, default=[1, 2000], metavar=("MEMBERS", "STEPS"), help="members per committee and 0.5 fs steps at 600 K (0 0: none)")
     parser.add_argument("--workers", type=int, default=2, help="trainings and stability runs at a time (one process each)")
     parser.add_argument("--held-out-only", action="store_true", help="make the held-out sets and stop (before seeds run in parallel calls)")
+    parser.add_argument("--from-scratch", action="store_true", help="the arms train from scratch on the grown set as the base did (--steps); the control is the base")
+    parser.add_argument("--gate-only", action="store_true", help="only the base, the control and the unpushed arm: print the gate (no CAGO arm is made)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the chain, not a result")
     args = parser.parse_args()
     if args.quick:
@@ -462,6 +505,10 @@ def main() -> None:
     if args.held_out_only:
         return
     results = [run_seed(args, seed, sets) for seed in args.seeds]
+    if args.gate_only:
+        console.print(score_table(results))
+        report_gate(gate(results))
+        return
     if args.stability[0] > 0:
         start = sets[IN_DISTRIBUTION][0]
         results = [run_stability(args, r["seed"], r, start) for r in results]
@@ -469,18 +516,9 @@ def main() -> None:
     console.print(score_table(results))
     console.print(cago_table(results))
     console.print(decision_table(verdict))
-    convergence = verdict["convergence"]
-    console.print(
-        f"convergence: doubling the base's steps changes its in-distribution RMSE by {', '.join(f'{c:.1f}' for c in convergence['changes'])} meV/Å "
-        f"(seeds {convergence['seeds']}); the base's spread over seeds is {verdict['base_in_distribution_spread']:.1f} meV/Å → "
-        f"{'converged' if convergence['converged'] else 'NOT converged'}", highlight=False,
-    )  # fmt: skip
-    console.print(
-        f"gate: the unpushed frames lower the in-distribution RMSE below the control's by {verdict['unpushed_gain']:.1f} meV/Å on average "
-        f"(needed: more than {verdict['base_in_distribution_spread']:.1f}) → {'informative' if verdict['informative'] else 'UNINFORMATIVE'}", highlight=False,
-    )  # fmt: skip
+    report_gate(verdict)
     console.print(f"[bold]verdict[/]: {verdict['verdict']}")
-    summary = {**facts, "seeds": args.seeds, "quick": args.quick, "sizes": {k: getattr(args, k) for k in ("members", "steps", "finetune_steps", "base", "labels", "stability")},
+    summary = {**facts, "seeds": args.seeds, "quick": args.quick, "sizes": {k: getattr(args, k) for k in ("members", "steps", "finetune_steps", "from_scratch", "base", "labels", "stability")},
                "results": results, "decision": verdict}  # fmt: skip
     console.print(f"summary: {atomic_write_json(args.workdir / 'summary.json', summary)}")
     console.print(f"plot: {plot(results, verdict, args.workdir / 'paired-active-learning.png')}")
