@@ -127,10 +127,7 @@ def displacement_bins(
     n_walks = int(walks.max()) + 1 if walks.size else 0
     if n_walks < per_bin:
         return []
-    first = np.full(n_walks, -1)
-    for sample in range(walks.size - 1, -1, -1):
-        first[walks[sample]] = sample
-    walk_displacement = displacement_[first]
+    walk_displacement = displacement_[np.unique(walks, return_index=True)[1]]  # at each walk's first sample
     order = np.argsort(walk_displacement, kind="stable")
     owner = structure_index(walk if group is None else group, sigma.size)
     members = [np.flatnonzero(walks == w) for w in range(n_walks)]
