@@ -493,7 +493,8 @@ def _cago(_: Mapping[str, Any], system: Mapping[str, Any] | None) -> str:
     if cago is None:
         return EMPTY
     text = f"{cago['reached']}/{cago['optimised']}" + (f" ({cago['flagged']})" if cago["flagged"] else "")
-    text += "\n" + "/".join(str(cago["directions"][d]) for d in DIRECTIONS) if "directions" in cago else ""
+    if "directions" in cago:
+        text += "\n" + "/".join(str(cago["directions"][d]) for d in DIRECTIONS)
     if cago.get("trust_radius") is not None:
         moved = EMPTY if cago.get("max_displacement") is None else f"{cago['max_displacement']:.2g}"
         source = {"walks": " w", "walks: none holds": " w!"}.get(cago.get("trust_source") or "", "")
