@@ -92,12 +92,11 @@ def _split(workdir: str, iteration: int, config: CampaignConfig, merged: TaskRec
             )
         splits.save(directory / "splits.json")
         test = len(splits.test)
-        from_cago = len(fixed & set(splits.test_hashes))
         warning = None
-        if test - from_cago < config.dataset.min_test:
-            warning = (f"{test - from_cago} test structures besides the {from_cago} routed CAGO structures (dataset.min_test = "
-                       f"{config.dataset.min_test}): too few to judge the calibration out of sample until the dataset grows")  # fmt: skip
-        summary = SplitSummary(dataset=len(hashes), test=test, test_from_cago=from_cago, warning=warning)
+        if test < config.dataset.min_test:
+            warning = (f"{test} test structures (dataset.min_test = {config.dataset.min_test}): too few to judge "
+                       "the calibration out of sample until the dataset grows")  # fmt: skip
+        summary = SplitSummary(dataset=len(hashes), test=test, test_from_cago=len(fixed & set(splits.test_hashes)), warning=warning)
         return Outcome(outputs=outputs, summary=summary.dump())
 
     return run_task(spec, [snapshot, *routed], settings, body)

@@ -320,9 +320,7 @@ class DatasetConfig(InputModel):
     train_fraction: float = Field(0.8, gt=0, le=1, description="per member: training sample, fraction of the rest")
     validation_fraction: float = Field(0.1, ge=0, lt=1, description="per member: validation set, fraction of the rest")
     min_test: int = Field(
-        8, ge=1,
-        description="test structures at least besides the routed CAGO structures (the calibration's data, judged out of "
-        "sample; at most half of the structures that were not routed)",
+        8, ge=1, description="test structures at least (the calibration's data, judged out of sample; at most half of the dataset)"
     )
     cago_to_test: float = Field(
         0.25, ge=0, lt=1,

@@ -620,9 +620,7 @@ def make_splits_for_hashes(
     draw in naturally, unless the caller passes the previous test hashes as ``fixed_test``).
     With ``n >= 2`` at least one structure also stays outside the test set. With ``min_test``,
     the structures with the smallest draws join the test set until it holds ``min_test``
-    structures besides those in ``fixed_test`` (at most half of the structures not in
-    ``fixed_test``): structures placed there on purpose (a campaign's routed CAGO structures)
-    come on top of the minimum, never in place of it.
+    structures (at most half of them).
 
     Members: the pool is every non-test structure. Member ``m`` draws
     ``max(1, round(train_fraction·pool))`` structures WITH replacement (a bootstrap; repeats
@@ -673,12 +671,11 @@ def _test_positions(
     hashes: Sequence[str], seed: int, test_fraction: float, fixed: set[str], min_test: int = 1
 ) -> tuple[int, ...]:
     draws = np.array([split_draw(seed, h) for h in hashes])
-    drawn = np.array([h not in fixed for h in hashes], dtype=bool)
     in_test = np.array([d < test_fraction or h in fixed for d, h in zip(draws, hashes)], dtype=bool)
     if len(hashes) >= 2 and test_fraction > 0:
-        wanted = max(1, min(min_test, int(drawn.sum()) // 2))
+        wanted = max(1, min(min_test, len(hashes) // 2))
         for index in np.argsort(draws):
-            if (in_test & drawn).sum() >= wanted:
+            if in_test.sum() >= wanted:
                 break
             in_test[index] = True
     if len(hashes) >= 2 and in_test.all():

@@ -453,21 +453,6 @@ def test_small_datasets_get_one_test_structure_that_can_be_kept():
     assert set(two.test_hashes) <= set(grown.test_hashes)
 
 
-def test_min_test_counts_only_structures_not_routed_to_the_test_set():
-    hashes = names(40)
-    routed = hashes[:12]  # a campaign's CAGO structures, placed in the test set on purpose
-    splits = make_splits_for_hashes(hashes, 2, seed=3, min_test=8, fixed_test=routed)
-    tested = set(splits.test_hashes)
-    assert set(routed) <= tested
-    drawn = tested - set(routed)
-    assert len(drawn) == 8  # the minimum on top of the routed ones, not filled by them
-    # smallest draws among the rest join first; at most half of the not-routed ones join
-    rest = sorted(hashes[12:], key=lambda h: split_draw(3, h))
-    assert drawn == set(rest[:8])
-    small = make_splits_for_hashes(hashes[:18], 2, seed=3, min_test=8, fixed_test=routed)
-    assert len(set(small.test_hashes) - set(routed)) == 3 and len(small.test) == 15
-
-
 def test_dataset_splits_follow_content_hashes(tmp_path):
     ds = Dataset(tmp_path)
     ds.append([water(i) for i in range(30)], INITIAL)

@@ -83,9 +83,6 @@ def test_cago_structures_routed_to_the_test_split_are_never_trained_on(finished_
         assert not set(routed) & {structure_hash(atoms) for atoms in read_structures(member)}, member.name
     summary = next(r for r in all_records(finished_campaign) if r.stage == "split" and r.iteration == 1).summary
     assert summary["test_from_cago"] == len(routed)
-    # the routed structures come on top of dataset.min_test (8), they do not fill it
-    others = summary["test"] - summary["test_from_cago"]
-    assert others >= min(8, (summary["dataset"] - len(routed)) // 2) and (summary["warning"] is None) == (others >= 8), summary
     # the routed walks carry their largest displacement; the next calibration counts them, too few to judge
     from cagoflow.walk_validity import DISPLACEMENT_KEY
 
