@@ -620,7 +620,7 @@ def make_splits_for_hashes(
     draw in naturally, unless the caller passes the previous test hashes as ``fixed_test``).
     With ``n >= 2`` at least one structure also stays outside the test set. With ``min_test``,
     the structures with the smallest draws join the test set until it holds ``min_test``
-    structures (at most half of them).
+    structures (at most half of them); those in ``fixed_test`` count toward it.
 
     Members: the pool is every non-test structure. Member ``m`` draws
     ``max(1, round(train_fraction·pool))`` structures WITH replacement (a bootstrap; repeats

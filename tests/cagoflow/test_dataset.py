@@ -453,6 +453,17 @@ def test_small_datasets_get_one_test_structure_that_can_be_kept():
     assert set(two.test_hashes) <= set(grown.test_hashes)
 
 
+def test_structures_routed_to_the_test_set_count_toward_min_test():
+    hashes = names(40)
+    routed = hashes[:12]  # a campaign's CAGO structures, placed in the test set on purpose
+    splits = make_splits_for_hashes(hashes, 2, seed=3, min_test=8, fixed_test=routed)
+    drawn = {h for h in hashes[12:] if split_draw(3, h) < 0.1}
+    assert set(splits.test_hashes) == set(routed) | drawn  # 12 >= 8: nothing joins to fill the minimum
+    few = make_splits_for_hashes(hashes, 2, seed=3, min_test=8, fixed_test=routed[:3])
+    rest = sorted(hashes[3:], key=lambda h: split_draw(3, h))
+    assert set(few.test_hashes) == set(routed[:3]) | set(rest[:5])  # 3 routed + the 5 smallest draws: 8
+
+
 def test_dataset_splits_follow_content_hashes(tmp_path):
     ds = Dataset(tmp_path)
     ds.append([water(i) for i in range(30)], INITIAL)
