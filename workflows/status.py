@@ -163,8 +163,9 @@ class IterationStatus:
         }
 
     def cago_structures(self, system: str) -> list[dict[str, Any]]:
-        """Each labelled, pushed CAGO structure of one system: its task, δ and true force error
-        (eV/Å, from the post-filter), where its walk went, why it stopped, its flags."""
+        """Each labelled, pushed CAGO structure of one system: its task, δ, its σ_cal where the
+        walk stopped and its true force error (eV/Å, from the post-filter), where its walk went,
+        why it stopped, its flags."""
         errors: dict[str, float] = {}
         for record in self.stages.get("postfilter", StageStatus()).records:
             if record.task == system and record.status == "done":
@@ -174,8 +175,9 @@ class IterationStatus:
             if record.task in errors and not record.summary.get("skipped"):
                 walk = CagoSummary.model_validate(record.summary)
                 if walk.action == "pushed" and walk.delta:
-                    structures.append({"task": record.task, "delta": walk.delta, "true_error": errors[record.task],
-                                       "direction": walk.direction, "reason": walk.reason, "flags": list(walk.flags)})  # fmt: skip
+                    structures.append({"task": record.task, "delta": walk.delta, "sigma_cal": walk.sigma_cal_rms,
+                                       "true_error": errors[record.task], "direction": walk.direction,
+                                       "reason": walk.reason, "flags": list(walk.flags)})  # fmt: skip
         return structures
 
     @property

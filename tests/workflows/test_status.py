@@ -132,8 +132,8 @@ def test_status_json_holds_the_figures_of_the_tables(campaign):
     assert second["systems"]["water"]["cago"]["trust_radius"] == 0.3 and second["systems"]["water"]["cago"]["trust_source"] == "walks"
     assert water["md"] == {"stable": 1, "replicas": 2}
     assert water["cago_structures"] == [
-        {"task": "water-000", "delta": 0.1, "true_error": 0.1, "direction": "up", "reason": "reached", "flags": ["fast"]},
-        {"task": "water-001", "delta": 0.1, "true_error": 0.07, "direction": "down", "reason": "max_steps", "flags": []},
+        {"task": "water-000", "delta": 0.1, "sigma_cal": 0.1, "true_error": 0.1, "direction": "up", "reason": "reached", "flags": ["fast"]},
+        {"task": "water-001", "delta": 0.1, "sigma_cal": 0.07, "true_error": 0.07, "direction": "down", "reason": "max_steps", "flags": []},
     ]  # the unpushed water-002 has no δ
     assert second["systems"]["water-dense"]["evaluation"]["density_mean"] is None
     assert first["hit_ratio_mean"] == 1.05 and first["calibration"]["test_force_rmse"] == 0.25
