@@ -83,3 +83,14 @@ def test_paired_active_learning_decision_rule():
     assert module.decision(seeds([0.28, 0.28, 0.28, 0.31, 0.31]))["verdict"] == "CAGO's push is not shown to help"
     gate = module.decision(seeds([0.28] * 5, unpushed_id=0.251))
     assert not gate["informative"] and gate["verdict"].startswith("uninformative")
+
+
+def test_paired_active_learning_gate_report_without_convergence_seeds():
+    """A run without convergence seeds says the check was not made, not that the base failed it."""
+    module = _paired_module()
+    arms = {arm: (0.2, 0.3) for arm in (module.CONTROL, "unpushed", "max-uncertainty", "cago-relative", "cago-absolute", "random-500K")}
+    checks = module.decision([_seed(s, 0.25, arms) for s in range(5)])
+    with module.console.capture() as captured:
+        module.report_gate(checks)
+    text = captured.get()
+    assert "not checked" in text and "NOT converged" not in text

@@ -460,11 +460,14 @@ def plot(results: list[dict], verdict: dict, path: Path) -> Path:
 
 def report_gate(checks: dict) -> None:
     convergence = checks["convergence"]
-    console.print(
-        f"convergence: doubling the base's steps changes its in-distribution RMSE by {', '.join(f'{c:.1f}' for c in convergence['changes'])} meV/Å "
-        f"(seeds {convergence['seeds']}); the base's spread over seeds is {checks['base_in_distribution_spread']:.1f} meV/Å → "
-        f"{'converged' if convergence['converged'] else 'NOT converged'}", highlight=False,
-    )  # fmt: skip
+    if not convergence["seeds"]:
+        console.print("convergence: not checked in this run (no --convergence-seeds)")
+    else:
+        console.print(
+            f"convergence: doubling the base's steps changes its in-distribution RMSE by {', '.join(f'{c:.1f}' for c in convergence['changes'])} meV/Å "
+            f"(seeds {convergence['seeds']}); the base's spread over seeds is {checks['base_in_distribution_spread']:.1f} meV/Å → "
+            f"{'converged' if convergence['converged'] else 'NOT converged'}", highlight=False,
+        )  # fmt: skip
     console.print(
         f"gate: the unpushed frames lower the in-distribution RMSE below the control's by {', '.join(f'{g:.1f}' for g in checks['unpushed_gains'])} "
         f"(mean {checks['unpushed_gain']:.1f}) meV/Å (needed: more than {checks['base_in_distribution_spread']:.1f}) → "
